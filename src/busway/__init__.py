@@ -1,0 +1,42 @@
+"""busway: command, event and query buses where one marker makes a whole bus asynchronous."""
+
+from busway.channels.base import Channel
+from busway.channels.memory import InMemoryChannel
+from busway.conversion import Converter, named
+from busway.errors import BuswayError, ConfigurationError, ConversionError, NoHandlerError
+from busway.gateways import CommandBus, EventBus, Gateway, QueryBus, route
+from busway.handlers import asynchronous, command_handler, event_handler, query_handler
+from busway.interceptors import HandlerInfo, Interceptor, Invocation
+from busway.message import Headers, Message
+from busway.messaging import Messaging
+from busway.recovery import DeadLetter, RetryPolicy
+from busway.worker import RunResult
+
+__all__ = [
+    "BuswayError",
+    "Channel",
+    "CommandBus",
+    "ConfigurationError",
+    "ConversionError",
+    "Converter",
+    "DeadLetter",
+    "EventBus",
+    "Gateway",
+    "HandlerInfo",
+    "Headers",
+    "InMemoryChannel",
+    "Interceptor",
+    "Invocation",
+    "Message",
+    "Messaging",
+    "NoHandlerError",
+    "QueryBus",
+    "RetryPolicy",
+    "RunResult",
+    "asynchronous",
+    "command_handler",
+    "event_handler",
+    "named",
+    "query_handler",
+    "route",
+]

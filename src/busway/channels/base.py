@@ -1,0 +1,106 @@
+"""The interface every channel implements.
+
+A channel is told its context once (``attach``), can create what it needs (``setup``), takes
+envelopes (``send``) and hands them to a consumer (``consume``). The consumer's callback
+returning means "acknowledge"; raising means "not handled": the channel keeps the message for
+a later delivery and lets the error go on. Retries and dead letters are decided by the core,
+which acknowledges what it has dealt with, so a channel needs no policy of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from busway.message import DELIVER_AT, HeaderValue
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message as it travels: encoded body and JSON-friendly headers."""
+
+    body: bytes
+    headers: Mapping[str, HeaderValue]
+
+    @property
+    def deliver_at(self) -> float | None:
+        value = self.headers.get(DELIVER_AT)
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """An envelope handed to a consumer by a channel."""
+
+    envelope: Envelope
+    channel: str
+    transaction: Any = None
+    """The open database connection the message was claimed in, when the channel has one."""
+    redelivered: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelContext:
+    """What a channel learns from the ``Messaging`` it belongs to."""
+
+    clock: Callable[[], float]
+    database: Any = None
+    """The ``Messaging(database=...)`` Engine or AsyncEngine, if one is configured."""
+
+
+Handle = Callable[[Delivery], None]
+AsyncHandle = Callable[[Delivery], Awaitable[None]]
+
+
+class Channel(ABC):
+    """A named transport. Subclasses implement ``send`` and ``consume`` at least."""
+
+    name: str
+
+    def attach(self, context: ChannelContext) -> None:
+        """Called once by ``Messaging`` before the channel is used."""
+
+    def validate(self) -> list[str]:
+        """Problems with the configuration, one sentence each, for start-up."""
+        return []
+
+    def setup(self) -> None:
+        """Create tables, queues or streams; must be safe to run again."""
+
+    async def asetup(self) -> None:
+        await asyncio.to_thread(self.setup)
+
+    @abstractmethod
+    def send(self, envelope: Envelope) -> None: ...
+
+    async def asend(self, envelope: Envelope) -> None:
+        await asyncio.to_thread(self.send, envelope)
+
+    @abstractmethod
+    def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
+        """Hand up to ``max_messages`` ready messages to ``handle``, one at a time.
+
+        Waits up to ``wait`` seconds for a first message. Returns how many were handled;
+        0 when none was ready. If ``handle`` raises, that message stays on the channel and
+        the error propagates.
+        """
+
+    async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
+        raise NotImplementedError(
+            f"channel {self.name!r} ({type(self).__name__}) has no asyncio consumer; "
+            "run it with messaging.run() instead of arun()"
+        )
+
+    def depth(self) -> int | None:
+        """How many messages wait on the channel, if the transport can tell cheaply."""
+        return None
+
+    def close(self) -> None:
+        """Release connections."""
+
+    async def aclose(self) -> None:
+        self.close()

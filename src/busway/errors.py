@@ -1,0 +1,53 @@
+"""Every error busway raises, each naming the thing, the problem and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BuswayError(Exception):
+    """Base class of busway's errors."""
+
+
+class ConfigurationError(BuswayError):
+    """The messaging configuration is wrong; raised by ``Messaging(...)`` at start-up.
+
+    Holds every problem found, one readable sentence each, in ``problems``.
+    """
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+            text = f"{len(self.problems)} problems in the messaging configuration:\n{lines}"
+        super().__init__(text)
+
+
+class MissingExtraError(BuswayError, ImportError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs an optional dependency that is not installed; "
+            f"install it with: pip install 'busway[{extra}]'"
+        )
+
+
+class NoHandlerError(BuswayError, LookupError):
+    """A command or query was sent that no handler takes."""
+
+
+class ConversionError(BuswayError, ValueError):
+    """A payload could not be turned into bytes, or bytes back into a payload."""
+
+
+class MalformedMessageError(BuswayError, ValueError):
+    """A message read from a channel is not one busway can dispatch."""
+
+
+class UnknownChannelError(BuswayError, LookupError):
+    """A channel name that the configuration does not define."""

@@ -1,0 +1,155 @@
+"""Messages: a payload and its read-only headers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+HeaderValue = str | int | float | bool | None
+
+ID = "id"
+CORRELATION_ID = "correlation_id"
+CAUSATION_ID = "causation_id"
+TIMESTAMP = "timestamp"
+TYPE = "type"
+CONTENT_TYPE = "content_type"
+
+# Headers busway keeps for itself, under one prefix so they never clash with a user's.
+KIND = "busway.kind"
+ROUTE = "busway.route"
+SLIP = "busway.slip"
+TARGET = "busway.handler"
+ATTEMPT = "busway.attempt"
+DELIVER_AT = "busway.deliver_at"
+EXPIRES_AT = "busway.expires_at"
+
+WELL_KNOWN = (ID, CORRELATION_ID, CAUSATION_ID, TIMESTAMP, TYPE, CONTENT_TYPE)
+INTERNAL_PREFIX = "busway."
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = 0
+
+
+def uuid7() -> str:
+    """A time-ordered UUID (RFC 9562, version 7), strictly increasing within this process."""
+    global _uuid7_last
+    with _uuid7_lock:
+        # 48 bits of milliseconds, then 12 bits of sub-millisecond sequence: ids made in one
+        # process always sort in the order they were made.
+        now = time.time_ns() // 1_000_000 << 12
+        _uuid7_last = now if now > _uuid7_last else _uuid7_last + 1
+        stamp = _uuid7_last
+    rand = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+    value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | rand
+    return str(uuid.UUID(int=value))
+
+
+class Headers(Mapping[str, HeaderValue]):
+    """A read-only mapping of a message's headers.
+
+    Well-known keys: ``id``, ``correlation_id``, ``causation_id``, ``timestamp``, ``type``,
+    ``content_type``; user headers sit under their own keys, busway's own under ``busway.``.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, HeaderValue] | None = None) -> None:
+        self._data: dict[str, HeaderValue] = dict(data) if data else {}
+
+    def __getitem__(self, key: str) -> HeaderValue:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._data.items(), key=lambda item: item[0])))
+
+    def replace(self, **changes: HeaderValue) -> Headers:
+        """A copy with some keys changed; a value of ``None`` removes the key."""
+        return self.merge(changes)
+
+    def merge(self, changes: Mapping[str, HeaderValue]) -> Headers:
+        """A copy with ``changes`` applied; a value of ``None`` removes the key."""
+        data = dict(self._data)
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        return Headers(data)
+
+    def as_dict(self) -> dict[str, HeaderValue]:
+        return dict(self._data)
+
+    def user_headers(self) -> dict[str, HeaderValue]:
+        """The headers a user gave, which travel on to every message sent while handling."""
+        return {
+            key: value
+            for key, value in self._data.items()
+            if key not in WELL_KNOWN and not key.startswith(INTERNAL_PREFIX)
+        }
+
+    @property
+    def id(self) -> str:
+        return str(self._data[ID])
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self._data[CORRELATION_ID])
+
+    @property
+    def causation_id(self) -> str | None:
+        value = self._data.get(CAUSATION_ID)
+        return None if value is None else str(value)
+
+    @property
+    def timestamp(self) -> float:
+        value = self._data[TIMESTAMP]
+        assert isinstance(value, int | float)
+        return float(value)
+
+    @property
+    def type(self) -> str:
+        return str(self._data[TYPE])
+
+    @property
+    def content_type(self) -> str:
+        return str(self._data[CONTENT_TYPE])
+
+    @property
+    def attempt(self) -> int:
+        """How many times this message has been tried before, 0 on the first delivery."""
+        value = self._data.get(ATTEMPT, 0)
+        return int(value) if isinstance(value, int | float | str) else 0
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Generic[T]):
+    """A payload with its headers."""
+
+    payload: T
+    headers: Headers
+
+    @property
+    def id(self) -> str:
+        return self.headers.id

@@ -1,0 +1,290 @@
+"""``Messaging``: the one object an application configures, validated once at start-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from busway._internal.outlet import bind_gateway
+from busway._internal.registry import HandlerRegistry, ParameterProvider, Services, routing_keys
+from busway._internal.router import Router
+from busway._internal.runtime import Runtime
+from busway.channels.base import Channel, ChannelContext, Envelope
+from busway.conversion import Conversion, Converter
+from busway.errors import ConfigurationError, UnknownChannelError
+from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
+from busway.interceptors import Interceptor
+from busway.message import ATTEMPT, DELIVER_AT, TARGET
+from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
+from busway.worker import Limits, RunResult, Worker, graceful_signals
+
+G = TypeVar("G", bound=Gateway)
+
+
+class Messaging:
+    """Handlers, channels and gateways wired together.
+
+    Every configuration problem found here is reported at once, in one ``ConfigurationError``.
+    """
+
+    def __init__(
+        self,
+        handlers: Iterable[Any] = (),
+        channels: Iterable[Channel] = (),
+        database: Any = None,
+        services: Mapping[type[Any], Any] | Iterable[Any] | None = None,
+        *,
+        interceptors: Iterable[Interceptor] = (),
+        converters: Sequence[Converter] = (),
+        retry: RetryPolicy | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        gateways: Iterable[type[Gateway]] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        problems: list[str] = []
+        handlers = list(handlers)
+        self.clock = clock
+        self.channels: dict[str, Channel] = {}
+        for channel in channels:
+            if channel.name in self.channels:
+                problems.append(
+                    f"two channels are named {channel.name!r}; give each channel its own name"
+                )
+            self.channels[channel.name] = channel
+
+        self.database = database
+        extension = _database_extension(database) if database is not None else None
+        providers: list[ParameterProvider] = list(extension.providers) if extension else []
+        all_interceptors = [*interceptors, *(extension.interceptors if extension else ())]
+        if dead_letters is None:
+            dead_letters = extension.dead_letters if extension else InMemoryDeadLetterStore()
+
+        conversion = Conversion(converters)
+        self._runtime = Runtime(
+            Router([]), conversion, self.channels, clock, dead_letters, retry or RetryPolicy()
+        )
+        self._key_kinds = routing_keys(handlers)
+        self._gateways: dict[type[Gateway], Gateway] = {}
+        self._gateway_problems: list[str] = []
+
+        registry = HandlerRegistry(
+            Services(services), providers, self._bind_or_note, conversion
+        )
+        registry.add_all(handlers)
+        router = Router(registry.definitions)
+        self._runtime.router = router
+        registry.apply_interceptors(all_interceptors)
+        problems += registry.problems + router.problems
+        for definition in registry.definitions:
+            for name in definition.info.channels:
+                if name not in self.channels:
+                    problems.append(
+                        f"handler {definition.name} is marked @asynchronous({name!r}), but no "
+                        f"channel is named {name!r}; add it to Messaging(channels=[...])"
+                    )
+        for cls in (CommandBus, EventBus, QueryBus, *gateways):
+            self._bind_or_note(cls)
+        problems += self._gateway_problems
+
+        context = ChannelContext(clock=clock, database=extension.engine if extension else None)
+        for channel in self.channels.values():
+            channel.attach(context)
+            problems += channel.validate()
+        if problems:
+            raise ConfigurationError(_unique(problems))
+        self._extension = extension
+        self.dead_letters = DeadLetters(self._runtime)
+
+    # -- gateways --------------------------------------------------------------------------
+
+    def _bind_or_note(self, cls: type[Gateway]) -> Gateway | None:
+        gateway = self._gateways.get(cls)
+        if gateway is None:
+            gateway, problems = bind_gateway(
+                cls, self._runtime, set(self.channels), self._key_kinds.get
+            )
+            if gateway is None:
+                self._gateway_problems += problems
+            else:
+                self._gateways[cls] = gateway
+        return gateway
+
+    def gateway(self, cls: type[G]) -> G:
+        """The implementation of gateway class ``cls``; asking is all the registration needed."""
+        gateway = self._gateways.get(cls)
+        if gateway is None:
+            if not (isinstance(cls, type) and issubclass(cls, Gateway)):
+                raise TypeError(f"{cls!r} is not a Gateway subclass")
+            self._gateway_problems = []
+            gateway = self._bind_or_note(cls)
+            if gateway is None:
+                raise ConfigurationError(self._gateway_problems)
+        return gateway  # type: ignore[return-value]
+
+    @property
+    def command_bus(self) -> CommandBus:
+        return self.gateway(CommandBus)
+
+    @property
+    def event_bus(self) -> EventBus:
+        return self.gateway(EventBus)
+
+    @property
+    def query_bus(self) -> QueryBus:
+        return self.gateway(QueryBus)
+
+    # -- channels and workers --------------------------------------------------------------
+
+    def channel(self, name: str) -> Channel:
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise UnknownChannelError(_unknown_channel(name, self.channels)) from None
+
+    def setup(self) -> None:
+        """Create every channel's tables, queues or streams (and busway's own tables)."""
+        if self._extension is not None:
+            self._extension.setup()
+        for channel in self.channels.values():
+            channel.setup()
+
+    async def asetup(self) -> None:
+        if self._extension is not None:
+            await self._extension.asetup()
+        for channel in self.channels.values():
+            await channel.asetup()
+
+    def worker(
+        self,
+        channels: str | Sequence[str],
+        *,
+        limit: int | None = None,
+        time_limit: float | None = None,
+        until_empty: bool = True,
+        memory_limit: int | None = None,
+        stop_on_failure: bool = False,
+        poll_interval: float = 1.0,
+        on_progress: Callable[[RunResult], None] | None = None,
+    ) -> Worker:
+        names = [channels] if isinstance(channels, str) else list(channels)
+        for name in names:
+            self.channel(name)
+        limits = Limits(
+            limit=limit,
+            time_limit=time_limit,
+            memory_limit=memory_limit,
+            until_empty=until_empty,
+            stop_on_failure=stop_on_failure,
+            poll_interval=poll_interval,
+        )
+        return Worker(self._runtime, names, limits, on_progress)
+
+    def run(
+        self,
+        channels: str | Sequence[str],
+        *,
+        limit: int | None = None,
+        time_limit: float | None = None,
+        until_empty: bool = True,
+        memory_limit: int | None = None,
+        stop_on_failure: bool = False,
+        concurrency: int = 1,
+    ) -> RunResult:
+        """Consume ``channels`` until empty (by default), a limit, or SIGTERM/SIGINT."""
+        worker = self.worker(
+            channels,
+            limit=limit,
+            time_limit=time_limit,
+            until_empty=until_empty,
+            memory_limit=memory_limit,
+            stop_on_failure=stop_on_failure,
+        )
+        with graceful_signals(worker):
+            return worker.run(concurrency)
+
+    async def arun(
+        self,
+        channels: str | Sequence[str],
+        *,
+        limit: int | None = None,
+        time_limit: float | None = None,
+        until_empty: bool = True,
+        memory_limit: int | None = None,
+        stop_on_failure: bool = False,
+        concurrency: int = 1,
+    ) -> RunResult:
+        """``run`` for asyncio code: handlers run on this event loop."""
+        worker = self.worker(
+            channels,
+            limit=limit,
+            time_limit=time_limit,
+            until_empty=until_empty,
+            memory_limit=memory_limit,
+            stop_on_failure=stop_on_failure,
+        )
+        return await worker.arun(concurrency)
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+        if self._extension is not None:
+            self._extension.close()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+
+class DeadLetters:
+    """Operating the dead letter store: list, show, replay, delete."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    @property
+    def store(self) -> DeadLetterStore:
+        return self._runtime.dead_letters
+
+    def list(self, *, channel: str | None = None, handler: str | None = None) -> list[DeadLetter]:
+        return self.store.list(channel=channel, handler=handler)
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        return self.store.get(letter_id)
+
+    def replay(self, letter_ids: Iterable[str]) -> int:
+        """Send each letter back to its channel, addressed to the handler that failed it."""
+        replayed = 0
+        for letter_id in letter_ids:
+            letter = self.store.get(letter_id)
+            if letter is None:
+                continue
+            headers = {
+                key: value
+                for key, value in letter.headers.items()
+                if key not in (ATTEMPT, DELIVER_AT)
+            }
+            if letter.handler is not None:
+                headers[TARGET] = letter.handler
+            self._runtime.send(letter.channel, Envelope(letter.body, headers))
+            self.store.delete([letter.id])
+            replayed += 1
+        return replayed
+
+    def delete(self, letter_ids: Iterable[str]) -> int:
+        return self.store.delete(letter_ids)
+
+
+def _database_extension(database: Any) -> Any:
+    from busway.sql.extension import SqlExtension
+
+    return SqlExtension.from_database(database)
+
+
+def _unknown_channel(name: str, channels: Mapping[str, Channel]) -> str:
+    defined = ", ".join(sorted(channels)) or "none"
+    return f"no channel is named {name!r} (defined: {defined}); check the name or add the channel"
+
+
+def _unique(problems: list[str]) -> list[str]:
+    return list(dict.fromkeys(problems))

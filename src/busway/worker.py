@@ -1,0 +1,194 @@
+"""Workers: consume channels with limits, and stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+
+from busway._internal.runtime import Runtime
+from busway.channels.base import Delivery
+
+log = logging.getLogger("busway.worker")
+
+
+class StopConsuming(Exception):
+    """Raised into a channel's consume loop so the message in hand goes back untouched."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    limit: int | None = None
+    time_limit: float | None = None
+    memory_limit: int | None = None
+    """Stop once the process's peak resident memory passes this many bytes."""
+    until_empty: bool = True
+    stop_on_failure: bool = False
+    batch_size: int = 100
+    poll_interval: float = 1.0
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did, and why it stopped."""
+
+    handled: int = 0
+    failed: int = 0
+    reason: str = "running"
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Worker:
+    def __init__(
+        self,
+        runtime: Runtime,
+        channels: list[str],
+        limits: Limits,
+        on_progress: Callable[[RunResult], None] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.channels = [runtime.channels[name] for name in channels]
+        self.limits = limits
+        self.result = RunResult()
+        self.on_progress = on_progress
+        self._stop_reason: str | None = None
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Finish the message in hand, then stop; safe from signal handlers and threads."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    def _budget(self) -> int:
+        if self.limits.limit is None:
+            return self.limits.batch_size
+        return max(0, min(self.limits.batch_size, self.limits.limit - self.result.handled))
+
+    def _check_limits(self) -> None:
+        limits = self.limits
+        if limits.limit is not None and self.result.handled >= limits.limit:
+            self.stop("limit")
+        elif limits.time_limit is not None and self.result.elapsed >= limits.time_limit:
+            self.stop("time-limit")
+        elif limits.memory_limit is not None and _peak_memory() >= limits.memory_limit:
+            self.stop("memory-limit")
+
+    def _count(self, ok: bool) -> None:
+        with self._lock:
+            self.result.handled += 1
+            if not ok:
+                self.result.failed += 1
+                if self.limits.stop_on_failure:
+                    self.stop("failure")
+            self._check_limits()
+        if self.on_progress is not None:
+            self.on_progress(self.result)
+
+    def _handle(self, delivery: Delivery) -> None:
+        if self.stopping:
+            raise StopConsuming
+        self._count(self.runtime.receive(delivery))
+
+    async def _ahandle(self, delivery: Delivery) -> None:
+        if self.stopping:
+            raise StopConsuming
+        self._count(await self.runtime.areceive(delivery))
+
+    def _wait(self) -> float:
+        if self.limits.until_empty:
+            return 0.0
+        return self.limits.poll_interval / max(1, len(self.channels))
+
+    def run(self, concurrency: int = 1) -> RunResult:
+        if concurrency > 1:
+            threads = [
+                threading.Thread(
+                    target=contextvars.copy_context().run,
+                    args=(self._loop,),
+                    name=f"busway-worker-{index}",
+                )
+                for index in range(concurrency)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        else:
+            self._loop()
+        self.result.reason = self._stop_reason or "empty"
+        return self.result
+
+    def _loop(self) -> None:
+        self._check_limits()
+        while not self.stopping:
+            handled = 0
+            for channel in self.channels:
+                if self.stopping or not self._budget():
+                    break
+                with contextlib.suppress(StopConsuming):
+                    handled += channel.consume(self._handle, self._budget(), self._wait())
+            if handled == 0:
+                if self.limits.until_empty:
+                    self.stop("empty")
+                self._check_limits()
+
+    async def arun(self, concurrency: int = 1) -> RunResult:
+        await asyncio.gather(*(self._aloop() for _ in range(max(1, concurrency))))
+        self.result.reason = self._stop_reason or "empty"
+        return self.result
+
+    async def _aloop(self) -> None:
+        self._check_limits()
+        while not self.stopping:
+            handled = 0
+            for channel in self.channels:
+                if self.stopping or not self._budget():
+                    break
+                with contextlib.suppress(StopConsuming):
+                    handled += await channel.aconsume(
+                        self._ahandle, self._budget(), self._wait()
+                    )
+            if handled == 0:
+                if self.limits.until_empty:
+                    self.stop("empty")
+                self._check_limits()
+
+
+def _peak_memory() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextlib.contextmanager
+def graceful_signals(worker: Worker) -> Iterator[None]:
+    """While running, SIGTERM and SIGINT stop the worker after the message in hand."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        log.info("%s received: finishing the message in hand, then stopping", name)
+        worker.stop(name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
