@@ -10,6 +10,7 @@ from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import Headers, Message
 from busway.messaging import Messaging
 from busway.recovery import DeadLetter, RetryPolicy
+from busway.sql.channel import SqlChannel
 from busway.worker import RunResult
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "QueryBus",
     "RetryPolicy",
     "RunResult",
+    "SqlChannel",
     "asynchronous",
     "command_handler",
     "event_handler",

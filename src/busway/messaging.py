@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -224,6 +225,39 @@ class Messaging:
             stop_on_failure=stop_on_failure,
         )
         return await worker.arun(concurrency)
+
+    def setup_sql(self) -> list[str]:
+        """The DDL ``setup`` runs on SQL databases, for migrations kept by hand or Alembic."""
+        statements: list[str] = list(self._extension.ddl()) if self._extension else []
+        for channel in self.channels.values():
+            ddl = getattr(channel, "ddl", None)
+            if callable(ddl):
+                statements += [s for s in ddl() if s not in statements]
+        return statements
+
+    def transaction(self, session: Any = None) -> AbstractContextManager[Any]:
+        """A transaction that outbox channels join; yields its SQLAlchemy ``Session``.
+
+        With ``session``, messages sent inside the block join that session's transaction and
+        commit when its owner commits. Without, a new transaction on the messaging database
+        opens, and commits when the block ends without an error.
+        """
+        from busway.sql.transactions import transaction_scope
+
+        return transaction_scope(self._require_database("transaction()"), session)
+
+    def atransaction(self, session: Any = None) -> AbstractAsyncContextManager[Any]:
+        """``transaction`` for asyncio code: takes and yields an ``AsyncSession``."""
+        from busway.sql.transactions import atransaction_scope
+
+        return atransaction_scope(self._require_database("atransaction()"), session)
+
+    def _require_database(self, what: str) -> Any:
+        if self._extension is None:
+            raise ConfigurationError(
+                f"messaging.{what} needs a database; pass Messaging(database=...)"
+            )
+        return self._extension.database
 
     def close(self) -> None:
         for channel in self.channels.values():

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from busway._internal.runtime import Runtime
-from busway.channels.base import Delivery
+from busway.channels.base import Delivery, MessageReturned
 
 log = logging.getLogger("busway.worker")
 
 
-class StopConsuming(Exception):
-    """Raised into a channel's consume loop so the message in hand goes back untouched."""
+StopConsuming = MessageReturned
 
 
 @dataclass(frozen=True, slots=True)

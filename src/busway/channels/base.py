@@ -18,6 +18,14 @@ from typing import Any
 from busway.message import DELIVER_AT, HeaderValue
 
 
+class MessageReturned(Exception):
+    """Raised by a consumer callback before it touched the message in hand.
+
+    The channel gives that message back for a later delivery, keeps the acknowledgements of
+    the messages handled before it, and stops the current batch quietly.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A message as it travels: encoded body and JSON-friendly headers."""

@@ -22,6 +22,7 @@ from busway.channels.base import (
     Delivery,
     Envelope,
     Handle,
+    MessageReturned,
 )
 from busway.errors import ConversionError
 
@@ -76,6 +77,9 @@ class InMemoryChannel(Channel):
                 break
             try:
                 handle(self._delivery(stored))
+            except MessageReturned:
+                self._give_back(stored)
+                break
             except BaseException:
                 self._give_back(stored)
                 raise
@@ -93,6 +97,9 @@ class InMemoryChannel(Channel):
                 break
             try:
                 await handle(self._delivery(stored))
+            except MessageReturned:
+                self._give_back(stored)
+                break
             except BaseException:
                 self._give_back(stored)
                 raise

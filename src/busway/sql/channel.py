@@ -1,0 +1,415 @@
+"""``SqlChannel``: messages kept in a table of PostgreSQL, MariaDB/MySQL or SQLite.
+
+Sending inside an open transaction on the same database writes through that transaction:
+that is the outbox. Consuming claims a batch with ``FOR UPDATE SKIP LOCKED`` (a write lock
+on SQLite) and, in the default ``transaction`` mode, runs every handler and deletes what was
+handled in that one transaction: a crash anywhere rolls it all back for a later delivery.
+``lease`` mode instead marks the batch taken for ``visibility_timeout`` seconds and commits
+at once, for handlers that must not hold a transaction open; a claim left by a dead worker
+becomes available again when its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy import Connection, MetaData, Row, Table, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from busway.channels.base import (
+    AsyncHandle,
+    Channel,
+    ChannelContext,
+    Delivery,
+    Envelope,
+    Handle,
+    MessageReturned,
+)
+from busway.message import ID
+from busway.sql.database import Database
+from busway.sql.schema import messages_table
+from busway.sql.transactions import Transaction, current_transaction, open_transaction
+
+Mode = Literal["transaction", "lease"]
+
+_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
+_encode = msgspec.json.Encoder().encode
+_NOTIFY = "busway_messages"
+_BUSY_PAUSE = 0.05
+
+
+class SqlChannel(Channel):
+    """A channel in a SQL table; with the application's database, an outbox."""
+
+    def __init__(
+        self,
+        name: str,
+        database: Any = None,
+        *,
+        mode: Mode = "transaction",
+        batch_size: int = 100,
+        visibility_timeout: float = 30.0,
+        poll_interval: float = 0.5,
+        table: str = "busway_messages",
+    ) -> None:
+        if mode not in ("transaction", "lease"):
+            raise ValueError(f"SqlChannel mode is 'transaction' or 'lease', not {mode!r}")
+        self.name = name
+        self.mode = mode
+        self.batch_size = batch_size
+        self.visibility_timeout = visibility_timeout
+        self.poll_interval = poll_interval
+        self._own_database = Database.of(database) if database is not None else None
+        self._database: Database | None = self._own_database
+        self.table: Table = messages_table(MetaData(), table)
+        self._clock: Any = time.time
+        self._wakeup = threading.Condition()
+        self._listener: Any = None
+        self._alistener: Any = None
+
+    def __repr__(self) -> str:
+        return f"SqlChannel({self.name!r}, mode={self.mode!r})"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def attach(self, context: ChannelContext) -> None:
+        self._clock = context.clock
+        if self._database is None and context.database is not None:
+            self._database = Database.of(context.database)
+
+    def validate(self) -> list[str]:
+        if self._database is None:
+            return [
+                f"SqlChannel {self.name!r} has no database; pass Messaging(database=...) or "
+                f"SqlChannel({self.name!r}, database=...)"
+            ]
+        return []
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            raise RuntimeError(self.validate()[0])
+        return self._database
+
+    def ddl(self) -> list[str]:
+        """The statements ``setup`` runs, for those who migrate with Alembic or by hand."""
+        dialect = self.database.engine.dialect
+        statements = [str(CreateTable(self.table, if_not_exists=True).compile(dialect=dialect))]
+        statements += [
+            str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+            for index in self.table.indexes
+        ]
+        if self.database.backend == "postgresql":
+            statements += _notify_trigger(self.table.name)
+        return [statement.strip() for statement in statements]
+
+    def setup(self) -> None:
+        with self.database.engine.begin() as connection:
+            self.table.create(connection, checkfirst=True)
+            if self.database.backend == "postgresql":
+                for statement in _notify_trigger(self.table.name):
+                    connection.exec_driver_sql(statement)
+
+    async def asetup(self) -> None:
+        await asyncio.to_thread(self.setup)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _row(self, envelope: Envelope) -> dict[str, Any]:
+        deliver_at = envelope.deliver_at
+        return {
+            "channel": self.name,
+            "available_at": int((deliver_at if deliver_at is not None else self._clock()) * 1000),
+            "message_id": str(envelope.headers.get(ID, "")),
+            "headers": _encode(envelope.headers).decode(),
+            "body": envelope.body,
+            "deliveries": 0,
+        }
+
+    def send(self, envelope: Envelope) -> None:
+        row = self._row(envelope)
+        transaction = open_transaction(self.database.key, asynchronous=False)
+        if transaction is not None:
+            assert isinstance(transaction.connection, Connection)
+            transaction.connection.execute(insert(self.table), row)
+            transaction.after_commit.append(self._wake_local)
+            return
+        with self.database.engine.begin() as connection:
+            connection.execute(insert(self.table), row)
+        self._wake_local()
+
+    async def asend(self, envelope: Envelope) -> None:
+        row = self._row(envelope)
+        transaction = open_transaction(self.database.key, asynchronous=True)
+        if transaction is not None:
+            assert isinstance(transaction.connection, AsyncConnection)
+            await transaction.connection.execute(insert(self.table), row)
+            transaction.after_commit.append(self._wake_local)
+            return
+        if open_transaction(self.database.key, asynchronous=False) is not None:
+            # A sync transaction is open on this thread (a def handler on the asyncio path).
+            self.send(envelope)
+            return
+        async with self.database.async_engine.begin() as connection:
+            await connection.execute(insert(self.table), row)
+        self._wake_local()
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def _claim(self, limit: int) -> Any:
+        now = int(self._clock() * 1000)
+        query = (
+            select(self.table.c.seq, self.table.c.headers, self.table.c.body,
+                   self.table.c.deliveries)
+            .where(self.table.c.channel == self.name, self.table.c.available_at <= now)
+            .order_by(self.table.c.available_at, self.table.c.seq)
+            .limit(limit)
+        )
+        if self.database.backend != "sqlite":
+            query = query.with_for_update(skip_locked=True)
+        return query
+
+    def _lease(self, seqs: list[int]) -> Any:
+        until = int((self._clock() + self.visibility_timeout) * 1000)
+        return (
+            update(self.table)
+            .where(self.table.c.seq.in_(seqs))
+            .values(available_at=until, deliveries=self.table.c.deliveries + 1)
+        )
+
+    def _release(self, seq: int) -> Any:
+        now = int(self._clock() * 1000)
+        return update(self.table).where(self.table.c.seq == seq).values(available_at=now)
+
+    def _ack(self, seqs: list[int]) -> Any:
+        return delete(self.table).where(self.table.c.seq.in_(seqs))
+
+    def _delivery(self, row: Row[Any], connection: Any) -> Delivery:
+        return Delivery(
+            Envelope(bytes(row.body), _decode_headers(row.headers)),
+            self.name,
+            transaction=connection,
+            redelivered=row.deliveries > 0,
+        )
+
+    def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
+        take = self._consume_leased if self.mode == "lease" else self._consume_in_transaction
+        handled = take(handle, min(max_messages, self.batch_size))
+        if handled == 0 and wait > 0:
+            self._wait(wait)
+            handled = take(handle, min(max_messages, self.batch_size))
+        return handled
+
+    def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
+        with self.database.engine.connect() as connection:
+            transaction = Transaction(self.database.key, connection)
+            with connection.begin():
+                rows = connection.execute(self._claim(limit)).all()
+                if not rows:
+                    return 0
+                done: list[int] = []
+                token = current_transaction.set(transaction)
+                try:
+                    for row in rows:
+                        try:
+                            handle(self._delivery(row, connection))
+                        except MessageReturned:
+                            break
+                        done.append(row.seq)
+                finally:
+                    current_transaction.reset(token)
+                if done:
+                    connection.execute(self._ack(done))
+        for callback in transaction.after_commit:
+            callback()
+        return len(done)
+
+    def _consume_leased(self, handle: Handle, limit: int) -> int:
+        engine = self.database.engine
+        with engine.begin() as connection:
+            rows = connection.execute(self._claim(limit)).all()
+            if rows:
+                connection.execute(self._lease([row.seq for row in rows]))
+        done: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    handle(self._delivery(row, None))
+                except BaseException:
+                    with engine.begin() as connection:
+                        connection.execute(self._release(row.seq))
+                    raise
+                done.append(row.seq)
+        except MessageReturned:
+            pass
+        finally:
+            if done:
+                with engine.begin() as connection:
+                    connection.execute(self._ack(done))
+        return len(done)
+
+    async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
+        take = self._aconsume_leased if self.mode == "lease" else self._aconsume_in_transaction
+        handled = await take(handle, min(max_messages, self.batch_size))
+        if handled == 0 and wait > 0:
+            await self._await(wait)
+            handled = await take(handle, min(max_messages, self.batch_size))
+        return handled
+
+    async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
+        async with self.database.async_engine.connect() as connection:
+            transaction = Transaction(self.database.key, connection)
+            async with connection.begin():
+                rows = (await connection.execute(self._claim(limit))).all()
+                if not rows:
+                    return 0
+                done: list[int] = []
+                token = current_transaction.set(transaction)
+                try:
+                    for row in rows:
+                        try:
+                            await handle(self._delivery(row, connection))
+                        except MessageReturned:
+                            break
+                        done.append(row.seq)
+                finally:
+                    current_transaction.reset(token)
+                if done:
+                    await connection.execute(self._ack(done))
+        for callback in transaction.after_commit:
+            callback()
+        return len(done)
+
+    async def _aconsume_leased(self, handle: AsyncHandle, limit: int) -> int:
+        engine = self.database.async_engine
+        async with engine.begin() as connection:
+            rows = (await connection.execute(self._claim(limit))).all()
+            if rows:
+                await connection.execute(self._lease([row.seq for row in rows]))
+        done: list[int] = []
+        try:
+            for row in rows:
+                try:
+                    await handle(self._delivery(row, None))
+                except BaseException:
+                    async with engine.begin() as connection:
+                        await connection.execute(self._release(row.seq))
+                    raise
+                done.append(row.seq)
+        except MessageReturned:
+            pass
+        finally:
+            if done:
+                async with engine.begin() as connection:
+                    await connection.execute(self._ack(done))
+        return len(done)
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def _seconds_until_due(self, limit: float) -> float:
+        """How long until the next delayed message is due, at most ``limit``."""
+        with self.database.engine.connect() as connection:
+            due = connection.execute(
+                select(func.min(self.table.c.available_at)).where(
+                    self.table.c.channel == self.name
+                )
+            ).scalar()
+        if due is None:
+            return limit
+        return max(0.0, min(limit, due / 1000 - self._clock()))
+
+    def _wait(self, wait: float) -> None:
+        # A message due now but not taken is locked by another worker: wait a moment for it.
+        timeout = self._seconds_until_due(wait) or min(wait, _BUSY_PAUSE)
+        if self.database.backend == "postgresql":
+            self._listen(timeout)
+            return
+        with self._wakeup:
+            self._wakeup.wait(min(timeout, self.poll_interval))
+
+    def _listen(self, timeout: float) -> None:
+        import psycopg
+
+        if self._listener is None or self._listener.closed:
+            url = self.database.url.set(drivername="postgresql")
+            self._listener = psycopg.connect(
+                url.render_as_string(hide_password=False), autocommit=True
+            )
+            self._listener.execute(f"LISTEN {_NOTIFY}")
+            return  # a message may have committed before LISTEN: look again at once
+        for notify in self._listener.notifies(timeout=timeout):
+            if notify.payload == self.name:
+                break
+
+    async def _await(self, wait: float) -> None:
+        timeout = await asyncio.to_thread(self._seconds_until_due, wait)
+        timeout = timeout or min(wait, _BUSY_PAUSE)
+        if self.database.backend == "postgresql":
+            await self._alisten(timeout)
+        else:
+            await asyncio.sleep(min(timeout, self.poll_interval))
+
+    async def _alisten(self, timeout: float) -> None:
+        import psycopg
+
+        if self._alistener is None or self._alistener.closed:
+            url = self.database.url.set(drivername="postgresql")
+            self._alistener = await psycopg.AsyncConnection.connect(
+                url.render_as_string(hide_password=False), autocommit=True
+            )
+            await self._alistener.execute(f"LISTEN {_NOTIFY}")
+            return
+        async for notify in self._alistener.notifies(timeout=timeout):
+            if notify.payload == self.name:
+                break
+
+    def _wake_local(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify_all()
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def depth(self) -> int:
+        with self.database.engine.connect() as connection:
+            count = connection.execute(
+                select(func.count()).where(self.table.c.channel == self.name)
+            ).scalar()
+        return int(count or 0)
+
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest message on the channel became available."""
+        with self.database.engine.connect() as connection:
+            oldest = connection.execute(
+                select(func.min(self.table.c.available_at)).where(
+                    self.table.c.channel == self.name
+                )
+            ).scalar()
+        return None if oldest is None else max(0.0, self._clock() - oldest / 1000)
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        listener, self._alistener = self._alistener, None
+        if listener is not None:
+            await listener.close()
+
+
+def _notify_trigger(table: str) -> list[str]:
+    return [
+        f"""CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{_NOTIFY}', NEW.channel);
+    RETURN NULL;
+END $$ LANGUAGE plpgsql""",
+        f"""CREATE OR REPLACE TRIGGER {table}_notify AFTER INSERT ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {table}_notify()""",
+    ]

@@ -1,0 +1,158 @@
+"""One database, reached through a sync Engine and, for asyncio code, an AsyncEngine."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from busway.errors import ConfigurationError, MissingExtraError
+
+# The driver busway picks when a URL names only the database kind.
+_SYNC_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "sqlite": "sqlite+pysqlite",
+}
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mariadb+aiomysql",
+    "sqlite": "sqlite+aiosqlite",
+}
+_EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseKey:
+    """Identifies a database whatever the driver: two engines with one key share rows."""
+
+    backend: str
+    host: str | None
+    port: int | None
+    database: str | None
+
+    @classmethod
+    def of(cls, url: URL) -> DatabaseKey:
+        backend = url.get_backend_name()
+        if backend == "mariadb":
+            backend = "mysql"
+        return cls(backend, url.host, url.port, url.database)
+
+
+class Database:
+    """The engines of one database; made from a URL, an Engine or an AsyncEngine."""
+
+    def __init__(self, engine: Engine | None, async_engine: AsyncEngine | None, url: URL) -> None:
+        self._engine = engine
+        self._async_engine = async_engine
+        self.url = url
+        self.key = DatabaseKey.of(url)
+        self.backend = self.key.backend
+        self._owned = engine is None or async_engine is None
+
+    @classmethod
+    def of(cls, database: Any) -> Database:
+        if isinstance(database, Database):
+            return database
+        if isinstance(database, Engine):
+            _prepare_sqlite(database)
+            return cls(database, None, database.url)
+        if isinstance(database, AsyncEngine):
+            _prepare_sqlite(database.sync_engine)
+            return cls(None, database, database.url)
+        if isinstance(database, str | URL):
+            url = make_url(database)
+            return cls(None, None, url)
+        raise ConfigurationError(
+            f"database={database!r} is not a database URL, an Engine or an AsyncEngine; "
+            "pass e.g. database=\"sqlite:///app.db\" or \"postgresql://user@host/db\""
+        )
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            url = _with_driver(self.url, _SYNC_DRIVERS)
+            self._engine = _create(url, asynchronous=False)
+        return self._engine
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        if self._async_engine is None:
+            url = _with_driver(self.url, _ASYNC_DRIVERS)
+            engine = _create(url, asynchronous=True)
+            assert isinstance(engine, AsyncEngine)
+            self._async_engine = engine
+        return self._async_engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.backend == "sqlite"
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"
+
+
+def _with_driver(url: URL, drivers: dict[str, str]) -> URL:
+    backend = url.get_backend_name()
+    if url.drivername == backend and backend in drivers:
+        return url.set(drivername=drivers[backend])
+    return url
+
+
+def _create(url: URL, *, asynchronous: bool) -> Engine | AsyncEngine:
+    backend = url.get_backend_name()
+    options: dict[str, Any] = {}
+    if backend == "sqlite":
+        options["connect_args"] = {"timeout": 30}
+    else:
+        options["pool_pre_ping"] = True
+    try:
+        if asynchronous:
+            async_engine = create_async_engine(url, **options)
+            _prepare_sqlite(async_engine.sync_engine)
+            return async_engine
+        engine = create_engine(url, **options)
+    except ModuleNotFoundError as error:
+        raise MissingExtraError(
+            f"the {url.drivername} database driver ({error.name})", _EXTRAS.get(backend, backend)
+        ) from error
+    _prepare_sqlite(engine)
+    return engine
+
+
+_prepared: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+
+    sqlite3 delays BEGIN until the first write and breaks SAVEPOINT; busway needs a
+    transaction from the first statement (a claim must be atomic) and savepoints (one
+    handler's failure must not undo another's work). Transactions begin IMMEDIATE so a
+    writer takes the write lock up front instead of failing to upgrade a read lock later.
+    """
+    if engine.dialect.name != "sqlite" or engine in _prepared:
+        return
+    _prepared.add(engine)
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

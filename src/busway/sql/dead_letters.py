@@ -1,0 +1,91 @@
+"""The dead letter store as a table of the application's database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from sqlalchemy import Connection, MetaData, Table, delete, insert, select
+
+from busway.recovery import DeadLetter
+from busway.sql.database import Database
+from busway.sql.schema import dead_letters_table
+from busway.sql.transactions import open_transaction
+
+_encode = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class SqlDeadLetterStore:
+    """Dead letters in ``busway_dead_letters``.
+
+    A letter written while a message is claimed in a transaction commits with the
+    acknowledgement of that message, or not at all: the message never vanishes in between.
+    """
+
+    def __init__(self, database: Database, table: str = "busway_dead_letters") -> None:
+        self.database = database
+        self.table: Table = dead_letters_table(MetaData(), table)
+
+    def setup(self) -> None:
+        with self.database.engine.begin() as connection:
+            self.table.create(connection, checkfirst=True)
+
+    def add(self, letter: DeadLetter) -> None:
+        row = {
+            "id": letter.id,
+            "channel": letter.channel,
+            "handler": letter.handler,
+            "message_id": letter.message_id,
+            "headers": _encode(dict(letter.headers)).decode(),
+            "body": letter.body,
+            "error_type": letter.error_type,
+            "error_message": letter.error_message,
+            "traceback": letter.traceback,
+            "attempts": letter.attempts,
+            "failed_at": letter.failed_at,
+        }
+        transaction = open_transaction(self.database.key, asynchronous=False)
+        if transaction is not None:
+            assert isinstance(transaction.connection, Connection)
+            transaction.connection.execute(insert(self.table), row)
+            return
+        with self.database.engine.begin() as connection:
+            connection.execute(insert(self.table), row)
+
+    def list(self, *, channel: str | None = None, handler: str | None = None) -> list[DeadLetter]:
+        query = select(self.table).order_by(self.table.c.failed_at)
+        if channel is not None:
+            query = query.where(self.table.c.channel == channel)
+        if handler is not None:
+            query = query.where(self.table.c.handler == handler)
+        with self.database.engine.connect() as connection:
+            return [_letter(row) for row in connection.execute(query)]
+
+    def get(self, letter_id: str) -> DeadLetter | None:
+        with self.database.engine.connect() as connection:
+            row = connection.execute(select(self.table).where(self.table.c.id == letter_id)).first()
+        return None if row is None else _letter(row)
+
+    def delete(self, letter_ids: Iterable[str]) -> int:
+        ids = list(letter_ids)
+        if not ids:
+            return 0
+        with self.database.engine.begin() as connection:
+            return connection.execute(delete(self.table).where(self.table.c.id.in_(ids))).rowcount
+
+
+def _letter(row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row.id,
+        channel=row.channel,
+        handler=row.handler,
+        body=bytes(row.body),
+        headers=_decode_headers(row.headers),
+        error_type=row.error_type,
+        error_message=row.error_message,
+        traceback=row.traceback,
+        attempts=row.attempts,
+        failed_at=row.failed_at,
+    )

@@ -1,0 +1,257 @@
+"""Transactions around handlers, and the open transaction that SQL channels join.
+
+The open transaction lives in a context variable. A ``SqlChannel`` of the same database
+writes its rows through it, so an outbox message commits or rolls back with the business
+writes around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session
+
+from busway.handlers import Kind
+from busway.interceptors import HandlerInfo, Interceptor, Invocation
+from busway.sql.database import Database, DatabaseKey
+
+DB_TYPES = (Session, Connection, AsyncSession, AsyncConnection)
+
+
+@dataclass(eq=False)
+class Transaction:
+    """An open transaction on one database, sync or asyncio."""
+
+    key: DatabaseKey
+    connection: Connection | AsyncConnection
+    session: Session | AsyncSession | None = None
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def is_async(self) -> bool:
+        return isinstance(self.connection, AsyncConnection)
+
+    def sync_session(self) -> Session:
+        if self.session is None:
+            assert isinstance(self.connection, Connection)
+            self.session = Session(bind=self.connection, join_transaction_mode="rollback_only")
+        assert isinstance(self.session, Session)
+        return self.session
+
+    def async_session(self) -> AsyncSession:
+        if self.session is None:
+            assert isinstance(self.connection, AsyncConnection)
+            self.session = AsyncSession(
+                bind=self.connection, join_transaction_mode="rollback_only"
+            )
+        assert isinstance(self.session, AsyncSession)
+        return self.session
+
+
+current_transaction: ContextVar[Transaction | None] = ContextVar(
+    "busway_transaction", default=None
+)
+
+
+def open_transaction(key: DatabaseKey, asynchronous: bool) -> Transaction | None:
+    """The open transaction on database ``key`` usable from sync or asyncio code."""
+    transaction = current_transaction.get()
+    if transaction is not None and transaction.key == key and transaction.is_async == asynchronous:
+        return transaction
+    return None
+
+
+def _run_after_commit(transaction: Transaction) -> None:
+    for callback in transaction.after_commit:
+        callback()
+
+
+@contextmanager
+def transaction_scope(database: Database, session: Session | None = None) -> Iterator[Session]:
+    """Join ``session``'s transaction, or open one (committed on success) if none is given."""
+    if session is not None:
+        transaction = Transaction(database.key, session.connection(), session)
+        token = current_transaction.set(transaction)
+        try:
+            yield session
+        finally:
+            current_transaction.reset(token)
+        return
+    with database.engine.connect() as connection, connection.begin():
+        transaction = Transaction(database.key, connection)
+        token = current_transaction.set(transaction)
+        try:
+            yield transaction.sync_session()
+            if transaction.session is not None:
+                transaction.session.flush()  # type: ignore[unused-coroutine]
+        finally:
+            current_transaction.reset(token)
+    _run_after_commit(transaction)
+
+
+@asynccontextmanager
+async def atransaction_scope(
+    database: Database, session: AsyncSession | None = None
+) -> AsyncIterator[AsyncSession]:
+    """``transaction_scope`` for asyncio code and ``AsyncSession``."""
+    if session is not None:
+        transaction = Transaction(database.key, await session.connection(), session)
+        token = current_transaction.set(transaction)
+        try:
+            yield session
+        finally:
+            current_transaction.reset(token)
+        return
+    async with database.async_engine.connect() as connection, connection.begin():
+        transaction = Transaction(database.key, connection)
+        token = current_transaction.set(transaction)
+        try:
+            yield transaction.async_session()
+            await transaction.async_session().flush()
+        finally:
+            current_transaction.reset(token)
+    _run_after_commit(transaction)
+
+
+class TransactionInterceptor(Interceptor):
+    """Runs handlers in a database transaction and hands them its Session or Connection.
+
+    Command handlers get one by default, other handlers when they ask for a Session or a
+    Connection; ``transactional=`` on the handler marker decides otherwise. A handler called
+    while a transaction is open (a nested send, or a message claimed from a SQL channel)
+    joins it under a savepoint, so its failure undoes only its own writes.
+    """
+
+    order = 800
+
+    def __init__(self, database: Database, wants_database: set[str]) -> None:
+        self.database = database
+        self.wants_database = wants_database
+
+    def applies_to(self, handler: HandlerInfo) -> bool:
+        if handler.transactional is not None:
+            return handler.transactional
+        return handler.kind is Kind.COMMAND or handler.name in self.wants_database
+
+    def around(self, invocation: Invocation, proceed: Callable[[], Any]) -> Any:
+        joined = open_transaction(self.database.key, asynchronous=False)
+        if joined is not None:
+            assert isinstance(joined.connection, Connection)
+            with joined.connection.begin_nested():
+                return self._call(invocation, joined, proceed)
+        with self.database.engine.connect() as connection, connection.begin():
+            transaction = Transaction(self.database.key, connection)
+            token = current_transaction.set(transaction)
+            try:
+                result = self._call(invocation, transaction, proceed)
+            finally:
+                current_transaction.reset(token)
+        _run_after_commit(transaction)
+        return result
+
+    def _call(
+        self, invocation: Invocation, transaction: Transaction, proceed: Callable[[], Any]
+    ) -> Any:
+        connection = transaction.connection
+        assert isinstance(connection, Connection)
+        sessions: list[Session] = []
+
+        def session() -> Session:
+            if not sessions:
+                sessions.append(Session(bind=connection, join_transaction_mode="rollback_only"))
+            return sessions[0]
+
+        invocation.resources[Connection] = connection
+        invocation.resources[Session] = session
+        try:
+            result = proceed()
+            if sessions:
+                sessions[0].flush()
+            return result
+        finally:
+            if sessions:
+                sessions[0].close()
+
+    async def aaround(
+        self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        if not invocation.handler.is_coroutine:
+            # A plain def handler on the asyncio path works with a sync Session.
+            return self.around(invocation, _blocking(proceed))
+        joined = open_transaction(self.database.key, asynchronous=True)
+        if joined is not None:
+            assert isinstance(joined.connection, AsyncConnection)
+            async with joined.connection.begin_nested():
+                return await self._acall(invocation, joined, proceed)
+        async with self.database.async_engine.connect() as connection, connection.begin():
+            transaction = Transaction(self.database.key, connection)
+            token = current_transaction.set(transaction)
+            try:
+                result = await self._acall(invocation, transaction, proceed)
+            finally:
+                current_transaction.reset(token)
+        _run_after_commit(transaction)
+        return result
+
+    async def _acall(
+        self,
+        invocation: Invocation,
+        transaction: Transaction,
+        proceed: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        connection = transaction.connection
+        assert isinstance(connection, AsyncConnection)
+        sessions: list[AsyncSession] = []
+
+        def session() -> AsyncSession:
+            if not sessions:
+                sessions.append(
+                    AsyncSession(bind=connection, join_transaction_mode="rollback_only")
+                )
+            return sessions[0]
+
+        invocation.resources[AsyncConnection] = connection
+        invocation.resources[AsyncSession] = session
+        try:
+            result = await proceed()
+            if sessions:
+                await sessions[0].flush()
+            return result
+        finally:
+            if sessions:
+                await sessions[0].close()
+
+
+def _blocking(proceed: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
+    def call() -> Any:
+        coroutine = proceed()
+        try:
+            coroutine.send(None)  # type: ignore[attr-defined]
+        except StopIteration as done:
+            return done.value
+        raise RuntimeError("a plain def handler awaited something")  # pragma: no cover
+
+    return call
+
+
+class DatabaseParameters:
+    """Injects the transaction's Session, Connection, AsyncSession or AsyncConnection."""
+
+    def __init__(self) -> None:
+        self.wants_database: set[str] = set()
+
+    def resolver_for(
+        self, annotation: Any, handler: HandlerInfo
+    ) -> Callable[[Invocation], Any] | None:
+        if annotation not in DB_TYPES:
+            return None
+        self.wants_database.add(handler.name)
+        if annotation in (Session, AsyncSession):
+            return lambda invocation: invocation.resources[annotation]()
+        return lambda invocation: invocation.resources[annotation]
