@@ -252,6 +252,11 @@ class Messaging:
 
         return atransaction_scope(self._require_database("atransaction()"), session)
 
+    @property
+    def database_engine(self) -> Any:
+        """The SQLAlchemy ``Engine`` of ``Messaging(database=...)``."""
+        return self._require_database("database_engine").engine
+
     def _require_database(self, what: str) -> Any:
         if self._extension is None:
             raise ConfigurationError(
