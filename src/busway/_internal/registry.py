@@ -27,6 +27,8 @@ class HandlerDefinition:
     info: HandlerInfo
     function: Callable[..., Any]
     resolvers: tuple[Resolver, ...]
+    keyword_resolvers: tuple[tuple[str, Resolver], ...] = ()
+    """Resolvers of keyword-only parameters, by parameter name."""
     chain: Chain = field(default_factory=lambda: Chain([]))
 
     @property
@@ -184,10 +186,22 @@ class HandlerRegistry:
             transactional=mark.transactional,
             is_coroutine=inspect.iscoroutinefunction(function),
         )
-        resolvers = [self._resolver(info, p, hints.get(p.name)) for p in parameters[1:]]
-        if all(resolver is not None for resolver in resolvers):
+        positional: list[Resolver] = []
+        keyword: list[tuple[str, Resolver]] = []
+        complete = True
+        for parameter in parameters[1:]:
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            resolver = self._resolver(info, parameter, hints.get(parameter.name))
+            if resolver is None:
+                complete = False
+            elif parameter.kind is parameter.KEYWORD_ONLY:
+                keyword.append((parameter.name, resolver))
+            else:
+                positional.append(resolver)
+        if complete:
             self.definitions.append(
-                HandlerDefinition(info, function, tuple(r for r in resolvers if r is not None))
+                HandlerDefinition(info, function, tuple(positional), tuple(keyword))
             )
 
     def _resolver(

@@ -466,9 +466,11 @@ class Runtime:
 
 
 def _call(definition: HandlerDefinition, invocation: Invocation) -> Any:
-    return definition.function(
-        invocation.message.payload, *[resolve(invocation) for resolve in definition.resolvers]
-    )
+    arguments = [resolve(invocation) for resolve in definition.resolvers]
+    if definition.keyword_resolvers:
+        keywords = {name: resolve(invocation) for name, resolve in definition.keyword_resolvers}
+        return definition.function(invocation.message.payload, *arguments, **keywords)
+    return definition.function(invocation.message.payload, *arguments)
 
 
 def _hop(rest: tuple[str, ...], target: str | None) -> dict[str, HeaderValue]:
