@@ -64,6 +64,11 @@ class Worker:
         self.on_progress = on_progress
         self._stop_reason: str | None = None
         self._lock = threading.Lock()
+        # With several consumers, "empty" needs more than one consumer finding nothing: another
+        # consumer's message in hand may still send more. So count the passes in progress.
+        self._passes = 0
+        self._changed = threading.Condition(self._lock)
+        self._achanged: asyncio.Event | None = None
 
     def stop(self, reason: str = "stopped") -> None:
         """Finish the message in hand, then stop; safe from signal handlers and threads."""
@@ -96,6 +101,9 @@ class Worker:
                 if self.limits.stop_on_failure:
                     self.stop("failure")
             self._check_limits()
+            self._changed.notify_all()
+        if self._achanged is not None:
+            self._achanged.set()
         if self.on_progress is not None:
             self.on_progress(self.result)
 
@@ -136,36 +144,61 @@ class Worker:
     def _loop(self) -> None:
         self._check_limits()
         while not self.stopping:
+            with self._lock:
+                self._passes += 1
+                seen = self.result.handled
             handled = 0
-            for channel in self.channels:
-                if self.stopping or not self._budget():
-                    break
-                with contextlib.suppress(StopConsuming):
-                    handled += channel.consume(self._handle, self._budget(), self._wait())
+            try:
+                for channel in self.channels:
+                    if self.stopping or not self._budget():
+                        break
+                    with contextlib.suppress(StopConsuming):
+                        handled += channel.consume(self._handle, self._budget(), self._wait())
+            finally:
+                with self._lock:
+                    self._passes -= 1
+                    self._changed.notify_all()
             if handled == 0:
-                if self.limits.until_empty:
-                    self.stop("empty")
-                self._check_limits()
+                with self._lock:
+                    if self.limits.until_empty and self.result.handled == seen:
+                        if self._passes == 0:
+                            self.stop("empty")
+                        else:
+                            self._changed.wait()
+                    self._check_limits()
 
     async def arun(self, concurrency: int = 1) -> RunResult:
+        self._achanged = asyncio.Event()
         await asyncio.gather(*(self._aloop() for _ in range(max(1, concurrency))))
         self.result.reason = self._stop_reason or "empty"
         return self.result
 
     async def _aloop(self) -> None:
+        changed = self._achanged
+        assert changed is not None
         self._check_limits()
         while not self.stopping:
+            self._passes += 1
+            seen = self.result.handled
             handled = 0
-            for channel in self.channels:
-                if self.stopping or not self._budget():
-                    break
-                with contextlib.suppress(StopConsuming):
-                    handled += await channel.aconsume(
-                        self._ahandle, self._budget(), self._wait()
-                    )
+            try:
+                for channel in self.channels:
+                    if self.stopping or not self._budget():
+                        break
+                    with contextlib.suppress(StopConsuming):
+                        handled += await channel.aconsume(
+                            self._ahandle, self._budget(), self._wait()
+                        )
+            finally:
+                self._passes -= 1
+                changed.set()
             if handled == 0:
-                if self.limits.until_empty:
-                    self.stop("empty")
+                if self.limits.until_empty and self.result.handled == seen:
+                    if self._passes == 0:
+                        self.stop("empty")
+                    else:
+                        changed.clear()
+                        await changed.wait()
                 self._check_limits()
 
 
