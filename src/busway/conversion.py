@@ -63,9 +63,12 @@ class MsgspecConverter:
     def supports(self, cls: type[Any]) -> bool:
         try:
             self._decoder_for(cls)
+            info = msgspec.inspect.type_info(cls)
         except TypeError:
             return False
-        return True
+        # msgspec accepts any class, as a custom type that needs encode and decode hooks;
+        # without hooks such a type cannot travel, wherever it sits in the payload.
+        return not _has_custom_type(info)
 
     def encode(self, payload: Any) -> bytes:
         return self._encoder.encode(payload)
@@ -78,6 +81,25 @@ class MsgspecConverter:
         if decoder is None:
             decoder = self._decoders[cls] = msgspec.json.Decoder(cls)
         return decoder
+
+
+def _has_custom_type(info: msgspec.inspect.Type) -> bool:
+    pending: list[Any] = [info]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, msgspec.inspect.CustomType):
+            return True
+        for name in item.__struct_fields__:
+            value = getattr(item, name)
+            values = value if isinstance(value, tuple) else (value,)
+            pending += [
+                v for v in values if isinstance(v, msgspec.inspect.Type | msgspec.inspect.Field)
+            ]
+    return False
 
 
 class PydanticConverter:
