@@ -19,7 +19,7 @@ from busway._context import current_message
 from busway._internal.bridge import run_coroutine
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
-from busway.channels.base import Channel, Delivery, Envelope
+from busway.channels.base import BatchRollback, Channel, Delivery, Envelope
 from busway.conversion import JSON, Conversion, type_name
 from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
 from busway.handlers import Kind
@@ -422,6 +422,8 @@ class Runtime:
         if isinstance(prepared, Reject):
             self.dead_letters.add(prepared.letter)
             return False
+        if not delivery.isolated and _invocations(prepared.steps) > 1:
+            delivery.isolated = True  # one subscriber's failure must not re-run its siblings
         ok = True
         for step in prepared.steps:
             if isinstance(step, Enqueue):
@@ -430,6 +432,8 @@ class Runtime:
             try:
                 message = self.message_for(step.definition, delivery, prepared.headers)
                 self.invoke(step.definition, message, delivery)
+            except BatchRollback:
+                raise
             except Exception as error:
                 ok = False
                 outcome = self.decide_failure(delivery, step.definition, error)
@@ -447,6 +451,8 @@ class Runtime:
         if isinstance(prepared, Reject):
             self.dead_letters.add(prepared.letter)
             return False
+        if not delivery.isolated and _invocations(prepared.steps) > 1:
+            delivery.isolated = True  # one subscriber's failure must not re-run its siblings
         ok = True
         for step in prepared.steps:
             if isinstance(step, Enqueue):
@@ -455,6 +461,8 @@ class Runtime:
             try:
                 message = self.message_for(step.definition, delivery, prepared.headers)
                 await self.ainvoke(step.definition, message, delivery)
+            except BatchRollback:
+                raise
             except Exception as error:
                 ok = False
                 outcome = self.decide_failure(delivery, step.definition, error)
@@ -471,6 +479,10 @@ def _call(definition: HandlerDefinition, invocation: Invocation) -> Any:
         keywords = {name: resolve(invocation) for name, resolve in definition.keyword_resolvers}
         return definition.function(invocation.message.payload, *arguments, **keywords)
     return definition.function(invocation.message.payload, *arguments)
+
+
+def _invocations(steps: list[Step]) -> int:
+    return sum(isinstance(step, Invoke) for step in steps)
 
 
 def _hop(rest: tuple[str, ...], target: str | None) -> dict[str, HeaderValue]:

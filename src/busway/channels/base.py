@@ -26,6 +26,14 @@ class MessageReturned(Exception):
     """
 
 
+class BatchRollback(Exception):
+    """A handler failed inside a batch transaction run without savepoints.
+
+    The channel rolls the whole batch back and handles it again with ``isolated`` deliveries,
+    where each handler's failure undoes only its own writes.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A message as it travels: encoded body and JSON-friendly headers."""
@@ -48,6 +56,13 @@ class Delivery:
     transaction: Any = None
     """The open database connection the message was claimed in, when the channel has one."""
     redelivered: bool = False
+    isolated: bool = True
+    """Whether each handler's writes need a savepoint of their own in ``transaction``.
+
+    A channel that can redo a whole batch clears it: handlers then run without savepoints,
+    and a failing one raises ``BatchRollback`` so the channel rolls the batch back and
+    redoes it with savepoints.
+    """
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from busway.channels.base import (
     AsyncHandle,
+    BatchRollback,
     Channel,
     ChannelContext,
     Delivery,
@@ -189,12 +190,13 @@ class SqlChannel(Channel):
     def _ack(self, seqs: list[int]) -> Any:
         return delete(self.table).where(self.table.c.seq.in_(seqs))
 
-    def _delivery(self, row: Row[Any], connection: Any) -> Delivery:
+    def _delivery(self, row: Row[Any], connection: Any, isolated: bool = True) -> Delivery:
         return Delivery(
             Envelope(bytes(row.body), _decode_headers(row.headers)),
             self.name,
             transaction=connection,
             redelivered=row.deliveries > 0,
+            isolated=isolated,
         )
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
@@ -206,6 +208,14 @@ class SqlChannel(Channel):
         return handled
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
+        try:
+            return self._consume_batch(handle, limit, isolated=False)
+        except BatchRollback:
+            # A handler failed without a savepoint: everything was rolled back; redo the
+            # batch with one savepoint per handler so only the failing one is undone.
+            return self._consume_batch(handle, limit, isolated=True)
+
+    def _consume_batch(self, handle: Handle, limit: int, isolated: bool) -> int:
         with self.database.engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             with connection.begin():
@@ -217,7 +227,7 @@ class SqlChannel(Channel):
                 try:
                     for row in rows:
                         try:
-                            handle(self._delivery(row, connection))
+                            handle(self._delivery(row, connection, isolated))
                         except MessageReturned:
                             break
                         done.append(row.seq)
@@ -262,6 +272,14 @@ class SqlChannel(Channel):
         return handled
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
+        try:
+            return await self._aconsume_batch(handle, limit, isolated=False)
+        except BatchRollback:
+            # A handler failed without a savepoint: everything was rolled back; redo the
+            # batch with one savepoint per handler so only the failing one is undone.
+            return await self._aconsume_batch(handle, limit, isolated=True)
+
+    async def _aconsume_batch(self, handle: AsyncHandle, limit: int, isolated: bool) -> int:
         async with self.database.async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             async with connection.begin():
@@ -273,7 +291,7 @@ class SqlChannel(Channel):
                 try:
                     for row in rows:
                         try:
-                            await handle(self._delivery(row, connection))
+                            await handle(self._delivery(row, connection, isolated))
                         except MessageReturned:
                             break
                         done.append(row.seq)

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
+from busway.channels.base import BatchRollback
 from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.sql.database import Database, DatabaseKey
@@ -122,10 +123,12 @@ async def atransaction_scope(
 class TransactionInterceptor(Interceptor):
     """Runs handlers in a database transaction and hands them its Session or Connection.
 
-    Command handlers get one by default, other handlers when they ask for a Session or a
-    Connection; ``transactional=`` on the handler marker decides otherwise. A handler called
+    Command handlers open one by default, other handlers when they ask for a Session or a
+    Connection; ``transactional=`` on the handler marker decides otherwise. Any handler called
     while a transaction is open (a nested send, or a message claimed from a SQL channel)
-    joins it under a savepoint, so its failure undoes only its own writes.
+    joins it, under a savepoint so that its failure undoes only its own writes. In a SQL
+    channel's batch, savepoints are skipped until a handler fails: then the batch is rolled
+    back and handled again with them.
     """
 
     order = 800
@@ -135,6 +138,9 @@ class TransactionInterceptor(Interceptor):
         self.wants_database = wants_database
 
     def applies_to(self, handler: HandlerInfo) -> bool:
+        return handler.transactional is not False
+
+    def _opens_transaction(self, handler: HandlerInfo) -> bool:
         if handler.transactional is not None:
             return handler.transactional
         return handler.kind is Kind.COMMAND or handler.name in self.wants_database
@@ -143,8 +149,15 @@ class TransactionInterceptor(Interceptor):
         joined = open_transaction(self.database.key, asynchronous=False)
         if joined is not None:
             assert isinstance(joined.connection, Connection)
+            if _in_batch(invocation, joined):
+                try:
+                    return self._call(invocation, joined, proceed)
+                except Exception as error:
+                    raise BatchRollback(str(error)) from error
             with joined.connection.begin_nested():
                 return self._call(invocation, joined, proceed)
+        if not self._opens_transaction(invocation.handler):
+            return proceed()
         with self.database.engine.connect() as connection, connection.begin():
             transaction = Transaction(self.database.key, connection)
             token = current_transaction.set(transaction)
@@ -187,8 +200,15 @@ class TransactionInterceptor(Interceptor):
         joined = open_transaction(self.database.key, asynchronous=True)
         if joined is not None:
             assert isinstance(joined.connection, AsyncConnection)
+            if _in_batch(invocation, joined):
+                try:
+                    return await self._acall(invocation, joined, proceed)
+                except Exception as error:
+                    raise BatchRollback(str(error)) from error
             async with joined.connection.begin_nested():
                 return await self._acall(invocation, joined, proceed)
+        if not self._opens_transaction(invocation.handler):
+            return await proceed()
         async with self.database.async_engine.connect() as connection, connection.begin():
             transaction = Transaction(self.database.key, connection)
             token = current_transaction.set(transaction)
@@ -226,6 +246,16 @@ class TransactionInterceptor(Interceptor):
         finally:
             if sessions:
                 await sessions[0].close()
+
+
+def _in_batch(invocation: Invocation, transaction: Transaction) -> bool:
+    """Whether the handler runs in a channel's batch transaction without savepoints."""
+    delivery = invocation.delivery
+    return (
+        delivery is not None
+        and not delivery.isolated
+        and delivery.transaction is transaction.connection
+    )
 
 
 def _blocking(proceed: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
