@@ -1,0 +1,35 @@
+"""The ``busway`` command: run workers, set up channels, inspect and replay dead letters.
+
+Every command takes ``--app module:attribute`` (or ``BUSWAY_APP``) naming the application's
+``Messaging`` object. Exit codes: 0 when a run stops normally, 1 when it stopped on a failed
+message, 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import click
+
+from busway.cli.app import ConfigError, load_messaging
+from busway.cli.channels import channels, setup
+from busway.cli.dead_letters import dead_letter
+from busway.cli.run import run
+
+__all__ = ["ConfigError", "cli", "load_messaging", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """busway: command, event and query buses, and the workers that consume their channels."""
+
+
+cli.add_command(run)
+cli.add_command(setup)
+cli.add_command(channels)
+cli.add_command(dead_letter)
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    """The console script."""
+    cli.main(args=None if argv is None else list(argv), prog_name="busway")

@@ -1,0 +1,101 @@
+"""``busway run``: a worker process consuming channels until stopped."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+import click
+
+from busway.cli.app import ConfigError, app_option, opened
+from busway.cli.console import ProgressLog, StatusLine, configure_logging, fields
+from busway.cli.values import converted, parse_duration, parse_size
+from busway.errors import UnknownChannelError
+from busway.worker import RunResult, graceful_signals
+
+log = logging.getLogger("busway.cli")
+
+EXIT_FAILURE = 1
+
+
+@click.command()
+@app_option
+@click.argument("channels", metavar="CHANNEL...", nargs=-1, required=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many messages.")
+@click.option(
+    "--time-limit",
+    metavar="DURATION",
+    callback=converted(parse_duration),
+    help="Stop after this long, e.g. 90, 30s, 10m, 2h.",
+)
+@click.option(
+    "--memory-limit",
+    metavar="SIZE",
+    callback=converted(parse_size),
+    help="Stop once peak memory passes this, e.g. 512M, 1G.",
+)
+@click.option("--stop-on-failure", is_flag=True, help="Stop (exit code 1) when a message fails.")
+@click.option("--until-empty", is_flag=True, help="Stop when the channels have nothing ready.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Messages handled at once, each in its own thread.",
+)
+@click.pass_context
+def run(
+    ctx: click.Context,
+    app: str,
+    channels: tuple[str, ...],
+    limit: int | None,
+    time_limit: float | None,
+    memory_limit: int | None,
+    stop_on_failure: bool,
+    until_empty: bool,
+    concurrency: int,
+) -> None:
+    """Consume CHANNEL... until stopped.
+
+    SIGTERM and SIGINT finish the message in hand, then stop. Exit code 1 means the run
+    stopped on a failure (--stop-on-failure), 2 a usage or configuration error.
+    """
+    stream = sys.stderr
+    label = ", ".join(channels)
+    status = StatusLine(stream, label) if stream.isatty() else None
+    progress: Callable[[RunResult], None] = status.update if status else ProgressLog().update
+    with opened(app) as messaging:
+        configure_logging(stream, status)
+        try:
+            worker = messaging.worker(
+                list(channels),
+                limit=limit,
+                time_limit=time_limit,
+                until_empty=until_empty,
+                memory_limit=memory_limit,
+                stop_on_failure=stop_on_failure,
+                on_progress=progress,
+            )
+        except UnknownChannelError as error:
+            raise ConfigError(str(error)) from None
+        with graceful_signals(worker):
+            log.info(
+                "consuming %s %s",
+                label,
+                "until empty" if until_empty else "until stopped",
+                extra={"fields": {"channels": list(channels), "concurrency": concurrency}},
+            )
+            result = worker.run(concurrency)
+    if status is not None:
+        status.finish(result)
+    log.info(
+        "stopped (%s): handled %d, failed %d in %.2fs",
+        result.reason,
+        result.handled,
+        result.failed,
+        result.elapsed,
+        extra=fields(result, reason=result.reason),
+    )
+    if result.reason == "failure":
+        ctx.exit(EXIT_FAILURE)
