@@ -4,24 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_executor: ThreadPoolExecutor | None = None
+_loop: asyncio.AbstractEventLoop | None = None
+_lock = threading.Lock()
+
+
+def _helper_loop() -> asyncio.AbstractEventLoop:
+    """One event loop on a daemon thread, kept for the life of the process.
+
+    Always the same loop, so that asyncio resources made by one call (an AsyncEngine's pooled
+    connections, say) still work in the next.
+    """
+    global _loop
+    with _lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="busway-bridge", daemon=True).start()
+            _loop = loop
+        return _loop
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    # A loop already runs in this thread and cannot be re-entered: run on a helper thread,
-    # in a copy of this context so the current message and transaction travel along.
-    global _executor
-    if _executor is None:
-        _executor = ThreadPoolExecutor(thread_name_prefix="busway-bridge")
+    """Run ``coroutine`` to completion in a copy of the caller's context and return its result."""
+    loop = _helper_loop()
     context = contextvars.copy_context()
-    return _executor.submit(context.run, asyncio.run, coroutine).result()
+    done: asyncio.Task[T] | None = None
+    finished = threading.Event()
+
+    def start() -> None:
+        nonlocal done
+        done = loop.create_task(coroutine, context=context)
+        done.add_done_callback(lambda _task: finished.set())
+
+    if threading.current_thread().name == "busway-bridge":
+        raise RuntimeError(
+            "an async def handler was called from sync code that itself runs on busway's "
+            "helper loop; call the bus's a-prefixed method (await bus.asend(...)) instead"
+        )
+    loop.call_soon_threadsafe(start)
+    finished.wait()
+    assert done is not None
+    return done.result()
