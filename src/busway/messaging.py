@@ -257,6 +257,11 @@ class Messaging:
         """The SQLAlchemy ``Engine`` of ``Messaging(database=...)``."""
         return self._require_database("database_engine").engine
 
+    @property
+    def async_database_engine(self) -> Any:
+        """The SQLAlchemy ``AsyncEngine`` of ``Messaging(database=...)``."""
+        return self._require_database("async_database_engine").async_engine
+
     def _require_database(self, what: str) -> Any:
         if self._extension is None:
             raise ConfigurationError(
