@@ -19,10 +19,11 @@ _SYNC_DRIVERS = {
     "mariadb": "mariadb+pymysql",
     "sqlite": "sqlite+pysqlite",
 }
+# asyncmy, not aiomysql: aiomysql fails on every bytes parameter with PyMySQL >= 1.2.
 _ASYNC_DRIVERS = {
     "postgresql": "postgresql+psycopg",
-    "mysql": "mysql+aiomysql",
-    "mariadb": "mariadb+aiomysql",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mariadb+asyncmy",
     "sqlite": "sqlite+aiosqlite",
 }
 _EXTRAS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
