@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -68,7 +69,7 @@ class SqlChannel(Channel):
         self._own_database = Database.of(database) if database is not None else None
         self._database: Database | None = self._own_database
         self.table: Table = messages_table(MetaData(), table)
-        self._clock: Any = time.time
+        self._clock: Callable[[], float] = time.time
         self._wakeup = threading.Condition()
         self._listener: Any = None
         self._alistener: Any = None
@@ -165,8 +166,9 @@ class SqlChannel(Channel):
     def _claim(self, limit: int) -> Any:
         now = int(self._clock() * 1000)
         query = (
-            select(self.table.c.seq, self.table.c.headers, self.table.c.body,
-                   self.table.c.deliveries)
+            select(
+                self.table.c.seq, self.table.c.headers, self.table.c.body, self.table.c.deliveries
+            )
             .where(self.table.c.channel == self.name, self.table.c.available_at <= now)
             .order_by(self.table.c.available_at, self.table.c.seq)
             .limit(limit)
@@ -333,13 +335,11 @@ class SqlChannel(Channel):
         """How long until the next delayed message is due, at most ``limit``."""
         with self.database.engine.connect() as connection:
             due = connection.execute(
-                select(func.min(self.table.c.available_at)).where(
-                    self.table.c.channel == self.name
-                )
+                select(func.min(self.table.c.available_at)).where(self.table.c.channel == self.name)
             ).scalar()
         if due is None:
             return limit
-        return max(0.0, min(limit, due / 1000 - self._clock()))
+        return max(0.0, min(limit, float(due) / 1000 - self._clock()))
 
     def _wait(self, wait: float) -> None:
         # A message due now but not taken is locked by another worker: wait a moment for it.
@@ -372,7 +372,7 @@ class SqlChannel(Channel):
         else:
             await asyncio.sleep(min(timeout, self.poll_interval))
 
-    async def _alisten(self, timeout: float) -> None:
+    async def _alisten(self, seconds: float) -> None:
         import psycopg
 
         if self._alistener is None or self._alistener.closed:
@@ -382,7 +382,7 @@ class SqlChannel(Channel):
             )
             await self._alistener.execute(f"LISTEN {_NOTIFY}")
             return
-        async for notify in self._alistener.notifies(timeout=timeout):
+        async for notify in self._alistener.notifies(timeout=seconds):
             if notify.payload == self.name:
                 break
 
@@ -403,9 +403,7 @@ class SqlChannel(Channel):
         """Seconds since the oldest message on the channel became available."""
         with self.database.engine.connect() as connection:
             oldest = connection.execute(
-                select(func.min(self.table.c.available_at)).where(
-                    self.table.c.channel == self.name
-                )
+                select(func.min(self.table.c.available_at)).where(self.table.c.channel == self.name)
             ).scalar()
         return None if oldest is None else max(0.0, self._clock() - oldest / 1000)
 

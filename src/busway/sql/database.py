@@ -72,14 +72,16 @@ class Database:
             return cls(None, None, url)
         raise ConfigurationError(
             f"database={database!r} is not a database URL, an Engine or an AsyncEngine; "
-            "pass e.g. database=\"sqlite:///app.db\" or \"postgresql://user@host/db\""
+            'pass e.g. database="sqlite:///app.db" or "postgresql://user@host/db"'
         )
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
             url = _with_driver(self.url, _SYNC_DRIVERS)
-            self._engine = _create(url, asynchronous=False)
+            engine = _create(url, asynchronous=False)
+            assert isinstance(engine, Engine)
+            self._engine = engine
         return self._engine
 
     @property

@@ -48,16 +48,12 @@ class Transaction:
     def async_session(self) -> AsyncSession:
         if self.session is None:
             assert isinstance(self.connection, AsyncConnection)
-            self.session = AsyncSession(
-                bind=self.connection, join_transaction_mode="rollback_only"
-            )
+            self.session = AsyncSession(bind=self.connection, join_transaction_mode="rollback_only")
         assert isinstance(self.session, AsyncSession)
         return self.session
 
 
-current_transaction: ContextVar[Transaction | None] = ContextVar(
-    "busway_transaction", default=None
-)
+current_transaction: ContextVar[Transaction | None] = ContextVar("busway_transaction", default=None)
 
 
 def open_transaction(key: DatabaseKey, asynchronous: bool) -> Transaction | None:
@@ -89,8 +85,7 @@ def transaction_scope(database: Database, session: Session | None = None) -> Ite
         token = current_transaction.set(transaction)
         try:
             yield transaction.sync_session()
-            if transaction.session is not None:
-                transaction.session.flush()  # type: ignore[unused-coroutine]
+            transaction.sync_session().flush()
         finally:
             current_transaction.reset(token)
     _run_after_commit(transaction)
@@ -191,9 +186,7 @@ class TransactionInterceptor(Interceptor):
             if sessions:
                 sessions[0].close()
 
-    async def aaround(
-        self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
         if not invocation.handler.is_coroutine:
             # A plain def handler on the asyncio path works with a sync Session.
             return self.around(invocation, _blocking(proceed))
