@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import Result, Skip
+from busway.errors import MissingExtraError
 
 MODULES = ("core",)
 """Benchmark modules of this package, in the order they run."""
@@ -47,6 +48,8 @@ def run_module(name: str) -> list[Result] | None:
     try:
         module = importlib.import_module(f"bench.{name}")
     except ImportError as error:
+        if not _optional(error):
+            raise
         print(f"\n{name}: skipped, {error}")
         return None
     benchmarks: Callable[[], list[Result]] = module.benchmarks
@@ -56,6 +59,14 @@ def run_module(name: str) -> list[Result] | None:
     except Skip as reason:
         print(f"{name}: skipped, {reason}")
         return None
+
+
+def _optional(error: ImportError) -> bool:
+    """Whether the import failed for want of an optional driver, not a bug of our own."""
+    if isinstance(error, MissingExtraError):
+        return True
+    missing = error.name or ""
+    return bool(missing) and missing.split(".")[0] not in ("bench", "busway")
 
 
 def print_table(results: list[Result]) -> None:
