@@ -188,21 +188,19 @@ class HandlerRegistry:
         )
         positional: list[Resolver] = []
         keyword: list[tuple[str, Resolver]] = []
-        complete = True
         for parameter in parameters[1:]:
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
                 continue
             resolver = self._resolver(info, parameter, hints.get(parameter.name))
             if resolver is None:
-                complete = False
-            elif parameter.kind is parameter.KEYWORD_ONLY:
+                continue  # a problem is noted; the handler still routes, so clashes show too
+            if parameter.kind is parameter.KEYWORD_ONLY:
                 keyword.append((parameter.name, resolver))
             else:
                 positional.append(resolver)
-        if complete:
-            self.definitions.append(
-                HandlerDefinition(info, function, tuple(positional), tuple(keyword))
-            )
+        self.definitions.append(
+            HandlerDefinition(info, function, tuple(positional), tuple(keyword))
+        )
 
     def _resolver(
         self, info: HandlerInfo, parameter: inspect.Parameter, annotation: Any
