@@ -1,0 +1,447 @@
+"""SQL channels on PostgreSQL and SQLite, each against the raw driver doing the same work.
+
+- outbox cost: a command whose handler inserts a business row through its Session and
+  publishes one event through an outbox bus, against the same business transaction done with
+  SQLAlchemy alone and with the raw driver, and no event;
+- drain: a backlog consumed by one worker with a no-op handler, against a raw loop that claims
+  100 rows with ``FOR UPDATE SKIP LOCKED`` (the write lock on SQLite), decodes each body, calls
+  the handler and deletes them in one transaction;
+- deep backlog (PostgreSQL): the drain rate of the first messages of a big backlog against the
+  rate on a small one (``BENCH_BACKLOG``, default 1,000,000 rows);
+- latency (PostgreSQL): send to handler at 200 msg/s, p50 and p99, against a raw
+  INSERT + NOTIFY / LISTEN + claim loop.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert
+from sqlalchemy.orm import Session
+
+from bench import Result, Skip
+from bench.timing import QUICK
+from busway import CommandBus, EventBus, Messaging, SqlChannel, asynchronous, command_handler
+from busway.handlers import Kind
+
+POSTGRES = os.environ.get("BENCH_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1/test")
+DRAIN = 2_000 if QUICK else 20_000
+BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000" if QUICK else "1000000"))
+OUTBOX = 300 if QUICK else 2_000
+RATE = 200
+LATENCY_SAMPLES = 200 if QUICK else 2_000
+
+
+@dataclass
+class Job:
+    number: int
+
+
+@dataclass
+class PlaceOrder:
+    number: int
+
+
+@dataclass
+class OrderWasPlaced:
+    number: int
+
+
+@asynchronous("jobs")
+class JobBus(CommandBus):
+    pass
+
+
+@asynchronous("outbox")
+class OutboxEventBus(EventBus):
+    pass
+
+
+metadata = MetaData()
+orders = Table(
+    "bench_orders",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("product", String(50)),
+)
+
+handled: list[float] = []
+
+
+@command_handler
+def work(job: Job) -> None:
+    handled.append(job.number)
+
+
+@command_handler
+def place_order(command: PlaceOrder, events: OutboxEventBus, session: Session) -> None:
+    session.execute(insert(orders).values(id=command.number, product="book"))
+    events.publish(OrderWasPlaced(command.number))
+
+
+def benchmarks() -> list[Result]:
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite_url = f"sqlite:///{Path(folder) / 'bench.db'}"
+        results += outbox_cost("SQLite", sqlite_url)
+        results.append(drain("SQLite", sqlite_url, DRAIN))
+    if not _reachable(POSTGRES):
+        print(f"sql: PostgreSQL at {POSTGRES} is unreachable; its figures are skipped")
+        return results
+    results += outbox_cost("PostgreSQL", POSTGRES)
+    results.append(drain("PostgreSQL", POSTGRES, DRAIN))
+    results.append(deep_backlog(POSTGRES))
+    results += latency(POSTGRES)
+    return results
+
+
+def _reachable(url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(_conninfo(url), connect_timeout=3).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _conninfo(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _messaging(url: str) -> Messaging:
+    messaging = Messaging(
+        handlers=[work, place_order],
+        channels=[SqlChannel("jobs"), SqlChannel("outbox")],
+        database=url,
+    )
+    messaging.setup()
+    with messaging.database_engine.begin() as connection:
+        metadata.drop_all(connection)
+        metadata.create_all(connection)
+        connection.exec_driver_sql("DELETE FROM busway_messages")
+    return messaging
+
+
+@contextmanager
+def raw_connection(url: str) -> Iterator[Any]:
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            yield connection
+        finally:
+            connection.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(_conninfo(url)) as connection:
+            yield connection
+
+
+def _raw_transaction(connection: Any, statements: Callable[[], None]) -> None:
+    if isinstance(connection, sqlite3.Connection):
+        connection.execute("BEGIN IMMEDIATE")
+        statements()
+        connection.execute("COMMIT")
+    else:
+        with connection.transaction():
+            statements()
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds else float("nan")
+
+
+# -- outbox cost ---------------------------------------------------------------------------
+
+
+def outbox_cost(label: str, url: str) -> list[Result]:
+    messaging = _messaging(url)
+    engine = messaging.database_engine
+    bus = messaging.command_bus
+
+    def clear() -> None:
+        with engine.begin() as connection:
+            connection.execute(orders.delete())
+            connection.exec_driver_sql("DELETE FROM busway_messages")
+
+    def with_busway(offset: int) -> float:
+        start = time.perf_counter()
+        for number in range(offset, offset + OUTBOX):
+            bus.send(PlaceOrder(number))
+        return _rate(OUTBOX, time.perf_counter() - start)
+
+    def with_sqlalchemy(offset: int) -> float:
+        start = time.perf_counter()
+        for number in range(offset, offset + OUTBOX):
+            with Session(engine) as session, session.begin():
+                session.execute(insert(orders).values(id=number, product="book"))
+        return _rate(OUTBOX, time.perf_counter() - start)
+
+    def with_driver(offset: int) -> float:
+        sql = "INSERT INTO bench_orders (id, product) VALUES ({0}, {0})".format(
+            "?" if url.startswith("sqlite") else "%s"
+        )
+        with raw_connection(url) as connection:
+            start = time.perf_counter()
+            for number in range(offset, offset + OUTBOX):
+                _raw_transaction(
+                    connection,
+                    lambda number=number: connection.execute(sql, (number, "book")),  # type: ignore[misc]
+                )
+            return _rate(OUTBOX, time.perf_counter() - start)
+
+    best = {"busway": 0.0, "sqlalchemy": 0.0, "driver": 0.0}
+    runs = 2 if QUICK else 3
+    for run in range(runs):
+        clear()
+        offset = run * OUTBOX * 3
+        best["busway"] = max(best["busway"], with_busway(offset))
+        best["sqlalchemy"] = max(best["sqlalchemy"], with_sqlalchemy(offset + OUTBOX))
+        best["driver"] = max(best["driver"], with_driver(offset + 2 * OUTBOX))
+    messaging.close()
+    name = f"{label}: command + business row + outbox event"
+    return [
+        Result(
+            name,
+            best["busway"],
+            "msg/s",
+            "same SQLAlchemy transaction, no event",
+            best["sqlalchemy"],
+        ),
+        Result(name, best["busway"], "msg/s", "raw driver, business row only", best["driver"]),
+    ]
+
+
+# -- draining ------------------------------------------------------------------------------
+
+
+def _fill(messaging: Messaging, count: int) -> None:
+    """Put ``count`` valid messages for ``work`` on channel ``jobs``, in bulk."""
+    channel = messaging.channel("jobs")
+    assert isinstance(channel, SqlChannel)
+    runtime = messaging.runtime
+    with messaging.database_engine.begin() as connection:
+        for start in range(0, count, 10_000):
+            rows = [
+                channel._row(
+                    runtime.envelope(
+                        runtime.new_message(Kind.COMMAND, Job(number), None, None, None), {}
+                    )
+                )
+                for number in range(start, min(count, start + 10_000))
+            ]
+            connection.execute(insert(channel.table), rows)
+
+
+def _drain_busway(messaging: Messaging, count: int) -> float:
+    handled.clear()
+    start = time.perf_counter()
+    messaging.run("jobs", limit=count)
+    seconds = time.perf_counter() - start
+    assert len(handled) == count, f"busway handled {len(handled)} of {count}"
+    return _rate(count, seconds)
+
+
+def _drain_raw(url: str, count: int) -> float:
+    decode = msgspec.json.Decoder(Job).decode
+    done: list[int] = []
+
+    def call(job: Job) -> None:
+        done.append(job.number)
+
+    sqlite = url.startswith("sqlite")
+    claim = (
+        "SELECT seq, body FROM busway_messages WHERE channel = {p} AND available_at <= {p} "
+        "ORDER BY available_at, seq LIMIT 100" + ("" if sqlite else " FOR UPDATE SKIP LOCKED")
+    ).format(p="?" if sqlite else "%s")
+    with raw_connection(url) as connection:
+        start = time.perf_counter()
+        while len(done) < count:
+            now = int(time.time() * 1000)
+            if sqlite:
+                connection.execute("BEGIN IMMEDIATE")
+                rows = connection.execute(claim, ("jobs", now)).fetchall()
+                for _seq, body in rows:
+                    call(decode(body))
+                connection.execute(
+                    f"DELETE FROM busway_messages WHERE seq IN ({','.join('?' * len(rows))})",
+                    [seq for seq, _ in rows],
+                )
+                connection.execute("COMMIT")
+            else:
+                with connection.transaction():
+                    rows = connection.execute(claim, ("jobs", now)).fetchall()
+                    for _seq, body in rows:
+                        call(decode(body))
+                    connection.execute(
+                        "DELETE FROM busway_messages WHERE seq = ANY(%s)", ([s for s, _ in rows],)
+                    )
+            if not rows:
+                break
+        seconds = time.perf_counter() - start
+    assert len(done) == count, f"the raw loop handled {len(done)} of {count}"
+    return _rate(count, seconds)
+
+
+def drain(label: str, url: str, count: int) -> Result:
+    messaging = _messaging(url)
+    best_busway = best_raw = 0.0
+    for _ in range(1 if QUICK else 2):
+        _fill(messaging, count)
+        best_busway = max(best_busway, _drain_busway(messaging, count))
+        _fill(messaging, count)
+        best_raw = max(best_raw, _drain_raw(url, count))
+    messaging.close()
+    return Result(
+        f"{label}: drain {count:,} messages, one worker, no-op handler",
+        best_busway,
+        "msg/s",
+        "raw claim 100 + decode + call + delete loop",
+        best_raw,
+    )
+
+
+def deep_backlog(url: str) -> Result:
+    messaging = _messaging(url)
+    _fill(messaging, DRAIN)
+    shallow = _drain_busway(messaging, DRAIN)
+    _fill(messaging, BACKLOG)
+    deep = _drain_busway(messaging, DRAIN)
+    with messaging.database_engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM busway_messages")
+    messaging.close()
+    return Result(
+        f"PostgreSQL: drain the first {DRAIN:,} of a {BACKLOG:,}-message backlog",
+        deep,
+        "msg/s",
+        f"drain a {DRAIN:,}-message backlog",
+        shallow,
+    )
+
+
+# -- latency -------------------------------------------------------------------------------
+
+sent_at: dict[int, float] = {}
+latencies: list[float] = []
+
+
+@command_handler
+def timed_job(job: Job) -> None:
+    latencies.append(time.perf_counter() - sent_at.pop(job.number))
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return (
+        statistics.median(ordered) * 1000,
+        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    )
+
+
+def _paced(send: Callable[[int], None]) -> None:
+    interval = 1 / RATE
+    next_at = time.perf_counter()
+    for number in range(LATENCY_SAMPLES):
+        next_at += interval
+        send(number)
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+
+
+def latency(url: str) -> list[Result]:
+    messaging = Messaging(handlers=[timed_job], channels=[SqlChannel("jobs")], database=url)
+    messaging.setup()
+    with messaging.database_engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM busway_messages")
+    bus = messaging.gateway(JobBus)
+    latencies.clear()
+    worker = messaging.worker("jobs", until_empty=False, poll_interval=1.0)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    messaging.channel("jobs").send  # the worker listens before the first message
+
+    def send(number: int) -> None:
+        sent_at[number] = time.perf_counter()
+        bus.send(Job(number))
+
+    try:
+        _paced(send)
+        deadline = time.monotonic() + 30
+        while len(latencies) < LATENCY_SAMPLES and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+        thread.join()
+        messaging.close()
+    busway_p50, busway_p99 = _percentiles(latencies)
+    raw_p50, raw_p99 = _percentiles(_raw_latencies(url))
+    name = f"PostgreSQL: end-to-end latency at {RATE} msg/s"
+    return [
+        Result(f"{name}, p50", busway_p50, "ms", "raw INSERT+NOTIFY / LISTEN+claim, p50", raw_p50),
+        Result(f"{name}, p99", busway_p99, "ms", "raw INSERT+NOTIFY / LISTEN+claim, p99", raw_p99),
+    ]
+
+
+def _raw_latencies(url: str) -> list[float]:
+    import psycopg
+
+    samples: list[float] = []
+    stamps: dict[int, float] = {}
+    stop = threading.Event()
+    listening = threading.Event()
+    claim = (
+        "DELETE FROM busway_messages WHERE seq IN (SELECT seq FROM busway_messages "
+        "WHERE channel = 'raw' ORDER BY available_at, seq LIMIT 100 FOR UPDATE SKIP LOCKED) "
+        "RETURNING body"
+    )
+
+    def consume() -> None:
+        with (
+            psycopg.connect(_conninfo(url), autocommit=True) as listener,
+            psycopg.connect(_conninfo(url)) as connection,
+        ):
+            listener.execute("LISTEN busway_messages")
+            listening.set()
+            while not stop.is_set():
+                for _ in listener.notifies(timeout=0.1, stop_after=1):
+                    break
+                with connection.transaction():
+                    for (body,) in connection.execute(claim).fetchall():
+                        number = int(body)
+                        samples.append(time.perf_counter() - stamps.pop(number))
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    listening.wait()
+    with psycopg.connect(_conninfo(url), autocommit=True) as producer:
+
+        def send(number: int) -> None:
+            stamps[number] = time.perf_counter()
+            producer.execute(
+                "INSERT INTO busway_messages (channel, available_at, message_id, headers, body, "
+                "deliveries) VALUES ('raw', 0, %s, '{}', %s, 0)",
+                (str(number), str(number).encode()),
+            )
+
+        _paced(send)
+        deadline = time.monotonic() + 30
+        while len(samples) < LATENCY_SAMPLES and time.monotonic() < deadline:
+            time.sleep(0.01)
+    stop.set()
+    thread.join()
+    return samples
