@@ -498,6 +498,9 @@ class Cashier:
         self.charged.append(command.amount)
 
 
+CHARGE = f"{__name__}.Cashier.charge"
+
+
 @dataclass
 class Shop:
     messaging: Messaging
@@ -553,7 +556,7 @@ def test_list_shows_letters_oldest_first(cashier_app: Shop) -> None:
     [
         (["--channel", "payments"], 2),
         (["--channel", "elsewhere"], 0),
-        (["--handler", "test_cli.Cashier.charge"], 2),
+        (["--handler", CHARGE], 2),
         (["--error", "KeyError"], 2),
         (["--error", "builtins.KeyError"], 2),
         (["--error", "ValueError"], 0),
@@ -573,7 +576,7 @@ def test_show_prints_everything_about_one_letter(cashier_app: Shop) -> None:
 
     assert result.exit_code == 0
     assert f"id:         {letter_id}" in result.output
-    assert "handler:    test_cli.Cashier.charge" in result.output
+    assert f"handler:    {CHARGE}" in result.output
     assert "error:      builtins.KeyError: 'no card for 10'" in result.output
     assert '{"amount":10}' in result.output
     assert "Traceback (most recent call last)" in result.output
