@@ -45,7 +45,7 @@ def named(name: str) -> Callable[[type[Any]], type[Any]]:
     """Give a payload class a stable type name that survives moving or renaming it."""
 
     def mark(cls: type[Any]) -> type[Any]:
-        cls.__busway_name__ = name  # type: ignore[attr-defined]
+        cls.__busway_name__ = name
         return cls
 
     return mark
@@ -110,16 +110,14 @@ class PydanticConverter:
     def supports(self, cls: type[Any]) -> bool:
         pydantic = sys.modules.get("pydantic")
         return (
-            pydantic is not None
-            and isinstance(cls, type)
-            and issubclass(cls, pydantic.BaseModel)
+            pydantic is not None and isinstance(cls, type) and issubclass(cls, pydantic.BaseModel)
         )
 
     def encode(self, payload: Any) -> bytes:
         return payload.model_dump_json().encode()  # type: ignore[no-any-return]
 
     def decoder(self, cls: type[Any]) -> Decode:
-        return cls.model_validate_json  # type: ignore[attr-defined,no-any-return]
+        return cls.model_validate_json  # type: ignore[no-any-return]
 
 
 class Conversion:
@@ -165,9 +163,7 @@ class Conversion:
         try:
             return converter.decoder(cls)(body)
         except Exception as error:
-            raise ConversionError(
-                f"cannot read the body as a {type_name(cls)}: {error}"
-            ) from error
+            raise ConversionError(f"cannot read the body as a {type_name(cls)}: {error}") from error
 
 
 def _cannot_convert(cls: type[Any]) -> str:

@@ -51,9 +51,7 @@ class CommandBus(Gateway):
         """Send ``payload`` to the handler of routing key ``key``."""
         return self._outlet.dispatch(Kind.COMMAND, payload, key, headers, delay)
 
-    async def asend(
-        self, command: Any, headers: UserHeaders = None, *, delay: Delay = None
-    ) -> Any:
+    async def asend(self, command: Any, headers: UserHeaders = None, *, delay: Delay = None) -> Any:
         """``send`` for asyncio code."""
         return await self._outlet.adispatch(Kind.COMMAND, command, None, headers, delay)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
 C = TypeVar("C")
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     COMMAND = "command"
     EVENT = "event"
     QUERY = "query"
@@ -39,9 +39,7 @@ def _marker(kind: Kind) -> Any:
         key: str | None = None, /, *, transactional: bool | None = None
     ) -> Callable[[F], F]: ...
 
-    def decorate(
-        target: Any = None, /, *, transactional: bool | None = None
-    ) -> Any:
+    def decorate(target: Any = None, /, *, transactional: bool | None = None) -> Any:
         key = target if isinstance(target, str) else None
 
         def mark(function: F) -> F:
@@ -57,7 +55,7 @@ def _marker(kind: Kind) -> Any:
     decorate.__name__ = f"{kind.value}_handler"
     decorate.__doc__ = (
         f"Mark a function or method as a {kind.value} handler, routed by its first parameter's "
-        f"type hint, or by a routing key: ``@{kind.value}_handler(\"key\")``. "
+        f'type hint, or by a routing key: ``@{kind.value}_handler("key")``. '
         "``transactional=False`` opts the handler out of the database transaction."
     )
     return decorate
@@ -78,7 +76,7 @@ def asynchronous(*channels: str) -> Callable[[C], C]:
     """
     if not channels or not all(isinstance(name, str) and name for name in channels):
         raise TypeError(
-            "@asynchronous needs at least one channel name, e.g. @asynchronous(\"async\")"
+            '@asynchronous needs at least one channel name, e.g. @asynchronous("async")'
         )
 
     def mark(target: C) -> C:

@@ -65,9 +65,7 @@ class Interceptor:
     def around(self, invocation: Invocation, proceed: Callable[[], Any]) -> Any:
         return proceed()
 
-    async def aaround(
-        self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
         return await proceed()
 
     def after(self, invocation: Invocation, result: Any) -> None:
@@ -84,7 +82,7 @@ def _overrides(interceptor: Interceptor, hook: str) -> bool:
 class Chain:
     """The interceptors of one handler, with only the hooks they override."""
 
-    __slots__ = ("afters", "aarounds", "arounds", "befores", "faileds")
+    __slots__ = ("aarounds", "afters", "arounds", "befores", "faileds")
 
     def __init__(self, interceptors: list[Interceptor]) -> None:
         ordered = sorted(interceptors, key=lambda interceptor: interceptor.order)
@@ -113,9 +111,7 @@ class Chain:
             after(invocation, result)
         return result
 
-    async def acall(
-        self, invocation: Invocation, handler: Callable[[], Awaitable[Any]]
-    ) -> Any:
+    async def acall(self, invocation: Invocation, handler: Callable[[], Awaitable[Any]]) -> Any:
         try:
             for before in self.befores:
                 before(invocation)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, TypeVar
 
 from busway._internal.outlet import bind_gateway
@@ -69,9 +69,7 @@ class Messaging:
         self._gateways: dict[type[Gateway], Gateway] = {}
         self._gateway_problems: list[str] = []
 
-        registry = HandlerRegistry(
-            Services(services), providers, self._bind_or_note, conversion
-        )
+        registry = HandlerRegistry(Services(services), providers, self._bind_or_note, conversion)
         registry.add_all(handlers)
         router = Router(registry.definitions)
         self._runtime.router = router
@@ -84,7 +82,8 @@ class Messaging:
                         f"handler {definition.name} is marked @asynchronous({name!r}), but no "
                         f"channel is named {name!r}; add it to Messaging(channels=[...])"
                     )
-        for cls in (CommandBus, EventBus, QueryBus, *gateways):
+        built_in: tuple[type[Gateway], ...] = (CommandBus, EventBus, QueryBus)
+        for cls in (*built_in, *gateways):
             self._bind_or_note(cls)
         problems += self._gateway_problems
 

@@ -33,7 +33,12 @@ class Outlet:
         channels: tuple[str, ...] | None = None,
     ) -> Any:
         return self.runtime.dispatch(
-            self.gateway, kind, payload, key, headers, delay,
+            self.gateway,
+            kind,
+            payload,
+            key,
+            headers,
+            delay,
             self.channels if channels is None else channels,
         )
 
@@ -47,7 +52,12 @@ class Outlet:
         channels: tuple[str, ...] | None = None,
     ) -> Any:
         return await self.runtime.adispatch(
-            self.gateway, kind, payload, key, headers, delay,
+            self.gateway,
+            kind,
+            payload,
+            key,
+            headers,
+            delay,
             self.channels if channels is None else channels,
         )
 
@@ -97,7 +107,7 @@ def _business_methods(
             mark = getattr(member, ROUTE_MARK, None)
             if mark is None:
                 problems.append(
-                    f"gateway method {where} has no route; mark it @route(\"some.key\"), "
+                    f'gateway method {where} has no route; mark it @route("some.key"), '
                     "or rename it with a leading underscore if it is a helper"
                 )
                 continue
@@ -106,12 +116,14 @@ def _business_methods(
             if kind is None:
                 problems.append(
                     f"gateway method {where} routes to {key!r}, which no handler takes; add "
-                    f"a handler for {key!r}, or say @route({key!r}, kind=\"command\") if "
+                    f'a handler for {key!r}, or say @route({key!r}, kind="command") if '
                     "another application handles it"
                 )
                 continue
             method_channels = async_channels(member) or async_channels(cls)
-            problems += _unknown_channels(f"gateway method {where}", method_channels, known_channels)
+            problems += _unknown_channels(
+                f"gateway method {where}", method_channels, known_channels
+            )
             if method_channels and kind is Kind.QUERY:
                 problems.append(
                     f"gateway method {where} sends query {key!r} through a channel, but a "
@@ -143,9 +155,7 @@ def _implement(
     return send
 
 
-def _unknown_channels(
-    what: str, channels: tuple[str, ...], known_channels: set[str]
-) -> list[str]:
+def _unknown_channels(what: str, channels: tuple[str, ...], known_channels: set[str]) -> list[str]:
     return [
         f"{what} is marked @asynchronous({channel!r}), but no channel is named {channel!r}; "
         f"add it to Messaging(channels=[...])"

@@ -162,7 +162,7 @@ class HandlerRegistry:
             self.problems.append(
                 f"handler {name} has no class type hint on its first parameter "
                 f"{parameters[0].name!r}; annotate it with the message class, or route it "
-                f"by key: @{mark.kind.value}_handler(\"some.key\")"
+                f'by key: @{mark.kind.value}_handler("some.key")'
             )
             return
         if isinstance(payload_type, type) and not self.conversion.supports(payload_type):

@@ -160,9 +160,9 @@ class Runtime:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def targets(self, kind: Kind, payload_type: type[Any] | None, key: str | None) -> list[
-        HandlerDefinition
-    ]:
+    def targets(
+        self, kind: Kind, payload_type: type[Any] | None, key: str | None
+    ) -> list[HandlerDefinition]:
         if key is not None:
             found = self.router.by_key(kind, key)
             what = f"routing key {key!r}"
@@ -218,10 +218,7 @@ class Runtime:
         message = self.new_message(kind, payload, key, headers, delay)
         for observer in self.observers:
             observer.sent(gateway, message)
-        if channels:
-            steps = self.gateway_plan(channels)
-        else:
-            steps = self.plan(kind, type(payload), key)
+        steps = self.gateway_plan(channels) if channels else self.plan(kind, type(payload), key)
         result = None
         for step in steps:
             if isinstance(step, Enqueue):
@@ -243,10 +240,7 @@ class Runtime:
         message = self.new_message(kind, payload, key, headers, delay)
         for observer in self.observers:
             observer.sent(gateway, message)
-        if channels:
-            steps = self.gateway_plan(channels)
-        else:
-            steps = self.plan(kind, type(payload), key)
+        steps = self.gateway_plan(channels) if channels else self.plan(kind, type(payload), key)
         result = None
         for step in steps:
             if isinstance(step, Enqueue):
@@ -276,9 +270,7 @@ class Runtime:
             if definition.info.is_coroutine:
                 return run_coroutine(self._acall(definition, invocation))
             if definition.chain:
-                return definition.chain.call(
-                    invocation, lambda: _call(definition, invocation)
-                )
+                return definition.chain.call(invocation, lambda: _call(definition, invocation))
             return _call(definition, invocation)
         finally:
             current_message.reset(token)
@@ -384,7 +376,11 @@ class Runtime:
             retry_headers[DELIVER_AT] = self.clock() + delay
             log.warning(
                 "handler %s failed on attempt %d (%s: %s); retrying in %.3fs",
-                definition.name, attempt, type(error).__name__, error, delay,
+                definition.name,
+                attempt,
+                type(error).__name__,
+                error,
+                delay,
             )
             return delivery.channel, Envelope(delivery.envelope.body, retry_headers)
         return self.dead_letter(delivery, definition, error)
@@ -398,7 +394,11 @@ class Runtime:
         attempts = _attempt(delivery.envelope.headers) + 1
         log.error(
             "message %s on channel %r goes to the dead letter store after %d attempt(s): %s: %s",
-            headers.get(ID), delivery.channel, attempts, type(error).__name__, error,
+            headers.get(ID),
+            delivery.channel,
+            attempts,
+            type(error).__name__,
+            error,
         )
         return DeadLetter(
             id=new_dead_letter_id(),
@@ -504,7 +504,7 @@ def _rehop(envelope: Envelope, extra: Mapping[str, HeaderValue]) -> Envelope:
 def _kind(headers: Mapping[str, HeaderValue]) -> Kind:
     value = headers.get(KIND)
     try:
-        return Kind(value)
+        return Kind(str(value))
     except ValueError:
         raise MalformedMessageError(
             f"header {KIND!r} is {value!r}; expected 'command', 'event' or 'query'"

@@ -84,14 +84,14 @@ class Channel(ABC):
 
     name: str
 
-    def attach(self, context: ChannelContext) -> None:
+    def attach(self, context: ChannelContext) -> None:  # noqa: B027 - optional hook
         """Called once by ``Messaging`` before the channel is used."""
 
     def validate(self) -> list[str]:
         """Problems with the configuration, one sentence each, for start-up."""
         return []
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - optional hook
         """Create tables, queues or streams; must be safe to run again."""
 
     async def asetup(self) -> None:
@@ -122,7 +122,7 @@ class Channel(ABC):
         """How many messages wait on the channel, if the transport can tell cheaply."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ cross a network fails here too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -147,10 +148,8 @@ class InMemoryChannel(Channel):
         future: asyncio.Future[None] = loop.create_future()
         with self._condition:
             self._waiters.append((loop, future))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            pass
 
     def _delivery(self, stored: _Stored) -> Delivery:
         headers, body = stored
