@@ -1,6 +1,6 @@
 """Publishing through the outbox from a FastAPI view that owns its AsyncSession.
 
-    BUSWAY_DATABASE=postgresql://postgres@127.0.0.1/test uvicorn examples.fastapi_app:app
+BUSWAY_DATABASE=postgresql://postgres@127.0.0.1/test uvicorn examples.fastapi_app:app
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import String
@@ -58,8 +59,11 @@ async def get_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
+SessionDependency = Annotated[AsyncSession, Depends(get_session)]
+
+
 @app.post("/orders/{order_id}")
-async def place(order_id: str, session: AsyncSession = Depends(get_session)) -> dict[str, str]:
+async def place(order_id: str, session: SessionDependency) -> dict[str, str]:
     async with messaging.atransaction(session):
         session.add(Order(order_id=order_id))
         await messaging.gateway(OutboxEventBus).apublish(OrderWasPlaced(order_id))

@@ -112,16 +112,20 @@ def main(path: Path) -> None:
     with Session(engine) as session:
         orders = session.scalars(select(Order.order_id).order_by(Order.order_id)).all()
     say(f"3. Orders in the database: {', '.join(orders)}  (o-2 rolled back)")
-    say(f"   channel 'outbox' holds {messaging.channel('outbox').depth()} events: "
-        "o-2's event rolled back with its order\n")
+    say(
+        f"   channel 'outbox' holds {messaging.channel('outbox').depth()} events: "
+        "o-2's event rolled back with its order\n"
+    )
 
     say("4. A worker consumes 'outbox':")
     messaging.run("outbox")
 
     say("\n5. The failed command was retried once, then kept as a dead letter:")
     for letter in messaging.dead_letters.list():
-        say(f"   {letter.handler} failed {letter.attempts} times: "
-            f"{letter.error_type.rsplit('.', 1)[-1]}: {letter.error_message}")
+        say(
+            f"   {letter.handler} failed {letter.attempts} times: "
+            f"{letter.error_type.rsplit('.', 1)[-1]}: {letter.error_message}"
+        )
     say("   (`busway dead-letter replay ID` sends it back once the stock is in)")
     messaging.close()
 

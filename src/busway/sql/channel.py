@@ -233,6 +233,8 @@ class SqlChannel(Channel):
                         except MessageReturned:
                             break
                         done.append(row.seq)
+                    for callback in transaction.before_commit:
+                        callback()
                 finally:
                     current_transaction.reset(token)
                 if done:
@@ -297,6 +299,10 @@ class SqlChannel(Channel):
                         except MessageReturned:
                             break
                         done.append(row.seq)
+                    for callback in transaction.before_commit:
+                        pending = callback()
+                        if pending is not None:
+                            await pending
                 finally:
                     current_transaction.reset(token)
                 if done:

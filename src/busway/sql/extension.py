@@ -6,8 +6,10 @@ from typing import Any
 
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from busway.interceptors import Interceptor
 from busway.sql.database import Database
 from busway.sql.dead_letters import SqlDeadLetterStore
+from busway.sql.inbox import DeduplicationInterceptor, Inbox
 from busway.sql.transactions import DatabaseParameters, TransactionInterceptor
 
 
@@ -16,7 +18,11 @@ class SqlExtension:
         self.database = database
         parameters = DatabaseParameters()
         self.providers = [parameters]
-        self.interceptors = [TransactionInterceptor(database, parameters.wants_database)]
+        self.inbox = Inbox(database)
+        self.interceptors: list[Interceptor] = [
+            TransactionInterceptor(database, parameters.wants_database),
+            DeduplicationInterceptor(self.inbox),
+        ]
         self.dead_letters = SqlDeadLetterStore(database)
 
     @classmethod
@@ -29,20 +35,23 @@ class SqlExtension:
 
     def setup(self) -> None:
         self.dead_letters.setup()
+        self.inbox.setup()
 
     async def asetup(self) -> None:
         self.setup()
 
     def ddl(self) -> list[str]:
         dialect = self.database.engine.dialect
-        table = self.dead_letters.table
-        return [
-            str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip(),
-            *(
+        statements: list[str] = []
+        for table in (self.dead_letters.table, self.inbox.table):
+            statements.append(
+                str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
+            )
+            statements += [
                 str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)).strip()
                 for index in table.indexes
-            ),
-        ]
+            ]
+        return statements
 
     def close(self) -> None:
         self.database.dispose()

@@ -33,6 +33,9 @@ class Transaction:
     connection: Connection | AsyncConnection
     session: Session | AsyncSession | None = None
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    before_commit: list[Callable[[], Any]] = field(default_factory=list)
+    """Run by a SQL channel just before it acknowledges a batch; may return an awaitable."""
+    pending: dict[object, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def is_async(self) -> bool:
@@ -144,7 +147,7 @@ class TransactionInterceptor(Interceptor):
         joined = open_transaction(self.database.key, asynchronous=False)
         if joined is not None:
             assert isinstance(joined.connection, Connection)
-            if _in_batch(invocation, joined):
+            if in_batch(invocation, joined):
                 try:
                     return self._call(invocation, joined, proceed)
                 except Exception as error:
@@ -189,11 +192,11 @@ class TransactionInterceptor(Interceptor):
     async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
         if not invocation.handler.is_coroutine:
             # A plain def handler on the asyncio path works with a sync Session.
-            return self.around(invocation, _blocking(proceed))
+            return self.around(invocation, blocking(proceed))
         joined = open_transaction(self.database.key, asynchronous=True)
         if joined is not None:
             assert isinstance(joined.connection, AsyncConnection)
-            if _in_batch(invocation, joined):
+            if in_batch(invocation, joined):
                 try:
                     return await self._acall(invocation, joined, proceed)
                 except Exception as error:
@@ -241,7 +244,7 @@ class TransactionInterceptor(Interceptor):
                 await sessions[0].close()
 
 
-def _in_batch(invocation: Invocation, transaction: Transaction) -> bool:
+def in_batch(invocation: Invocation, transaction: Transaction) -> bool:
     """Whether the handler runs in a channel's batch transaction without savepoints."""
     delivery = invocation.delivery
     return (
@@ -251,7 +254,7 @@ def _in_batch(invocation: Invocation, transaction: Transaction) -> bool:
     )
 
 
-def _blocking(proceed: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
+def blocking(proceed: Callable[[], Awaitable[Any]]) -> Callable[[], Any]:
     def call() -> Any:
         coroutine = proceed()
         try:

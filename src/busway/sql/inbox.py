@@ -1,0 +1,163 @@
+"""Deduplication: the inbox that makes a message take effect once per handler.
+
+Before a handler's effects commit, busway records ``(message key, handler)`` under a unique
+constraint in the same transaction. A second delivery of the same message, one after the
+other or at the same moment on another worker, finds the record and is skipped. The key is
+the message id unless ``Messaging(..., deduplicate_by=...)`` says otherwise.
+
+In a SQL channel's batch (no savepoints), the records of the whole batch are written in one
+statement just before the acknowledgement; if one already exists the batch is rolled back and
+handled again one handler at a time, where each record is checked before its handler runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import Connection, MetaData, Table, delete
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from busway.channels.base import BatchRollback
+from busway.interceptors import HandlerInfo, Interceptor, Invocation
+from busway.message import Message
+from busway.sql.database import Database
+from busway.sql.schema import inbox_table
+from busway.sql.transactions import Transaction, blocking, current_transaction, in_batch
+
+KeyFunction = Callable[[Message[Any]], str | None]
+
+
+def message_id(message: Message[Any]) -> str:
+    return message.headers.id
+
+
+class Inbox:
+    """The ``busway_inbox`` table of one database."""
+
+    def __init__(self, database: Database, table: str = "busway_inbox") -> None:
+        self.database = database
+        self.table: Table = inbox_table(MetaData(), table)
+
+    def setup(self) -> None:
+        with self.database.engine.begin() as connection:
+            self.table.create(connection, checkfirst=True)
+
+    @functools.cached_property
+    def _insert(self) -> Any:
+        backend = self.database.backend
+        if backend == "postgresql":
+            # psycopg reports no row count for many rows; count the rows returned instead.
+            return (
+                postgresql.insert(self.table)
+                .on_conflict_do_nothing()
+                .returning(self.table.c.handled_at)
+            )
+        if backend == "sqlite":
+            return sqlite.insert(self.table).on_conflict_do_nothing()
+        return mysql.insert(self.table).prefix_with("IGNORE")
+
+    def record(self, connection: Connection, rows: list[dict[str, Any]]) -> int:
+        """Write the records; how many were new."""
+        return self._count(connection.execute(self._insert, rows))
+
+    async def arecord(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> int:
+        return self._count(await connection.execute(self._insert, rows))
+
+    def _count(self, result: Any) -> int:
+        if self.database.backend == "postgresql":
+            return len(result.all())
+        return int(result.rowcount)
+
+    def cleanup(self, older_than: float) -> int:
+        """Forget records older than ``older_than`` seconds; returns how many."""
+        cutoff = int((time.time() - older_than) * 1000)
+        with self.database.engine.begin() as connection:
+            result = connection.execute(delete(self.table).where(self.table.c.handled_at < cutoff))
+        return int(result.rowcount)
+
+
+class DeduplicationInterceptor(Interceptor):
+    """Skips a handler for a message it has already taken effect for."""
+
+    order = 900
+
+    def __init__(self, inbox: Inbox, key: KeyFunction = message_id) -> None:
+        self.inbox = inbox
+        self.key = key
+
+    def applies_to(self, handler: HandlerInfo) -> bool:
+        return handler.transactional is not False
+
+    def _row(self, invocation: Invocation) -> dict[str, Any] | None:
+        if invocation.delivery is None:
+            return None
+        key = self.key(invocation.message)
+        if key is None:
+            return None
+        return {
+            "message_key": key,
+            "handler": invocation.handler.name,
+            "handled_at": int(time.time() * 1000),
+        }
+
+    def _transaction(self, asynchronous: bool) -> Transaction | None:
+        transaction = current_transaction.get()
+        if (
+            transaction is None
+            or transaction.key != self.inbox.database.key
+            or transaction.is_async != asynchronous
+        ):
+            return None
+        return transaction
+
+    def around(self, invocation: Invocation, proceed: Callable[[], Any]) -> Any:
+        row = self._row(invocation)
+        transaction = self._transaction(asynchronous=False) if row else None
+        if row is None or transaction is None:
+            return proceed()
+        if in_batch(invocation, transaction):
+            self._defer(transaction, row)
+            return proceed()
+        assert isinstance(transaction.connection, Connection)
+        if not self.inbox.record(transaction.connection, [row]):
+            return None  # taken effect already
+        return proceed()
+
+    async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        row = self._row(invocation)
+        transaction = self._transaction(asynchronous=True) if row else None
+        if row is None or transaction is None:
+            if row is not None and not invocation.handler.is_coroutine:
+                return self.around(invocation, blocking(proceed))
+            return await proceed()
+        if in_batch(invocation, transaction):
+            self._defer(transaction, row)
+            return await proceed()
+        assert isinstance(transaction.connection, AsyncConnection)
+        if not await self.inbox.arecord(transaction.connection, [row]):
+            return None
+        return await proceed()
+
+    def _defer(self, transaction: Transaction, row: dict[str, Any]) -> None:
+        pending = transaction.pending.setdefault(self, [])
+        if not pending:
+            transaction.before_commit.append(lambda: self._flush(transaction))
+        pending.append(row)
+
+    def _flush(self, transaction: Transaction) -> Any:
+        rows = transaction.pending.pop(self, [])
+        if not rows:
+            return None
+        if isinstance(transaction.connection, AsyncConnection):
+            return self._aflush(transaction.connection, rows)
+        if self.inbox.record(transaction.connection, rows) != len(rows):
+            raise BatchRollback("a message of the batch was handled before")
+        return None
+
+    async def _aflush(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        if await self.inbox.arecord(connection, rows) != len(rows):
+            raise BatchRollback("a message of the batch was handled before")
