@@ -65,8 +65,10 @@ class Worker:
         self._stop_reason: str | None = None
         self._lock = threading.Lock()
         # With several consumers, "empty" needs more than one consumer finding nothing: another
-        # consumer's message in hand may still send more. So count the passes in progress.
+        # consumer's message in hand may still send more. So count the passes in progress, and
+        # the messages in hand, which also count against the limit.
         self._passes = 0
+        self._in_hand = 0
         self._changed = threading.Condition(self._lock)
         self._achanged: asyncio.Event | None = None
 
@@ -82,7 +84,8 @@ class Worker:
     def _budget(self) -> int:
         if self.limits.limit is None:
             return self.limits.batch_size
-        return max(0, min(self.limits.batch_size, self.limits.limit - self.result.handled))
+        left = self.limits.limit - self.result.handled - self._in_hand
+        return max(0, min(self.limits.batch_size, left))
 
     def _check_limits(self) -> None:
         limits = self.limits
@@ -93,8 +96,23 @@ class Worker:
         elif limits.memory_limit is not None and _peak_memory() >= limits.memory_limit:
             self.stop("memory-limit")
 
+    def _claim(self) -> None:
+        """Take a place for the message about to be handled, or refuse it: the run is over."""
+        with self._lock:
+            if self.stopping or not self._budget():
+                raise StopConsuming
+            self._in_hand += 1
+
+    def _unclaim(self) -> None:
+        with self._lock:
+            self._in_hand -= 1
+            self._changed.notify_all()
+        if self._achanged is not None:
+            self._achanged.set()
+
     def _count(self, ok: bool) -> None:
         with self._lock:
+            self._in_hand -= 1
             self.result.handled += 1
             if not ok:
                 self.result.failed += 1
@@ -108,14 +126,37 @@ class Worker:
             self.on_progress(self.result)
 
     def _handle(self, delivery: Delivery) -> None:
-        if self.stopping:
-            raise StopConsuming
-        self._count(self.runtime.receive(delivery))
+        self._claim()
+        try:
+            ok = self.runtime.receive(delivery)
+        except BaseException:
+            self._unclaim()
+            raise
+        self._count(ok)
 
     async def _ahandle(self, delivery: Delivery) -> None:
-        if self.stopping:
-            raise StopConsuming
-        self._count(await self.runtime.areceive(delivery))
+        self._claim()
+        try:
+            ok = await self.runtime.areceive(delivery)
+        except BaseException:
+            self._unclaim()
+            raise
+        self._count(ok)
+
+    def _after_idle_pass(self, seen: int) -> bool:
+        """After a pass that handled nothing: stop if the run is over; True to wait for others.
+
+        ``seen`` is the count handled when the pass began. While another consumer's pass is in
+        progress, its message in hand may send more work or use up the limit: wait for it.
+        """
+        wait = False
+        if self.result.handled == seen:
+            if self._passes == 0 and self.limits.until_empty:
+                self.stop("empty")
+            elif self._passes and (self.limits.until_empty or not self._budget()):
+                wait = True
+        self._check_limits()
+        return wait and not self.stopping
 
     def _wait(self) -> float:
         if self.limits.until_empty:
@@ -160,12 +201,8 @@ class Worker:
                     self._changed.notify_all()
             if handled == 0:
                 with self._lock:
-                    if self.limits.until_empty and self.result.handled == seen:
-                        if self._passes == 0:
-                            self.stop("empty")
-                        else:
-                            self._changed.wait()
-                    self._check_limits()
+                    if self._after_idle_pass(seen):
+                        self._changed.wait()
 
     async def arun(self, concurrency: int = 1) -> RunResult:
         self._achanged = asyncio.Event()
@@ -192,14 +229,9 @@ class Worker:
             finally:
                 self._passes -= 1
                 changed.set()
-            if handled == 0:
-                if self.limits.until_empty and self.result.handled == seen:
-                    if self._passes == 0:
-                        self.stop("empty")
-                    else:
-                        changed.clear()
-                        await changed.wait()
-                self._check_limits()
+            if handled == 0 and self._after_idle_pass(seen):
+                changed.clear()
+                await changed.wait()
 
 
 def _peak_memory() -> int:

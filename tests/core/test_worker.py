@@ -254,6 +254,39 @@ def test_concurrent_consumers_do_not_stop_while_a_message_in_hand_sends_more(
         assert channel.depth() == 0
 
 
+def test_concurrent_consumers_respect_the_limit(clock: Any) -> None:
+    for _ in range(10):
+        messaging, jobs, channel = _setup(clock, 40)
+
+        result = messaging.run("jobs", concurrency=3, limit=5)
+
+        assert (result.handled, result.reason) == (5, "limit")
+        assert len(jobs.done) == 5
+        assert channel.depth() == 35
+
+
+async def test_concurrent_asyncio_consumers_respect_the_limit(clock: Any) -> None:
+    done: list[int] = []
+
+    @command_handler
+    async def work(job: Job) -> None:
+        await asyncio.sleep(0)
+        done.append(job.number)
+
+    channel = InMemoryChannel("jobs")
+    messaging = Messaging(handlers=[work], channels=[channel], clock=clock)
+    for number in range(20):
+        await messaging.gateway(JobBus).asend(Job(number))
+
+    result = await messaging.arun("jobs", concurrency=3, limit=5)
+
+    assert (result.handled, result.reason) == (5, "limit")
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert channel.depth() == 15
+    assert (await messaging.arun("jobs", concurrency=3)).handled == 15
+    assert sorted(done) == list(range(20))
+
+
 async def test_arun_consumes_on_the_event_loop(clock: Any) -> None:
     messaging, jobs, channel = _setup(clock, 4)
 
