@@ -427,6 +427,33 @@ async def test_a_delayed_message_from_asyncio(clock: Any) -> None:
     assert handled == ["late"]
 
 
+class DomainEvent:
+    """A plain marker base class: not convertible itself, its subclasses are."""
+
+
+@dataclass
+class StockWasReserved(DomainEvent):
+    sku: str
+
+
+def test_a_handler_typed_with_a_plain_base_class_receives_subclasses_from_a_channel() -> None:
+    received: list[DomainEvent] = []
+
+    @event_handler
+    def on_any(event: DomainEvent) -> None:
+        received.append(event)
+
+    channel = InMemoryChannel("async")
+    messaging = Messaging(handlers=[on_any], channels=[channel])
+    messaging.gateway(AsyncEventBus).publish(StockWasReserved("sku-1"))
+    messaging.run("async")
+
+    assert received == [StockWasReserved("sku-1")]
+    with pytest.raises(ConversionError, match="cannot convert"):
+        messaging.gateway(AsyncEventBus).publish(DomainEvent())
+    assert channel.depth() == 0
+
+
 # -- the in-memory channel serializes -------------------------------------------------------
 
 

@@ -255,6 +255,28 @@ def test_an_event_handler_typed_with_a_base_class_receives_subclasses() -> None:
     assert placed == [OrderWasPlaced("o-1", "book")]
 
 
+class DomainEvent:
+    """A plain marker base class: not convertible itself, its subclasses are."""
+
+
+@dataclass
+class StockWasReserved(DomainEvent):
+    sku: str
+
+
+def test_a_handler_typed_with_a_plain_base_class_receives_its_subclasses() -> None:
+    received: list[DomainEvent] = []
+
+    @event_handler
+    def on_any(event: DomainEvent) -> None:
+        received.append(event)
+
+    messaging = Messaging(handlers=[on_any])
+    messaging.event_bus.publish(StockWasReserved("sku-1"))
+
+    assert received == [StockWasReserved("sku-1")]
+
+
 def test_every_subscriber_of_an_event_runs() -> None:
     seen: list[str] = []
 

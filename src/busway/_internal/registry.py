@@ -165,7 +165,12 @@ class HandlerRegistry:
                 f'by key: @{mark.kind.value}_handler("some.key")'
             )
             return
-        if isinstance(payload_type, type) and not self.conversion.supports(payload_type):
+        if (
+            isinstance(payload_type, type)
+            and not self.conversion.supports(payload_type)
+            # A base class stands for its subclasses: those are converted when sent.
+            and not payload_type.__subclasses__()
+        ):
             self.problems.append(
                 f"handler {name} takes {type_name(payload_type)}, which busway cannot "
                 "convert to JSON; make it a dataclass, a msgspec Struct or a pydantic model, "
