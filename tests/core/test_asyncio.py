@@ -1,7 +1,11 @@
 import asyncio
+import gc
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from busway import (
     CommandBus,
@@ -202,3 +206,25 @@ def test_async_handlers_on_worker_threads_keep_the_flow() -> None:
         assert child.causation_id == parents[name].id
         assert child.correlation_id == parents[name].correlation_id
         assert child["request"] == parents[name]["request"] == name[2:]
+
+
+def test_a_sync_bus_reaching_an_async_handler_from_the_helper_loop_explains_itself() -> None:
+    @command_handler
+    async def wait(command: Wait, commands: CommandBus) -> None:
+        await commands.asend(Release(command.name))
+
+    @command_handler
+    def release(command: Release, events: EventBus) -> None:
+        events.publish(Looked(command.name))
+
+    @event_handler
+    async def looked(event: Looked) -> None:
+        pass
+
+    messaging = Messaging(handlers=[wait, release, looked])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeError, match=r"await bus\.asend"):
+            messaging.command_bus.send(Wait("w"))
+        gc.collect()

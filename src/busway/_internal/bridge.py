@@ -42,6 +42,7 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
         done.add_done_callback(lambda _task: finished.set())
 
     if threading.current_thread().name == "busway-bridge":
+        coroutine.close()  # never to run: close it, or Python warns it was never awaited
         raise RuntimeError(
             "an async def handler was called from sync code that itself runs on busway's "
             "helper loop; call the bus's a-prefixed method (await bus.asend(...)) instead"
