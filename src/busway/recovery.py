@@ -81,6 +81,8 @@ class DeadLetterStore(Protocol):
 
     def add(self, letter: DeadLetter) -> None: ...
 
+    async def aadd(self, letter: DeadLetter) -> None: ...
+
     def list(
         self, *, channel: str | None = None, handler: str | None = None
     ) -> list[DeadLetter]: ...
@@ -100,6 +102,9 @@ class InMemoryDeadLetterStore:
     def add(self, letter: DeadLetter) -> None:
         with self._lock:
             self._letters[letter.id] = letter
+
+    async def aadd(self, letter: DeadLetter) -> None:
+        self.add(letter)
 
     def list(self, *, channel: str | None = None, handler: str | None = None) -> list[DeadLetter]:
         with self._lock:

@@ -430,6 +430,8 @@ class Runtime:
                 self.send(step.channel, _rehop(delivery.envelope, step.headers))
                 continue
             try:
+                if delivery.known_failure is not None:
+                    raise delivery.known_failure
                 message = self.message_for(step.definition, delivery, prepared.headers)
                 self.invoke(step.definition, message, delivery)
             except BatchRollback:
@@ -449,7 +451,7 @@ class Runtime:
             await self.asend(prepared.channel, prepared.envelope)
             return True
         if isinstance(prepared, Reject):
-            self.dead_letters.add(prepared.letter)
+            await self.dead_letters.aadd(prepared.letter)
             return False
         if not delivery.isolated and _invocations(prepared.steps) > 1:
             delivery.isolated = True  # one subscriber's failure must not re-run its siblings
@@ -459,6 +461,8 @@ class Runtime:
                 await self.asend(step.channel, _rehop(delivery.envelope, step.headers))
                 continue
             try:
+                if delivery.known_failure is not None:
+                    raise delivery.known_failure
                 message = self.message_for(step.definition, delivery, prepared.headers)
                 await self.ainvoke(step.definition, message, delivery)
             except BatchRollback:
@@ -467,7 +471,7 @@ class Runtime:
                 ok = False
                 outcome = self.decide_failure(delivery, step.definition, error)
                 if isinstance(outcome, DeadLetter):
-                    self.dead_letters.add(outcome)
+                    await self.dead_letters.aadd(outcome)
                 else:
                     await self.asend(*outcome)
         return ok

@@ -63,6 +63,9 @@ class Delivery:
     and a failing one raises ``BatchRollback`` so the channel rolls the batch back and
     redoes it with savepoints.
     """
+    known_failure: BaseException | None = None
+    """Set when the channel redoes a batch: the error this message's handler raised the first
+    time, so the handler is not run again and the failure is dealt with at once."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -18,7 +18,18 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, MetaData, Row, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    MetaData,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -177,20 +188,28 @@ class SqlChannel(Channel):
             query = query.with_for_update(skip_locked=True)
         return query
 
-    def _lease(self, seqs: list[int]) -> Any:
+    def _lease(self, seqs: list[int]) -> tuple[Any, Any]:
         until = int((self._clock() + self.visibility_timeout) * 1000)
-        return (
-            update(self.table)
-            .where(self.table.c.seq.in_(seqs))
-            .values(available_at=until, deliveries=self.table.c.deliveries + 1)
+        statement = update(self.table).values(
+            available_at=until, deliveries=self.table.c.deliveries + 1
         )
+        return self._by_key(statement, seqs)
 
-    def _release(self, seq: int) -> Any:
+    def _release(self, seqs: list[int]) -> tuple[Any, Any]:
         now = int(self._clock() * 1000)
-        return update(self.table).where(self.table.c.seq == seq).values(available_at=now)
+        return self._by_key(update(self.table).values(available_at=now), seqs)
 
-    def _ack(self, seqs: list[int]) -> Any:
-        return delete(self.table).where(self.table.c.seq.in_(seqs))
+    def _ack(self, seqs: list[int]) -> tuple[Any, Any]:
+        return self._by_key(delete(self.table), seqs)
+
+    def _by_key(self, statement: Any, seqs: list[int]) -> tuple[Any, Any]:
+        """``statement`` for the rows ``seqs``, and its parameters: ``execute(*...)``."""
+        if self.database.backend == "mysql":
+            # MariaDB/MySQL may read ``seq IN (...)`` by a scan that locks rows other workers
+            # have claimed, and workers deadlock: there, go by the key, one row at a time.
+            keyed = statement.where(self.table.c.seq == bindparam("key"))
+            return keyed, [{"key": seq} for seq in seqs]
+        return statement.where(self.table.c.seq.in_(seqs)), None
 
     def _delivery(self, row: Row[Any], connection: Any, isolated: bool = True) -> Delivery:
         return Delivery(
@@ -210,14 +229,22 @@ class SqlChannel(Channel):
         return handled
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
-        try:
-            return self._consume_batch(handle, limit, isolated=False)
-        except BatchRollback:
-            # A handler failed without a savepoint: everything was rolled back; redo the
-            # batch with one savepoint per handler so only the failing one is undone.
-            return self._consume_batch(handle, limit, isolated=True)
+        failures: dict[int, BaseException] = {}
+        isolated = False
+        while True:
+            try:
+                return self._consume_batch(handle, limit, isolated, failures)
+            except _HandlerFailed as failed:
+                # Everything was rolled back: redo the batch, and deal with the failed
+                # message at once instead of running its handler again.
+                failures[failed.seq] = failed.error
+            except BatchRollback:
+                # The batch could not commit as a whole: redo it with a savepoint per handler.
+                isolated = True
 
-    def _consume_batch(self, handle: Handle, limit: int, isolated: bool) -> int:
+    def _consume_batch(
+        self, handle: Handle, limit: int, isolated: bool, failures: dict[int, BaseException]
+    ) -> int:
         with self.database.engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             with connection.begin():
@@ -228,17 +255,21 @@ class SqlChannel(Channel):
                 token = current_transaction.set(transaction)
                 try:
                     for row in rows:
+                        delivery = self._delivery(row, connection, isolated)
+                        delivery.known_failure = failures.get(row.seq)
                         try:
-                            handle(self._delivery(row, connection, isolated))
+                            handle(delivery)
                         except MessageReturned:
                             break
+                        except BatchRollback as rollback:
+                            raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
                     for callback in transaction.before_commit:
                         callback()
                 finally:
                     current_transaction.reset(token)
                 if done:
-                    connection.execute(self._ack(done))
+                    connection.execute(*self._ack(done))
         for callback in transaction.after_commit:
             callback()
         return len(done)
@@ -248,23 +279,22 @@ class SqlChannel(Channel):
         with engine.begin() as connection:
             rows = connection.execute(self._claim(limit)).all()
             if rows:
-                connection.execute(self._lease([row.seq for row in rows]))
+                connection.execute(*self._lease([row.seq for row in rows]))
         done: list[int] = []
         try:
             for row in rows:
-                try:
-                    handle(self._delivery(row, None))
-                except BaseException:
-                    with engine.begin() as connection:
-                        connection.execute(self._release(row.seq))
-                    raise
+                handle(self._delivery(row, None))
                 done.append(row.seq)
-        except MessageReturned:
-            pass
+        except BaseException as error:
+            # Give the message in hand and the rest of the batch back to other workers now.
+            with engine.begin() as connection:
+                connection.execute(*self._release([row.seq for row in rows[len(done) :]]))
+            if not isinstance(error, MessageReturned):
+                raise
         finally:
             if done:
                 with engine.begin() as connection:
-                    connection.execute(self._ack(done))
+                    connection.execute(*self._ack(done))
         return len(done)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
@@ -276,14 +306,22 @@ class SqlChannel(Channel):
         return handled
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
-        try:
-            return await self._aconsume_batch(handle, limit, isolated=False)
-        except BatchRollback:
-            # A handler failed without a savepoint: everything was rolled back; redo the
-            # batch with one savepoint per handler so only the failing one is undone.
-            return await self._aconsume_batch(handle, limit, isolated=True)
+        failures: dict[int, BaseException] = {}
+        isolated = False
+        while True:
+            try:
+                return await self._aconsume_batch(handle, limit, isolated, failures)
+            except _HandlerFailed as failed:
+                # Everything was rolled back: redo the batch, and deal with the failed
+                # message at once instead of running its handler again.
+                failures[failed.seq] = failed.error
+            except BatchRollback:
+                # The batch could not commit as a whole: redo it with a savepoint per handler.
+                isolated = True
 
-    async def _aconsume_batch(self, handle: AsyncHandle, limit: int, isolated: bool) -> int:
+    async def _aconsume_batch(
+        self, handle: AsyncHandle, limit: int, isolated: bool, failures: dict[int, BaseException]
+    ) -> int:
         async with self.database.async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             async with connection.begin():
@@ -294,10 +332,14 @@ class SqlChannel(Channel):
                 token = current_transaction.set(transaction)
                 try:
                     for row in rows:
+                        delivery = self._delivery(row, connection, isolated)
+                        delivery.known_failure = failures.get(row.seq)
                         try:
-                            await handle(self._delivery(row, connection, isolated))
+                            await handle(delivery)
                         except MessageReturned:
                             break
+                        except BatchRollback as rollback:
+                            raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
                     for callback in transaction.before_commit:
                         pending = callback()
@@ -306,7 +348,7 @@ class SqlChannel(Channel):
                 finally:
                     current_transaction.reset(token)
                 if done:
-                    await connection.execute(self._ack(done))
+                    await connection.execute(*self._ack(done))
         for callback in transaction.after_commit:
             callback()
         return len(done)
@@ -316,23 +358,22 @@ class SqlChannel(Channel):
         async with engine.begin() as connection:
             rows = (await connection.execute(self._claim(limit))).all()
             if rows:
-                await connection.execute(self._lease([row.seq for row in rows]))
+                await connection.execute(*self._lease([row.seq for row in rows]))
         done: list[int] = []
         try:
             for row in rows:
-                try:
-                    await handle(self._delivery(row, None))
-                except BaseException:
-                    async with engine.begin() as connection:
-                        await connection.execute(self._release(row.seq))
-                    raise
+                await handle(self._delivery(row, None))
                 done.append(row.seq)
-        except MessageReturned:
-            pass
+        except BaseException as error:
+            # Give the message in hand and the rest of the batch back to other workers now.
+            async with engine.begin() as connection:
+                await connection.execute(*self._release([row.seq for row in rows[len(done) :]]))
+            if not isinstance(error, MessageReturned):
+                raise
         finally:
             if done:
                 async with engine.begin() as connection:
-                    await connection.execute(self._ack(done))
+                    await connection.execute(*self._ack(done))
         return len(done)
 
     # -- waiting ---------------------------------------------------------------------------
@@ -423,6 +464,13 @@ class SqlChannel(Channel):
         listener, self._alistener = self._alistener, None
         if listener is not None:
             await listener.close()
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, seq: int, error: BaseException) -> None:
+        super().__init__(seq)
+        self.seq = seq
+        self.error = error
 
 
 def _notify_trigger(table: str) -> list[str]:

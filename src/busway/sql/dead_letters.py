@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, MetaData, Table, delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from busway.recovery import DeadLetter
 from busway.sql.database import Database
@@ -33,7 +34,17 @@ class SqlDeadLetterStore:
             self.table.create(connection, checkfirst=True)
 
     def add(self, letter: DeadLetter) -> None:
-        row = {
+        row = self._row(letter)
+        transaction = open_transaction(self.database.key, asynchronous=False)
+        if transaction is not None:
+            assert isinstance(transaction.connection, Connection)
+            transaction.connection.execute(insert(self.table), row)
+            return
+        with self.database.engine.begin() as connection:
+            connection.execute(insert(self.table), row)
+
+    def _row(self, letter: DeadLetter) -> dict[str, Any]:
+        return {
             "id": letter.id,
             "channel": letter.channel,
             "handler": letter.handler,
@@ -46,13 +57,14 @@ class SqlDeadLetterStore:
             "attempts": letter.attempts,
             "failed_at": letter.failed_at,
         }
-        transaction = open_transaction(self.database.key, asynchronous=False)
-        if transaction is not None:
-            assert isinstance(transaction.connection, Connection)
-            transaction.connection.execute(insert(self.table), row)
+
+    async def aadd(self, letter: DeadLetter) -> None:
+        transaction = open_transaction(self.database.key, asynchronous=True)
+        if transaction is None:
+            self.add(letter)
             return
-        with self.database.engine.begin() as connection:
-            connection.execute(insert(self.table), row)
+        assert isinstance(transaction.connection, AsyncConnection)
+        await transaction.connection.execute(insert(self.table), self._row(letter))
 
     def list(self, *, channel: str | None = None, handler: str | None = None) -> list[DeadLetter]:
         query = select(self.table).order_by(self.table.c.failed_at)

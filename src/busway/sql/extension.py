@@ -20,7 +20,9 @@ class SqlExtension:
         self.providers = [parameters]
         self.inbox = Inbox(database)
         self.interceptors: list[Interceptor] = [
-            TransactionInterceptor(database, parameters.wants_database),
+            TransactionInterceptor(
+                database, parameters.wants_database, parameters.wants_async_database
+            ),
             DeduplicationInterceptor(self.inbox),
         ]
         self.dead_letters = SqlDeadLetterStore(database)

@@ -120,8 +120,7 @@ class DeduplicationInterceptor(Interceptor):
         if row is None or transaction is None:
             return proceed()
         if in_batch(invocation, transaction):
-            self._defer(transaction, row)
-            return proceed()
+            return proceed() if self._defer(transaction, row) else None
         assert isinstance(transaction.connection, Connection)
         if not self.inbox.record(transaction.connection, [row]):
             return None  # taken effect already
@@ -135,18 +134,24 @@ class DeduplicationInterceptor(Interceptor):
                 return self.around(invocation, blocking(proceed))
             return await proceed()
         if in_batch(invocation, transaction):
-            self._defer(transaction, row)
-            return await proceed()
+            return await proceed() if self._defer(transaction, row) else None
         assert isinstance(transaction.connection, AsyncConnection)
         if not await self.inbox.arecord(transaction.connection, [row]):
             return None
         return await proceed()
 
-    def _defer(self, transaction: Transaction, row: dict[str, Any]) -> None:
+    def _defer(self, transaction: Transaction, row: dict[str, Any]) -> bool:
+        """Note the record for the batch's flush; False if the batch has it already."""
         pending = transaction.pending.setdefault(self, [])
         if not pending:
             transaction.before_commit.append(lambda: self._flush(transaction))
+        if any(
+            seen["message_key"] == row["message_key"] and seen["handler"] == row["handler"]
+            for seen in pending
+        ):
+            return False
         pending.append(row)
+        return True
 
     def _flush(self, transaction: Transaction) -> Any:
         rows = transaction.pending.pop(self, [])

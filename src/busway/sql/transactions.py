@@ -131,9 +131,12 @@ class TransactionInterceptor(Interceptor):
 
     order = 800
 
-    def __init__(self, database: Database, wants_database: set[str]) -> None:
+    def __init__(
+        self, database: Database, wants_database: set[str], wants_async_database: set[str]
+    ) -> None:
         self.database = database
         self.wants_database = wants_database
+        self.wants_async_database = wants_async_database
 
     def applies_to(self, handler: HandlerInfo) -> bool:
         return handler.transactional is not False
@@ -190,10 +193,19 @@ class TransactionInterceptor(Interceptor):
                 sessions[0].close()
 
     async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
-        if not invocation.handler.is_coroutine:
-            # A plain def handler on the asyncio path works with a sync Session.
-            return self.around(invocation, blocking(proceed))
         joined = open_transaction(self.database.key, asynchronous=True)
+        if not invocation.handler.is_coroutine:
+            # A def handler on the asyncio path works with a sync Session: in an open asyncio
+            # transaction, through that transaction's own sync connection.
+            if joined is None:
+                return self.around(invocation, blocking(proceed))
+            assert isinstance(joined.connection, AsyncConnection)
+            return await joined.connection.run_sync(
+                lambda connection: self._through(connection, invocation, proceed)
+            )
+        joined_sync = open_transaction(self.database.key, asynchronous=False)
+        if joined is None and joined_sync is not None:
+            return await self._in_sync_transaction(invocation, joined_sync, proceed)
         if joined is not None:
             assert isinstance(joined.connection, AsyncConnection)
             if in_batch(invocation, joined):
@@ -214,6 +226,39 @@ class TransactionInterceptor(Interceptor):
                 current_transaction.reset(token)
         _run_after_commit(transaction)
         return result
+
+    def _through(
+        self, connection: Connection, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        token = current_transaction.set(Transaction(self.database.key, connection))
+        try:
+            return self.around(invocation, blocking(proceed))
+        finally:
+            current_transaction.reset(token)
+
+    async def _in_sync_transaction(
+        self,
+        invocation: Invocation,
+        joined: Transaction,
+        proceed: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """An async def handler run by a sync worker: it joins the worker's transaction."""
+        if invocation.handler.name in self.wants_async_database:
+            raise RuntimeError(
+                f"async def handler {invocation.handler.name} asks for an AsyncSession or "
+                "AsyncConnection, but runs inside a sync worker's transaction; consume its "
+                "channel with `await messaging.arun(...)`, or make it a def handler that "
+                "asks for a Session"
+            )
+        connection = joined.connection
+        assert isinstance(connection, Connection)
+        if in_batch(invocation, joined):
+            try:
+                return await proceed()
+            except Exception as error:
+                raise BatchRollback(str(error)) from error
+        with connection.begin_nested():
+            return await proceed()
 
     async def _acall(
         self,
@@ -247,10 +292,11 @@ class TransactionInterceptor(Interceptor):
 def in_batch(invocation: Invocation, transaction: Transaction) -> bool:
     """Whether the handler runs in a channel's batch transaction without savepoints."""
     delivery = invocation.delivery
-    return (
-        delivery is not None
-        and not delivery.isolated
-        and delivery.transaction is transaction.connection
+    if delivery is None or delivery.isolated or delivery.transaction is None:
+        return False
+    claimed = delivery.transaction
+    return transaction.connection is claimed or (
+        transaction.connection is getattr(claimed, "sync_connection", None)
     )
 
 
@@ -271,6 +317,7 @@ class DatabaseParameters:
 
     def __init__(self) -> None:
         self.wants_database: set[str] = set()
+        self.wants_async_database: set[str] = set()
 
     def resolver_for(
         self, annotation: Any, handler: HandlerInfo
@@ -278,6 +325,8 @@ class DatabaseParameters:
         if annotation not in DB_TYPES:
             return None
         self.wants_database.add(handler.name)
+        if annotation in (AsyncSession, AsyncConnection):
+            self.wants_async_database.add(handler.name)
         if annotation in (Session, AsyncSession):
             return lambda invocation: invocation.resources[annotation]()
         return lambda invocation: invocation.resources[annotation]

@@ -27,6 +27,7 @@ from busway._internal.runtime import Observer
 from busway.channels.base import Envelope
 from busway.gateways import Gateway
 from busway.message import TYPE, Message
+from busway.testing.conformance import ChannelContract
 from busway.worker import RunResult
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from busway.messaging import Messaging
 
 __all__ = [
+    "ChannelContract",
     "FakeClock",
     "NotIdleError",
     "Recording",
