@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -158,4 +161,35 @@ def _prepare_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.dialect.is_async:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits in the driver's thread
+        else:
+            _begin_immediate(connection.connection.dbapi_connection)
+
+
+_LOCK_TIMEOUT = 30.0
+_LOCK_POLL = 0.0005
+
+
+def _begin_immediate(dbapi_connection: Any) -> None:
+    """BEGIN IMMEDIATE, trying for the write lock every half millisecond.
+
+    SQLite's own busy handler backs off to 100 ms between tries, so a worker that commits a
+    batch and at once begins the next keeps the lock for ever: a second worker process never
+    gets a turn. Trying often, waiting workers get their share.
+    """
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout=0")
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(_LOCK_POLL * random.uniform(0.5, 1.5))
+    finally:
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
