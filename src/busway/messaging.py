@@ -269,10 +269,18 @@ class Messaging:
         return self._extension.database
 
     def close(self) -> None:
+        """Release every connection; ``aclose`` also releases those made by asyncio code."""
         for channel in self.channels.values():
             channel.close()
         if self._extension is not None:
             self._extension.close()
+
+    async def aclose(self) -> None:
+        """Release every connection, on the event loop that made the asyncio ones."""
+        for channel in self.channels.values():
+            await channel.aclose()
+        if self._extension is not None:
+            await self._extension.aclose()
 
     @property
     def runtime(self) -> Runtime:

@@ -110,10 +110,11 @@ class Worker:
         if self._achanged is not None:
             self._achanged.set()
 
-    def _count(self, ok: bool) -> None:
+    def _count(self, ok: bool, repeated: bool) -> None:
         with self._lock:
             self._in_hand -= 1
-            self.result.handled += 1
+            if not repeated:  # a redone batch hands out again what was counted before
+                self.result.handled += 1
             if not ok:
                 self.result.failed += 1
                 if self.limits.stop_on_failure:
@@ -132,7 +133,7 @@ class Worker:
         except BaseException:
             self._unclaim()
             raise
-        self._count(ok)
+        self._count(ok, delivery.repeated)
 
     async def _ahandle(self, delivery: Delivery) -> None:
         self._claim()
@@ -141,7 +142,7 @@ class Worker:
         except BaseException:
             self._unclaim()
             raise
-        self._count(ok)
+        self._count(ok, delivery.repeated)
 
     def _after_idle_pass(self, seen: int) -> bool:
         """After a pass that handled nothing: stop if the run is over; True to wait for others.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +64,28 @@ class Delivery:
     and a failing one raises ``BatchRollback`` so the channel rolls the batch back and
     redoes it with savepoints.
     """
+    repeated: bool = False
+    """Handed out before, in a batch the channel rolled back and now redoes: count it once."""
     known_failure: BaseException | None = None
     """Set when the channel redoes a batch: the error this message's handler raised the first
     time, so the handler is not run again and the failure is dealt with at once."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Batch:
+    """Work that must finish before a consuming channel acknowledges the messages in hand.
+
+    A channel that consumes in batches sets ``current_batch`` while it hands them out, and runs
+    ``before_ack`` (each callback may return an awaitable) before it acknowledges them. A
+    channel that sends can then defer its confirmations there: a relay publishes a whole batch
+    with its confirmations in flight, and waits for them once.
+    """
+
+    before_ack: list[Callable[[], Any]] = field(default_factory=list)
+
+
+current_batch: ContextVar[Batch | None] = ContextVar("busway_batch", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +142,10 @@ class Channel(ABC):
 
     def depth(self) -> int | None:
         """How many messages wait on the channel, if the transport can tell cheaply."""
+        return None
+
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest waiting message has been available, if the transport can tell."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

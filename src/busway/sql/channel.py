@@ -35,6 +35,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from busway.channels.base import (
     AsyncHandle,
+    Batch,
     BatchRollback,
     Channel,
     ChannelContext,
@@ -42,7 +43,9 @@ from busway.channels.base import (
     Envelope,
     Handle,
     MessageReturned,
+    current_batch,
 )
+from busway.errors import BuswayError
 from busway.message import ID
 from busway.sql.database import Database
 from busway.sql.schema import messages_table
@@ -147,6 +150,12 @@ class SqlChannel(Channel):
     def send(self, envelope: Envelope) -> None:
         row = self._row(envelope)
         transaction = open_transaction(self.database.key, asynchronous=False)
+        if transaction is None and open_transaction(self.database.key, asynchronous=True):
+            raise BuswayError(
+                f"SqlChannel {self.name!r}: a message sent without await here would commit "
+                "outside the asyncio transaction that is open; in async code, use "
+                "await bus.asend(...) or await events.apublish(...)"
+            )
         if transaction is not None:
             assert isinstance(transaction.connection, Connection)
             transaction.connection.execute(insert(self.table), row)
@@ -230,10 +239,11 @@ class SqlChannel(Channel):
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
         failures: dict[int, BaseException] = {}
+        handed: set[int] = set()
         isolated = False
         while True:
             try:
-                return self._consume_batch(handle, limit, isolated, failures)
+                return self._consume_batch(handle, limit, isolated, failures, handed)
             except _HandlerFailed as failed:
                 # Everything was rolled back: redo the batch, and deal with the failed
                 # message at once instead of running its handler again.
@@ -243,7 +253,12 @@ class SqlChannel(Channel):
                 isolated = True
 
     def _consume_batch(
-        self, handle: Handle, limit: int, isolated: bool, failures: dict[int, BaseException]
+        self,
+        handle: Handle,
+        limit: int,
+        isolated: bool,
+        failures: dict[int, BaseException],
+        handed: set[int],
     ) -> int:
         with self.database.engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
@@ -253,10 +268,12 @@ class SqlChannel(Channel):
                     return 0
                 done: list[int] = []
                 token = current_transaction.set(transaction)
+                batch_token = current_batch.set(Batch(transaction.before_commit))
                 try:
                     for row in rows:
                         delivery = self._delivery(row, connection, isolated)
                         delivery.known_failure = failures.get(row.seq)
+                        delivery.repeated = row.seq in handed
                         try:
                             handle(delivery)
                         except MessageReturned:
@@ -264,9 +281,11 @@ class SqlChannel(Channel):
                         except BatchRollback as rollback:
                             raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
+                        handed.add(row.seq)
                     for callback in transaction.before_commit:
                         callback()
                 finally:
+                    current_batch.reset(batch_token)
                     current_transaction.reset(token)
                 if done:
                     connection.execute(*self._ack(done))
@@ -307,10 +326,11 @@ class SqlChannel(Channel):
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
         failures: dict[int, BaseException] = {}
+        handed: set[int] = set()
         isolated = False
         while True:
             try:
-                return await self._aconsume_batch(handle, limit, isolated, failures)
+                return await self._aconsume_batch(handle, limit, isolated, failures, handed)
             except _HandlerFailed as failed:
                 # Everything was rolled back: redo the batch, and deal with the failed
                 # message at once instead of running its handler again.
@@ -320,7 +340,12 @@ class SqlChannel(Channel):
                 isolated = True
 
     async def _aconsume_batch(
-        self, handle: AsyncHandle, limit: int, isolated: bool, failures: dict[int, BaseException]
+        self,
+        handle: AsyncHandle,
+        limit: int,
+        isolated: bool,
+        failures: dict[int, BaseException],
+        handed: set[int],
     ) -> int:
         async with self.database.async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
@@ -330,10 +355,12 @@ class SqlChannel(Channel):
                     return 0
                 done: list[int] = []
                 token = current_transaction.set(transaction)
+                batch_token = current_batch.set(Batch(transaction.before_commit))
                 try:
                     for row in rows:
                         delivery = self._delivery(row, connection, isolated)
                         delivery.known_failure = failures.get(row.seq)
+                        delivery.repeated = row.seq in handed
                         try:
                             await handle(delivery)
                         except MessageReturned:
@@ -341,11 +368,13 @@ class SqlChannel(Channel):
                         except BatchRollback as rollback:
                             raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
+                        handed.add(row.seq)
                     for callback in transaction.before_commit:
                         pending = callback()
                         if pending is not None:
                             await pending
                 finally:
+                    current_batch.reset(batch_token)
                     current_transaction.reset(token)
                 if done:
                     await connection.execute(*self._ack(done))

@@ -104,6 +104,12 @@ class Database:
         if self._engine is not None:
             self._engine.dispose()
 
+    async def adispose(self) -> None:
+        """Close the AsyncEngine's pooled connections; call it on the loop that made them."""
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
+        self.dispose()
+
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
 

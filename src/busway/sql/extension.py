@@ -57,3 +57,6 @@ class SqlExtension:
 
     def close(self) -> None:
         self.database.dispose()
+
+    async def aclose(self) -> None:
+        await self.database.adispose()

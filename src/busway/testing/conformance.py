@@ -152,9 +152,7 @@ class ChannelContract:
 
         assert [note.number for note in journal.notes] == list(range(30))
 
-    def test_a_delayed_message_waits_its_time(
-        self, messaging: Messaging, journal: Journal
-    ) -> None:
+    def test_a_delayed_message_waits_its_time(self, messaging: Messaging, journal: Journal) -> None:
         sent = time.time()
         messaging.gateway(ContractCommands).send(Note(4), delay=0.6)
 
@@ -202,9 +200,7 @@ class ChannelContract:
 
         assert journal.notes == [Note(6)]
 
-    def test_a_returned_message_is_not_lost(
-        self, messaging: Messaging, journal: Journal
-    ) -> None:
+    def test_a_returned_message_is_not_lost(self, messaging: Messaging, journal: Journal) -> None:
         messaging.gateway(ContractCommands).send(Note(7))
         channel = messaging.channel("contract")
 
@@ -238,7 +234,10 @@ class ChannelContract:
     async def test_the_asyncio_front_door(self, messaging: Messaging, journal: Journal) -> None:
         await messaging.gateway(ContractCommands).asend(Note(9, "async"))
 
-        await messaging.arun("contract")
+        try:
+            await messaging.arun("contract")
+        finally:
+            await messaging.aclose()
 
         assert journal.notes == [Note(9, "async")]
         assert len(journal.events) == 1
