@@ -30,17 +30,32 @@ HANDLER_MARKS = "__busway_handler__"
 ASYNC_MARK = "__busway_async__"
 
 
-def _marker(kind: Kind) -> Any:
-    @overload
-    def decorate(target: F, /) -> F: ...
+class HandlerMarker:
+    """``@command_handler``, ``@event_handler`` and ``@query_handler``.
+
+    Bare, the handler is routed by its first parameter's type hint; with a string, by that
+    routing key: ``@command_handler("order.place")``. ``transactional=`` opts the handler out
+    of (``False``) or into (``True``) a database transaction of its own.
+    """
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+        self.__name__ = f"{kind.value}_handler"
+
+    def __repr__(self) -> str:
+        return f"@{self.__name__}"
 
     @overload
-    def decorate(
-        key: str | None = None, /, *, transactional: bool | None = None
+    def __call__(self, target: F, /) -> F: ...
+
+    @overload
+    def __call__(
+        self, key: str | None = None, /, *, transactional: bool | None = None
     ) -> Callable[[F], F]: ...
 
-    def decorate(target: Any = None, /, *, transactional: bool | None = None) -> Any:
+    def __call__(self, target: Any = None, /, *, transactional: bool | None = None) -> Any:
         key = target if isinstance(target, str) else None
+        kind = self.kind
 
         def mark(function: F) -> F:
             marks = list(getattr(function, HANDLER_MARKS, ()))
@@ -52,18 +67,10 @@ def _marker(kind: Kind) -> Any:
             return mark(target)
         return mark
 
-    decorate.__name__ = f"{kind.value}_handler"
-    decorate.__doc__ = (
-        f"Mark a function or method as a {kind.value} handler, routed by its first parameter's "
-        f'type hint, or by a routing key: ``@{kind.value}_handler("key")``. '
-        "``transactional=False`` opts the handler out of the database transaction."
-    )
-    return decorate
 
-
-command_handler = _marker(Kind.COMMAND)
-event_handler = _marker(Kind.EVENT)
-query_handler = _marker(Kind.QUERY)
+command_handler = HandlerMarker(Kind.COMMAND)
+event_handler = HandlerMarker(Kind.EVENT)
+query_handler = HandlerMarker(Kind.QUERY)
 
 
 def asynchronous(*channels: str) -> Callable[[C], C]:
