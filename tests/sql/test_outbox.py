@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from busway import (
+    BuswayError,
     CommandBus,
     EventBus,
     SqlChannel,
@@ -357,3 +358,24 @@ async def test_async_session_outside_handlers(make_messaging, database_url, tabl
     assert (await messaging.arun("outbox")).handled == 2
     assert shop.seen == ["a-3", "a-5"]
     assert shop.saw_order_row == [True, True]
+
+
+class SyncPublisher:
+    @command_handler
+    async def place_order(
+        self, command: PlaceOrder, events: OutboxEventBus, session: AsyncSession
+    ) -> None:
+        session.add(Order(id=command.order_id))
+        events.publish(OrderWasPlaced(command.order_id))  # not awaited: cannot join
+
+
+async def test_publishing_without_await_in_an_asyncio_transaction_is_refused(
+    make_messaging, database_url, tables
+):
+    messaging = outbox(make_messaging, SyncPublisher())
+
+    with pytest.raises(BuswayError, match="apublish"):
+        await messaging.command_bus.asend(PlaceOrder("s-1"))
+
+    assert order_ids(database_url) == []
+    assert committed_messages(database_url) == 0
