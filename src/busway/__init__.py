@@ -9,7 +9,7 @@ from busway.handlers import asynchronous, command_handler, event_handler, query_
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import Headers, Message
 from busway.messaging import Messaging
-from busway.recovery import DeadLetter, RetryPolicy
+from busway.recovery import DeadLetter, RetryPolicy, retry_policy
 from busway.sql.channel import SqlChannel
 from busway.worker import RunResult
 
@@ -40,5 +40,6 @@ __all__ = [
     "event_handler",
     "named",
     "query_handler",
+    "retry_policy",
     "route",
 ]

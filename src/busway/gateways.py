@@ -41,25 +41,41 @@ class CommandBus(Gateway):
 
     __slots__ = ()
 
-    def send(self, command: Any, headers: UserHeaders = None, *, delay: Delay = None) -> Any:
+    def send(
+        self, command: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+    ) -> Any:
         """Handle ``command`` now (returning what its handler returns), or queue it."""
-        return self._outlet.dispatch(Kind.COMMAND, command, None, headers, delay)
+        return self._outlet.dispatch(Kind.COMMAND, command, None, headers, delay, ttl=ttl)
 
     def send_with_routing(
-        self, key: str, payload: Any = None, headers: UserHeaders = None, *, delay: Delay = None
+        self,
+        key: str,
+        payload: Any = None,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
     ) -> Any:
         """Send ``payload`` to the handler of routing key ``key``."""
-        return self._outlet.dispatch(Kind.COMMAND, payload, key, headers, delay)
+        return self._outlet.dispatch(Kind.COMMAND, payload, key, headers, delay, ttl=ttl)
 
-    async def asend(self, command: Any, headers: UserHeaders = None, *, delay: Delay = None) -> Any:
+    async def asend(
+        self, command: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+    ) -> Any:
         """``send`` for asyncio code."""
-        return await self._outlet.adispatch(Kind.COMMAND, command, None, headers, delay)
+        return await self._outlet.adispatch(Kind.COMMAND, command, None, headers, delay, ttl=ttl)
 
     async def asend_with_routing(
-        self, key: str, payload: Any = None, headers: UserHeaders = None, *, delay: Delay = None
+        self,
+        key: str,
+        payload: Any = None,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
     ) -> Any:
         """``send_with_routing`` for asyncio code."""
-        return await self._outlet.adispatch(Kind.COMMAND, payload, key, headers, delay)
+        return await self._outlet.adispatch(Kind.COMMAND, payload, key, headers, delay, ttl=ttl)
 
 
 class EventBus(Gateway):
@@ -67,23 +83,37 @@ class EventBus(Gateway):
 
     __slots__ = ()
 
-    def publish(self, event: Any, headers: UserHeaders = None, *, delay: Delay = None) -> None:
-        self._outlet.dispatch(Kind.EVENT, event, None, headers, delay)
+    def publish(
+        self, event: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+    ) -> None:
+        self._outlet.dispatch(Kind.EVENT, event, None, headers, delay, ttl=ttl)
 
     def publish_with_routing(
-        self, key: str, payload: Any = None, headers: UserHeaders = None, *, delay: Delay = None
+        self,
+        key: str,
+        payload: Any = None,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
     ) -> None:
-        self._outlet.dispatch(Kind.EVENT, payload, key, headers, delay)
+        self._outlet.dispatch(Kind.EVENT, payload, key, headers, delay, ttl=ttl)
 
     async def apublish(
-        self, event: Any, headers: UserHeaders = None, *, delay: Delay = None
+        self, event: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
     ) -> None:
-        await self._outlet.adispatch(Kind.EVENT, event, None, headers, delay)
+        await self._outlet.adispatch(Kind.EVENT, event, None, headers, delay, ttl=ttl)
 
     async def apublish_with_routing(
-        self, key: str, payload: Any = None, headers: UserHeaders = None, *, delay: Delay = None
+        self,
+        key: str,
+        payload: Any = None,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
     ) -> None:
-        await self._outlet.adispatch(Kind.EVENT, payload, key, headers, delay)
+        await self._outlet.adispatch(Kind.EVENT, payload, key, headers, delay, ttl=ttl)
 
 
 class QueryBus(Gateway):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from busway.handlers import Kind
 from busway.message import Message
+from busway.recovery import RetryPolicy
 
 if TYPE_CHECKING:
     from busway.channels.base import Delivery
@@ -38,6 +39,8 @@ class HandlerInfo:
     channels: tuple[str, ...]
     transactional: bool | None
     is_coroutine: bool
+    retry: RetryPolicy | None = None
+    """The handler's own retry policy, from ``@retry_policy``."""
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ TARGET = "busway.handler"
 ATTEMPT = "busway.attempt"
 DELIVER_AT = "busway.deliver_at"
 EXPIRES_AT = "busway.expires_at"
+RETRY = "busway.retry"
 
 WELL_KNOWN = (ID, CORRELATION_ID, CAUSATION_ID, TIMESTAMP, TYPE, CONTENT_TYPE)
 INTERNAL_PREFIX = "busway."

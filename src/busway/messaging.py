@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, TypeVar
 
+from busway._internal.consuming import Consumer
 from busway._internal.outlet import bind_gateway
 from busway._internal.registry import HandlerRegistry, ParameterProvider, Services, routing_keys
 from busway._internal.router import Router
@@ -16,7 +17,7 @@ from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import Interceptor
-from busway.message import ATTEMPT, DELIVER_AT, TARGET
+from busway.message import ATTEMPT, DELIVER_AT, TARGET, Message
 from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
 from busway.worker import Limits, RunResult, Worker, graceful_signals
 
@@ -39,6 +40,10 @@ class Messaging:
         interceptors: Iterable[Interceptor] = (),
         converters: Sequence[Converter] = (),
         retry: RetryPolicy | None = None,
+        channel_retries: Mapping[str, RetryPolicy] | None = None,
+        command_failures: str | None = None,
+        deduplicate_by: str | Callable[[Message[Any]], str | None] | None = None,
+        deduplication: bool = True,
         dead_letters: DeadLetterStore | None = None,
         gateways: Iterable[type[Gateway]] = (),
         clock: Callable[[], float] = time.time,
@@ -55,7 +60,11 @@ class Messaging:
             self.channels[channel.name] = channel
 
         self.database = database
-        extension = _database_extension(database) if database is not None else None
+        extension = (
+            _database_extension(database, deduplication, deduplicate_by)
+            if database is not None
+            else None
+        )
         providers: list[ParameterProvider] = list(extension.providers) if extension else []
         all_interceptors = [*interceptors, *(extension.interceptors if extension else ())]
         if dead_letters is None:
@@ -65,6 +74,11 @@ class Messaging:
         self._runtime = Runtime(
             Router([]), conversion, self.channels, clock, dead_letters, retry or RetryPolicy()
         )
+        self._runtime.command_failures = command_failures
+        self._consumer = Consumer(self._runtime, channel_retries or {})
+        for name in [*(channel_retries or {}), *([command_failures] if command_failures else [])]:
+            if name not in self.channels:
+                problems.append(_unknown_channel(name, self.channels))
         self._key_kinds = routing_keys(handlers)
         self._gateways: dict[type[Gateway], Gateway] = {}
         self._gateway_problems: list[str] = []
@@ -178,7 +192,7 @@ class Messaging:
             stop_on_failure=stop_on_failure,
             poll_interval=poll_interval,
         )
-        return Worker(self._runtime, names, limits, on_progress)
+        return Worker(self._consumer, names, limits, on_progress)
 
     def run(
         self,
@@ -326,10 +340,14 @@ class DeadLetters:
         return self.store.delete(letter_ids)
 
 
-def _database_extension(database: Any) -> Any:
+def _database_extension(
+    database: Any,
+    deduplication: bool,
+    deduplicate_by: str | Callable[[Message[Any]], str | None] | None,
+) -> Any:
     from busway.sql.extension import SqlExtension
 
-    return SqlExtension.from_database(database)
+    return SqlExtension.from_database(database, deduplication, deduplicate_by)
 
 
 def _unknown_channel(name: str, channels: Mapping[str, Channel]) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from busway._internal.runtime import Runtime
+from busway._internal.consuming import Consumer
 from busway.channels.base import Delivery, MessageReturned
 
 log = logging.getLogger("busway.worker")
@@ -52,11 +52,13 @@ class RunResult:
 class Worker:
     def __init__(
         self,
-        runtime: Runtime,
+        consumer: Consumer,
         channels: list[str],
         limits: Limits,
         on_progress: Callable[[RunResult], None] | None = None,
     ) -> None:
+        runtime = consumer.runtime
+        self.consumer = consumer
         self.runtime = runtime
         self.channels = [runtime.channels[name] for name in channels]
         self.limits = limits
@@ -129,7 +131,7 @@ class Worker:
     def _handle(self, delivery: Delivery) -> None:
         self._claim()
         try:
-            ok = self.runtime.receive(delivery)
+            ok = self.consumer.receive(delivery)
         except BaseException:
             self._unclaim()
             raise
@@ -138,7 +140,7 @@ class Worker:
     async def _ahandle(self, delivery: Delivery) -> None:
         self._claim()
         try:
-            ok = await self.runtime.areceive(delivery)
+            ok = await self.consumer.areceive(delivery)
         except BaseException:
             self._unclaim()
             raise

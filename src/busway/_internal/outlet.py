@@ -11,17 +11,19 @@ from busway._internal.runtime import Runtime
 from busway.gateways import BUILT_IN_BUSES, ROUTE_MARK, Gateway, QueryBus, bus_kind
 from busway.handlers import Kind, async_channels
 from busway.message import HeaderValue
+from busway.recovery import marked_policy
 
 
 class Outlet:
     """Where a gateway's calls go: straight to dispatch, or to its channels."""
 
-    __slots__ = ("channels", "gateway", "runtime")
+    __slots__ = ("channels", "gateway", "retry", "runtime")
 
     def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
         self.runtime = runtime
         self.gateway = gateway
         self.channels = channels
+        self.retry = marked_policy(gateway)
 
     def dispatch(
         self,
@@ -31,6 +33,7 @@ class Outlet:
         headers: Mapping[str, HeaderValue] | None,
         delay: float | timedelta | None,
         channels: tuple[str, ...] | None = None,
+        ttl: float | timedelta | None = None,
     ) -> Any:
         return self.runtime.dispatch(
             self.gateway,
@@ -40,6 +43,8 @@ class Outlet:
             headers,
             delay,
             self.channels if channels is None else channels,
+            self.retry,
+            ttl,
         )
 
     async def adispatch(
@@ -50,6 +55,7 @@ class Outlet:
         headers: Mapping[str, HeaderValue] | None,
         delay: float | timedelta | None,
         channels: tuple[str, ...] | None = None,
+        ttl: float | timedelta | None = None,
     ) -> Any:
         return await self.runtime.adispatch(
             self.gateway,
@@ -59,6 +65,8 @@ class Outlet:
             headers,
             delay,
             self.channels if channels is None else channels,
+            self.retry,
+            ttl,
         )
 
 

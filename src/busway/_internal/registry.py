@@ -12,6 +12,7 @@ from busway.gateways import Gateway
 from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
 from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation
 from busway.message import Headers, Message
+from busway.recovery import marked_policy
 
 Resolver = Callable[[Invocation], Any]
 
@@ -190,6 +191,7 @@ class HandlerRegistry:
             channels=channels,
             transactional=mark.transactional,
             is_coroutine=inspect.iscoroutinefunction(function),
+            retry=marked_policy(function),
         )
         positional: list[Resolver] = []
         keyword: list[tuple[str, Resolver]] = []

@@ -9,12 +9,17 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from busway.interceptors import Interceptor
 from busway.sql.database import Database
 from busway.sql.dead_letters import SqlDeadLetterStore
-from busway.sql.inbox import DeduplicationInterceptor, Inbox
+from busway.sql.inbox import DeduplicationInterceptor, Inbox, KeyFunction, key_function
 from busway.sql.transactions import DatabaseParameters, TransactionInterceptor
 
 
 class SqlExtension:
-    def __init__(self, database: Database) -> None:
+    def __init__(
+        self,
+        database: Database,
+        deduplication: bool = True,
+        deduplicate_by: str | KeyFunction | None = None,
+    ) -> None:
         self.database = database
         parameters = DatabaseParameters()
         self.providers = [parameters]
@@ -23,13 +28,21 @@ class SqlExtension:
             TransactionInterceptor(
                 database, parameters.wants_database, parameters.wants_async_database
             ),
-            DeduplicationInterceptor(self.inbox),
         ]
+        if deduplication:
+            self.interceptors.append(
+                DeduplicationInterceptor(self.inbox, key_function(deduplicate_by))
+            )
         self.dead_letters = SqlDeadLetterStore(database)
 
     @classmethod
-    def from_database(cls, database: Any) -> SqlExtension:
-        return cls(Database.of(database))
+    def from_database(
+        cls,
+        database: Any,
+        deduplication: bool = True,
+        deduplicate_by: str | KeyFunction | None = None,
+    ) -> SqlExtension:
+        return cls(Database.of(database), deduplication, deduplicate_by)
 
     @property
     def engine(self) -> Database:

@@ -35,6 +35,34 @@ def message_id(message: Message[Any]) -> str:
     return message.headers.id
 
 
+def key_function(by: str | KeyFunction | None) -> KeyFunction:
+    """How to key messages: their id (None), a header (``"header:name"``), a payload field
+    (``"payload:field"``), or any function of the message."""
+    if by is None:
+        return message_id
+    if callable(by):
+        return by
+    source, _, name = by.partition(":")
+    if source == "header" and name:
+        return lambda message: _text(message.headers.get(name))
+    if source == "payload" and name:
+        return lambda message: _text(_field(message.payload, name))
+    raise ValueError(
+        f"deduplicate_by={by!r} is not understood; use 'header:NAME', 'payload:FIELD' or a "
+        "function of the message"
+    )
+
+
+def _field(payload: Any, name: str) -> Any:
+    if isinstance(payload, dict):
+        return payload.get(name)
+    return getattr(payload, name, None)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 class Inbox:
     """The ``busway_inbox`` table of one database."""
 

@@ -1,0 +1,335 @@
+"""The worker's side of the pipeline: what to do with a delivery, and with a failure.
+
+Deciding (``prepare``, ``policy_for``, ``decide_failure``) is shared; ``receive`` and
+``areceive`` are the two I/O edges.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as traceback_module
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from busway._internal.registry import HandlerDefinition
+from busway._internal.runtime import Enqueue, Invoke, Runtime, Step, attempt_of, kind_of
+from busway.channels.base import BatchRollback, Delivery, Envelope
+from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
+from busway.message import (
+    ATTEMPT,
+    DELIVER_AT,
+    EXPIRES_AT,
+    ID,
+    RETRY,
+    ROUTE,
+    SLIP,
+    TARGET,
+    TYPE,
+    Headers,
+    HeaderValue,
+    Message,
+)
+from busway.recovery import DeadLetter, RetryPolicy, new_dead_letter_id
+
+log = logging.getLogger("busway")
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The message is on a pipeline hop: pass it to the next channel unchanged."""
+
+    channel: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The message cannot be dispatched at all: straight to the dead letter store."""
+
+    letter: DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The message outlived its time to live."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    headers: Headers
+    steps: list[Step]
+
+
+Prepared = Forward | Reject | Drop | Run
+
+POISON = (ConversionError, MalformedMessageError)
+
+
+class Consumer:
+    """Handles deliveries from channels for one runtime."""
+
+    def __init__(self, runtime: Runtime, channel_retries: Mapping[str, RetryPolicy]) -> None:
+        self.runtime = runtime
+        self.channel_retries = dict(channel_retries)
+
+    # -- deciding --------------------------------------------------------------------------
+
+    def prepare(self, delivery: Delivery) -> Prepared:
+        """What to do with a delivery: forward it, reject it, drop it, or run its steps."""
+        runtime = self.runtime
+        headers = delivery.envelope.headers
+        try:
+            expires_at = headers.get(EXPIRES_AT)
+            if isinstance(expires_at, int | float) and expires_at < runtime.clock():
+                return Drop(f"its time to live ended at {expires_at:.3f}")
+            slip = headers.get(SLIP)
+            if slip:
+                if not isinstance(slip, str):
+                    raise MalformedMessageError(f"header {SLIP!r} is not a string")
+                return self._forward(delivery, slip)
+            kind = kind_of(headers)
+            key = headers.get(ROUTE)
+            target = headers.get(TARGET)
+            if target is not None:
+                definition = runtime.router.by_name.get(str(target))
+                if definition is None:
+                    raise MalformedMessageError(
+                        f"the message is addressed to handler {target!r}, which is not "
+                        "registered in this application"
+                    )
+                return Run(Headers(headers), [Invoke(definition)])
+            if key is not None:
+                steps = runtime.plan(kind, None, str(key), delivery.channel)
+                what = f"routing key {key!r}"
+            else:
+                payload_class = runtime.router.payload_class(str(headers.get(TYPE)))
+                what = f"messages of type {headers.get(TYPE)!r}"
+                if payload_class is None:
+                    raise MalformedMessageError(f"no handler here takes {what}")
+                steps = runtime.plan(kind, payload_class, None, delivery.channel)
+            if not steps:
+                raise MalformedMessageError(f"no {kind.value} handler here takes {what}")
+            return Run(Headers(headers), steps)
+        except (MalformedMessageError, NoHandlerError) as error:
+            return Reject(self.dead_letter(delivery, None, error))
+
+    def _forward(self, delivery: Delivery, slip: str) -> Forward:
+        channel, _, rest = slip.partition(",")
+        if channel not in self.runtime.channels:
+            raise MalformedMessageError(f"the message's next channel {channel!r} is not defined")
+        headers = dict(delivery.envelope.headers)
+        if rest:
+            headers[SLIP] = rest
+        else:
+            headers.pop(SLIP, None)
+        return Forward(channel, Envelope(delivery.envelope.body, headers))
+
+    def message_for(
+        self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
+    ) -> Message[Any]:
+        info = definition.info
+        if info.key is not None:
+            cls = info.payload_type
+        else:
+            cls = self.runtime.router.payload_class(headers.type) or info.payload_type
+        if cls is None:
+            try:
+                payload = msgspec.json.decode(delivery.envelope.body)
+            except msgspec.DecodeError as error:
+                raise ConversionError(f"the body is not JSON: {error}") from error
+        else:
+            payload = self.runtime.conversion.decode(delivery.envelope.body, cls)
+        return Message(payload, headers)
+
+    def policy_for(self, definition: HandlerDefinition, delivery: Delivery) -> RetryPolicy:
+        """The most specific policy: the handler's, the bus's, the channel's, the default."""
+        return (
+            definition.info.retry
+            or RetryPolicy.from_header(delivery.envelope.headers.get(RETRY))
+            or self.channel_retries.get(delivery.channel)
+            or self.runtime.retry
+        )
+
+    def retries_instantly(
+        self, definition: HandlerDefinition, delivery: Delivery, error: BaseException, tries: int
+    ) -> bool:
+        """Whether the handler, failed ``tries`` times in a row here, runs again at once."""
+        policy = self.policy_for(definition, delivery)
+        return (
+            not isinstance(error, POISON)
+            and tries <= policy.instant_retries
+            and policy.retries_error(error)
+        )
+
+    def decide_failure(
+        self, delivery: Delivery, definition: HandlerDefinition, error: BaseException
+    ) -> tuple[str, Envelope] | DeadLetter:
+        """A delayed retry (the channel and envelope to send) or a dead letter."""
+        headers = delivery.envelope.headers
+        attempt = attempt_of(headers) + 1
+        policy = self.policy_for(definition, delivery)
+        if not isinstance(error, POISON) and policy.should_retry(attempt, error):
+            delay = policy.delay(attempt)
+            retry_headers = dict(headers)
+            retry_headers[ATTEMPT] = attempt
+            retry_headers[TARGET] = definition.name
+            retry_headers[DELIVER_AT] = self.runtime.clock() + delay
+            log.warning(
+                "handler %s failed on attempt %d (%s: %s); retrying in %.3fs",
+                definition.name,
+                attempt,
+                type(error).__name__,
+                error,
+                delay,
+            )
+            return delivery.channel, Envelope(delivery.envelope.body, retry_headers)
+        return self.dead_letter(delivery, definition, error)
+
+    def dead_letter(
+        self, delivery: Delivery, definition: HandlerDefinition | None, error: BaseException
+    ) -> DeadLetter:
+        headers = dict(delivery.envelope.headers)
+        if definition is not None:
+            headers[TARGET] = definition.name
+        attempts = attempt_of(delivery.envelope.headers) + 1
+        log.error(
+            "message %s on channel %r goes to the dead letter store after %d attempt(s): %s: %s",
+            headers.get(ID),
+            delivery.channel,
+            attempts,
+            type(error).__name__,
+            error,
+        )
+        return DeadLetter(
+            id=new_dead_letter_id(),
+            channel=delivery.channel,
+            handler=definition.name if definition else None,
+            body=delivery.envelope.body,
+            headers=headers,
+            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+            error_message=str(error),
+            traceback="".join(traceback_module.format_exception(error)),
+            attempts=attempts,
+            failed_at=self.runtime.clock(),
+        )
+
+    # -- the two edges ---------------------------------------------------------------------
+
+    def receive(self, delivery: Delivery) -> bool:
+        """Handle one delivery; True when every handler succeeded."""
+        runtime = self.runtime
+        prepared = self.prepare(delivery)
+        if isinstance(prepared, Forward):
+            runtime.send(prepared.channel, prepared.envelope)
+            return True
+        if isinstance(prepared, Reject):
+            runtime.dead_letters.add(prepared.letter)
+            return False
+        if isinstance(prepared, Drop):
+            log.warning(
+                "message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason
+            )
+            return True
+        _isolate_siblings(delivery, prepared.steps)
+        ok = True
+        for step in prepared.steps:
+            if isinstance(step, Enqueue):
+                runtime.send(step.channel, _rehop(delivery.envelope, step.headers))
+                continue
+            error = self._run(step.definition, delivery, prepared.headers)
+            if error is not None:
+                ok = False
+                outcome = self.decide_failure(delivery, step.definition, error)
+                if isinstance(outcome, DeadLetter):
+                    runtime.dead_letters.add(outcome)
+                else:
+                    runtime.send(*outcome)
+        return ok
+
+    def _run(
+        self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
+    ) -> BaseException | None:
+        """Run one handler, with its instant retries; the last error, or None."""
+        tries = 0
+        while True:
+            try:
+                if delivery.known_failure is not None:
+                    error, delivery.known_failure = delivery.known_failure, None
+                    raise error
+                message = self.message_for(definition, delivery, headers)
+                self.runtime.invoke(definition, message, delivery)
+                return None
+            except BatchRollback:
+                raise
+            except Exception as error:
+                tries += 1
+                if not self.retries_instantly(definition, delivery, error, tries):
+                    return error
+                delivery.isolated = True  # each instant retry in a fresh savepoint
+
+    async def areceive(self, delivery: Delivery) -> bool:
+        runtime = self.runtime
+        prepared = self.prepare(delivery)
+        if isinstance(prepared, Forward):
+            await runtime.asend(prepared.channel, prepared.envelope)
+            return True
+        if isinstance(prepared, Reject):
+            await runtime.dead_letters.aadd(prepared.letter)
+            return False
+        if isinstance(prepared, Drop):
+            log.warning(
+                "message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason
+            )
+            return True
+        _isolate_siblings(delivery, prepared.steps)
+        ok = True
+        for step in prepared.steps:
+            if isinstance(step, Enqueue):
+                await runtime.asend(step.channel, _rehop(delivery.envelope, step.headers))
+                continue
+            error = await self._arun(step.definition, delivery, prepared.headers)
+            if error is not None:
+                ok = False
+                outcome = self.decide_failure(delivery, step.definition, error)
+                if isinstance(outcome, DeadLetter):
+                    await runtime.dead_letters.aadd(outcome)
+                else:
+                    await runtime.asend(*outcome)
+        return ok
+
+    async def _arun(
+        self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
+    ) -> BaseException | None:
+        tries = 0
+        while True:
+            try:
+                if delivery.known_failure is not None:
+                    error, delivery.known_failure = delivery.known_failure, None
+                    raise error
+                message = self.message_for(definition, delivery, headers)
+                await self.runtime.ainvoke(definition, message, delivery)
+                return None
+            except BatchRollback:
+                raise
+            except Exception as error:
+                tries += 1
+                if not self.retries_instantly(definition, delivery, error, tries):
+                    return error
+                delivery.isolated = True
+
+
+def _isolate_siblings(delivery: Delivery, steps: list[Step]) -> None:
+    if not delivery.isolated and sum(isinstance(step, Invoke) for step in steps) > 1:
+        delivery.isolated = True  # one subscriber's failure must not re-run its siblings
+
+
+def _rehop(envelope: Envelope, extra: Mapping[str, HeaderValue]) -> Envelope:
+    headers = dict(envelope.headers)
+    headers.pop(SLIP, None)
+    headers.update(extra)
+    return Envelope(envelope.body, headers)
