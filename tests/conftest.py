@@ -9,7 +9,7 @@ must never pass unnoticed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -56,10 +56,11 @@ MakeMessaging = Callable[..., Messaging]
 
 
 @pytest.fixture
-def make_messaging(database_url: str) -> Iterator[MakeMessaging]:
+async def make_messaging(database_url: str) -> AsyncIterator[MakeMessaging]:
     """Build a ``Messaging`` on ``database_url`` (unless given ``database=``), set it up.
 
-    Every ``Messaging`` made is closed when the test ends, so no connection outlives it.
+    Every ``Messaging`` made is closed when the test ends, asyncio connections included, so
+    no connection outlives it.
     """
     made: list[Messaging] = []
 
@@ -72,4 +73,4 @@ def make_messaging(database_url: str) -> Iterator[MakeMessaging]:
 
     yield make
     for messaging in made:
-        messaging.close()
+        await messaging.aclose()

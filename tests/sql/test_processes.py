@@ -112,6 +112,7 @@ def test_two_worker_processes_handle_each_message_once(database_url, backlog, tm
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
+                worker.communicate(timeout=30)
 
     ids, rows, counters, left = state(database_url)
     assert rows == total
@@ -146,7 +147,7 @@ def test_workers_killed_mid_handler_lose_nothing_and_repeat_nothing(
             wait_until(marker.exists, "the handler is mid-message", [worker])
         finally:
             os.kill(worker.pid, signal.SIGKILL)
-            worker.wait(30)
+            worker.communicate(timeout=30)
         assert worker.returncode == -signal.SIGKILL
         in_flight.append(int(marker.read_text()))
         ids, _, counters, left = state(database_url)
