@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/orders.py
+	ORDERS_DATABASE=sqlite:///$$(mktemp -d)/orders.db $(PY) examples/orders.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

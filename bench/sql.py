@@ -96,11 +96,13 @@ def benchmarks() -> list[Result]:
         sqlite_url = f"sqlite:///{Path(folder) / 'bench.db'}"
         results += outbox_cost("SQLite", sqlite_url)
         results.append(drain("SQLite", sqlite_url, DRAIN))
+        results.append(drain("SQLite", sqlite_url, DRAIN, redo_batches=True))
     if not _reachable(POSTGRES):
         print(f"sql: PostgreSQL at {POSTGRES} is unreachable; its figures are skipped")
         return results
     results += outbox_cost("PostgreSQL", POSTGRES)
     results.append(drain("PostgreSQL", POSTGRES, DRAIN))
+    results.append(drain("PostgreSQL", POSTGRES, DRAIN, redo_batches=True))
     results.append(deep_backlog(POSTGRES))
     results += latency(POSTGRES)
     return results
@@ -122,10 +124,10 @@ def _conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def _messaging(url: str) -> Messaging:
+def _messaging(url: str, redo_batches: bool = False) -> Messaging:
     messaging = Messaging(
         handlers=[work, place_order],
-        channels=[SqlChannel("jobs"), SqlChannel("outbox")],
+        channels=[SqlChannel("jobs", redo_batches=redo_batches), SqlChannel("outbox")],
         database=url,
     )
     messaging.setup()
@@ -297,8 +299,8 @@ def _drain_raw(url: str, count: int) -> float:
     return _rate(count, seconds)
 
 
-def drain(label: str, url: str, count: int) -> Result:
-    messaging = _messaging(url)
+def drain(label: str, url: str, count: int, redo_batches: bool = False) -> Result:
+    messaging = _messaging(url, redo_batches)
     best_busway = best_raw = 0.0
     for _ in range(1 if QUICK else 2):
         _fill(messaging, count)
@@ -306,8 +308,9 @@ def drain(label: str, url: str, count: int) -> Result:
         _fill(messaging, count)
         best_raw = max(best_raw, _drain_raw(url, count))
     messaging.close()
+    mode = "redo_batches" if redo_batches else "a savepoint per handler"
     return Result(
-        f"{label}: drain {count:,} messages, one worker, no-op handler",
+        f"{label}: drain {count:,} messages, one worker, no-op handler, {mode}",
         best_busway,
         "msg/s",
         "raw claim 100 + decode + call + delete loop",
@@ -316,7 +319,7 @@ def drain(label: str, url: str, count: int) -> Result:
 
 
 def deep_backlog(url: str) -> Result:
-    messaging = _messaging(url)
+    messaging = _messaging(url, redo_batches=True)
     _fill(messaging, DRAIN)
     shallow = _drain_busway(messaging, DRAIN)
     _fill(messaging, BACKLOG)

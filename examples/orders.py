@@ -1,6 +1,8 @@
 """The orders demo: an asynchronous command bus and an outbox, on an embedded SQLite file.
 
-Run it with ``make demo``. It places three orders through ``AsyncCommandBus`` (queued, handled
+Run it with ``make demo`` (a fresh database each time), or with ``ORDERS_DATABASE`` naming a
+database URL (default ``sqlite:///orders.db``); ``busway run async --app orders:messaging``
+from this folder runs a worker for it. It places three orders through ``AsyncCommandBus`` (queued, handled
 by a worker), each handler writes the order and publishes ``OrderWasPlaced`` through
 ``OutboxEventBus`` in the same transaction. One order is for a product out of stock: its
 handler fails after publishing, so its order row and its event roll back together.
@@ -9,10 +11,8 @@ handler fails after publishing, so its order row and its event roll back togethe
 from __future__ import annotations
 
 import logging
-import sys
-import tempfile
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -87,18 +87,20 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def main(path: Path) -> None:
-    messaging = Messaging(
-        handlers=[place_order, send_confirmation],
-        channels=[SqlChannel("async"), SqlChannel("outbox")],
-        database=f"sqlite:///{path}",
-        retry=RetryPolicy(retries=1, initial_delay=0.0),
-    )
+messaging = Messaging(
+    handlers=[place_order, send_confirmation],
+    channels=[SqlChannel("async"), SqlChannel("outbox")],
+    database=os.environ.get("ORDERS_DATABASE", "sqlite:///orders.db"),
+    retry=RetryPolicy(retries=1, initial_delay=0.0),
+)
+
+
+def main() -> None:
     messaging.setup()
     engine = messaging.database_engine
     Base.metadata.create_all(engine)
 
-    say(f"busway demo on {path}\n")
+    say(f"busway demo on {engine.url}\n")
     say("1. Three orders go through AsyncCommandBus: queued on channel 'async', nothing runs yet.")
     bus = messaging.gateway(AsyncCommandBus)
     for order_id, product in [("o-1", "book"), ("o-2", "unicorn"), ("o-3", "pen")]:
@@ -132,5 +134,4 @@ def main(path: Path) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.CRITICAL)
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "orders.db"
-    main(target)
+    main()

@@ -16,7 +16,7 @@ from busway.channels.base import Channel, ChannelContext, Envelope
 from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
-from busway.interceptors import Interceptor
+from busway.interceptors import HandlerInfo, Interceptor
 from busway.message import ATTEMPT, DELIVER_AT, TARGET, Message
 from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
 from busway.worker import Limits, RunResult, Worker, graceful_signals
@@ -299,6 +299,31 @@ class Messaging:
     @property
     def runtime(self) -> Runtime:
         return self._runtime
+
+    @property
+    def handlers(self) -> list[HandlerInfo]:
+        """Every handler, as interceptors see it."""
+        return [definition.info for definition in self._runtime.router.by_name.values()]
+
+    def retry_policy_for(self, handler: HandlerInfo, channel: str | None = None) -> RetryPolicy:
+        """The policy a failure of ``handler`` on ``channel`` follows (a bus's own policy,
+        carried by its messages, comes between the handler's and the channel's)."""
+        return (
+            handler.retry
+            or (self._consumer.channel_retries.get(channel) if channel else None)
+            or self._runtime.retry
+        )
+
+    def cleanup_inbox(self, older_than: float) -> int:
+        """Forget deduplication records older than ``older_than`` seconds; how many went.
+
+        A message delivered again after its record is gone takes effect again: keep records
+        longer than any redelivery can take (the default retention of ``busway inbox cleanup``
+        is seven days).
+        """
+        self._require_database("cleanup_inbox()")
+        assert self._extension is not None
+        return int(self._extension.inbox.cleanup(older_than))
 
 
 class DeadLetters:

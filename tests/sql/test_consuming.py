@@ -396,12 +396,6 @@ async def test_async_worker_runs_plain_def_handlers_in_its_transaction(
     assert messaging.channel("jobs").depth() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a batch is handled without savepoints; when one handler fails the batch is rolled "
-    "back and redone, so the handlers of the messages before it run again (their database "
-    "effects still count once)",
-)
 def test_a_neighbours_failure_does_not_run_a_handler_again(make_messaging, tables):
     worker = Worker()
     worker.fail_first = {"b"}
@@ -412,3 +406,20 @@ def test_a_neighbours_failure_does_not_run_a_handler_again(make_messaging, table
     messaging.run("jobs")
 
     assert worker.attempts == {"a": 1, "b": 1}
+
+
+def test_with_redo_batches_a_neighbours_failure_runs_a_handler_again_but_counts_once(
+    make_messaging, database_url, tables
+):
+    worker = Worker()
+    worker.fail_first = {"b"}
+    channel = SqlChannel("jobs", redo_batches=True)
+    messaging = jobs(make_messaging, worker, channel, retry=RetryPolicy(retries=0))
+    for job in ("a", "b"):
+        messaging.gateway(JobBus).send(Job(job))
+
+    result = messaging.run("jobs")
+
+    assert worker.attempts == {"a": 2, "b": 1}
+    assert (result.handled, result.failed) == (2, 1)
+    assert effect_rows(database_url) == [("a", "work")]

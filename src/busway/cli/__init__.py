@@ -14,6 +14,7 @@ import click
 from busway.cli.app import ConfigError, load_messaging
 from busway.cli.channels import channels, setup
 from busway.cli.dead_letters import dead_letter
+from busway.cli.handlers import handlers, inbox
 from busway.cli.run import run
 
 __all__ = ["ConfigError", "cli", "load_messaging", "main"]
@@ -28,6 +29,8 @@ cli.add_command(run)
 cli.add_command(setup)
 cli.add_command(channels)
 cli.add_command(dead_letter)
+cli.add_command(handlers)
+cli.add_command(inbox)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

@@ -37,10 +37,29 @@ def _print_sql(messaging: Messaging) -> None:
 @click.command()
 @app_option
 def channels(app: str) -> None:
-    """List channels with their kind and depth."""
-    rows = [("NAME", "KIND", "DEPTH")]
+    """List channels with their kind, depth and the age of their oldest message.
+
+    For an outbox, the oldest age tells whether its relay keeps up.
+    """
+    rows = [("NAME", "KIND", "DEPTH", "OLDEST")]
     with opened(app) as messaging:
         for name, channel in messaging.channels.items():
             depth = channel.depth()
-            rows.append((name, type(channel).__name__, "?" if depth is None else str(depth)))
+            age = channel.oldest_age()
+            rows.append(
+                (
+                    name,
+                    type(channel).__name__,
+                    "?" if depth is None else str(depth),
+                    "-" if age is None else _age(age),
+                )
+            )
     table(rows)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -7,6 +7,13 @@ handled in that one transaction: a crash anywhere rolls it all back for a later 
 ``lease`` mode instead marks the batch taken for ``visibility_timeout`` seconds and commits
 at once, for handlers that must not hold a transaction open; a claim left by a dead worker
 becomes available again when its lease runs out.
+
+In ``transaction`` mode each handler runs under a savepoint of the batch transaction, so a
+failing one undoes only its own writes. ``redo_batches=True`` skips the savepoints, which
+doubles throughput on a fast database: when a handler fails, the batch is rolled back and
+redone, and the handlers of the messages before it run again. Their database writes still
+count once; anything else they do (an e-mail, an HTTP call) happens again. Use it for
+handlers whose effects all live in the database.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class SqlChannel(Channel):
         *,
         mode: Mode = "transaction",
         batch_size: int = 100,
+        redo_batches: bool = False,
         visibility_timeout: float = 30.0,
         poll_interval: float = 0.5,
         table: str = "busway_messages",
@@ -78,6 +86,7 @@ class SqlChannel(Channel):
         self.name = name
         self.mode = mode
         self.batch_size = batch_size
+        self.redo_batches = redo_batches
         self.visibility_timeout = visibility_timeout
         self.poll_interval = poll_interval
         self._own_database = Database.of(database) if database is not None else None
@@ -240,7 +249,7 @@ class SqlChannel(Channel):
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
         failures: dict[int, BaseException] = {}
         handed: set[int] = set()
-        isolated = False
+        isolated = not self.redo_batches
         while True:
             try:
                 return self._consume_batch(handle, limit, isolated, failures, handed)
@@ -327,7 +336,7 @@ class SqlChannel(Channel):
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
         failures: dict[int, BaseException] = {}
         handed: set[int] = set()
-        isolated = False
+        isolated = not self.redo_batches
         while True:
             try:
                 return await self._aconsume_batch(handle, limit, isolated, failures, handed)
