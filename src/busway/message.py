@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from random import getrandbits
 from typing import Generic, TypeVar
 
 HeaderValue = str | int | float | bool | None
@@ -45,9 +44,10 @@ def uuid7() -> str:
         now = time.time_ns() // 1_000_000 << 12
         _uuid7_last = now if now > _uuid7_last else _uuid7_last + 1
         stamp = _uuid7_last
-    rand = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
-    value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | rand
-    return str(uuid.UUID(int=value))
+    # The random module reseeds itself in a forked child, so processes never share a stream.
+    value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | getrandbits(62)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class Headers(Mapping[str, HeaderValue]):

@@ -90,6 +90,8 @@ class Runtime:
         self.dead_letters = dead_letters
         self.retry = retry
         self.observers: list[Observer] = []
+        self._types: dict[type[Any], tuple[str, str]] = {}
+        self._plans: dict[tuple[Kind, type[Any] | None, str | None, str | None], list[Step]] = {}
         self.command_failures: str | None = None
         """The channel where commands whose synchronous handling failed go, if any."""
 
@@ -121,9 +123,7 @@ class Runtime:
         now = self.clock()
         data[ID] = message_id
         data[TIMESTAMP] = now
-        data[TYPE] = type_name(type(payload))
-        converter = self.conversion.converter_for(type(payload))
-        data[CONTENT_TYPE] = converter.content_type if converter else JSON
+        data[TYPE], data[CONTENT_TYPE] = self._type_headers(type(payload))
         data[KIND] = kind.value
         if key is not None:
             data[ROUTE] = key
@@ -134,6 +134,16 @@ class Runtime:
         if retry is not None:
             data[RETRY] = retry.to_header()
         return Message(payload, Headers(data))
+
+    def _type_headers(self, cls: type[Any]) -> tuple[str, str]:
+        known = self._types.get(cls)
+        if known is None:
+            converter = self.conversion.converter_for(cls)
+            known = self._types[cls] = (
+                type_name(cls),
+                converter.content_type if converter else JSON,
+            )
+        return known
 
     def _failed(self, message: Message[Any], definition: HandlerDefinition) -> Envelope:
         """A command whose synchronous handling failed, addressed to its handler for later."""
@@ -151,12 +161,11 @@ class Runtime:
     ) -> list[HandlerDefinition]:
         if key is not None:
             found = self.router.by_key(kind, key)
-            what = f"routing key {key!r}"
         else:
             assert payload_type is not None
             found = self.router.by_type(kind, payload_type)
-            what = type_name(payload_type)
         if not found and kind is not Kind.EVENT:
+            what = f"routing key {key!r}" if key is not None else type_name(payload_type)
             raise NoHandlerError(
                 f"no {kind.value} handler takes {what}; add a @{kind.value}_handler for it "
                 "to Messaging(handlers=[...])"
@@ -175,6 +184,15 @@ class Runtime:
         ``here`` is the channel the message was consumed from: a handler marked for that
         very channel runs at once instead of being queued again.
         """
+        cache_key = (kind, payload_type, key, here)
+        steps = self._plans.get(cache_key)
+        if steps is None:
+            steps = self._plans[cache_key] = self._plan(kind, payload_type, key, here)
+        return steps
+
+    def _plan(
+        self, kind: Kind, payload_type: type[Any] | None, key: str | None, here: str | None
+    ) -> list[Step]:
         steps: list[Step] = []
         for definition in self.targets(kind, payload_type, key):
             channels = definition.info.channels
