@@ -2,10 +2,12 @@
 
 Run it with ``make demo`` (a fresh database each time), or with ``ORDERS_DATABASE`` naming a
 database URL (default ``sqlite:///orders.db``); ``busway run async --app orders:messaging``
-from this folder runs a worker for it. It places three orders through ``AsyncCommandBus`` (queued, handled
-by a worker), each handler writes the order and publishes ``OrderWasPlaced`` through
-``OutboxEventBus`` in the same transaction. One order is for a product out of stock: its
-handler fails after publishing, so its order row and its event roll back together.
+from this folder runs a worker for it.
+
+It places three orders through ``AsyncCommandBus`` (queued, handled by a worker); each
+handler writes the order and publishes ``OrderWasPlaced`` through ``OutboxEventBus`` in the
+same transaction. One order is for a product out of stock: its handler fails after
+publishing, so its order row and its event roll back together.
 """
 
 from __future__ import annotations
