@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -237,7 +238,8 @@ class Messaging:
             memory_limit=memory_limit,
             stop_on_failure=stop_on_failure,
         )
-        return await worker.arun(concurrency)
+        with graceful_signals(worker, asyncio.get_running_loop()):
+            return await worker.arun(concurrency)
 
     def setup_sql(self) -> list[str]:
         """The DDL ``setup`` runs on SQL databases, for migrations kept by hand or Alembic."""

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import FrameType
 
 from busway._internal.consuming import Consumer
 from busway.channels.base import Delivery, MessageReturned
@@ -242,20 +241,38 @@ def _peak_memory() -> int:
 
 
 @contextlib.contextmanager
-def graceful_signals(worker: Worker) -> Iterator[None]:
-    """While running, SIGTERM and SIGINT stop the worker after the message in hand."""
+def graceful_signals(
+    worker: Worker, loop: asyncio.AbstractEventLoop | None = None
+) -> Iterator[None]:
+    """While running, SIGTERM and SIGINT stop the worker after the message in hand.
+
+    Only in the main thread, and only where the application has not set its own handlers
+    (a web server's, say), which are left alone.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def stop(signum: int) -> None:
         name = signal.Signals(signum).name
         log.info("%s received: finishing the message in hand, then stopping", name)
         worker.stop(name)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    ours = [
+        sig
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+    ]
+    previous = {sig: signal.getsignal(sig) for sig in ours}
+    for sig in ours:
+        if loop is None:
+            signal.signal(sig, lambda signum, _frame: stop(signum))
+        else:
+            loop.add_signal_handler(sig, stop, sig)
     try:
         yield
     finally:
         for sig, handler in previous.items():
+            if loop is not None:
+                loop.remove_signal_handler(sig)
             signal.signal(sig, handler)

@@ -303,9 +303,9 @@ def test_channels_lists_kind_and_depth(shop: Path) -> None:
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()]
     assert rows == [
-        ["NAME", "KIND", "DEPTH"],
-        ["async", "InMemoryChannel", "3"],
-        ["other", "InMemoryChannel", "0"],
+        ["NAME", "KIND", "DEPTH", "OLDEST"],
+        ["async", "InMemoryChannel", "3", "-"],
+        ["other", "InMemoryChannel", "0", "-"],
     ]
 
 
@@ -437,7 +437,9 @@ def test_a_sql_application_from_setup_to_replay(sql_shop: Path) -> None:
 
     enqueue(sql_shop, "ann", "bad", "bob")
     listed = busway(sql_shop, "channels", *app)
-    assert listed.stdout.splitlines()[1].split() == ["async", "SqlChannel", "3"]
+    name, kind, depth, oldest = listed.stdout.splitlines()[1].split()
+    assert (name, kind, depth) == ("async", "SqlChannel", "3")
+    assert oldest.endswith("s"), "the oldest message's age, in seconds"
 
     ran = busway(sql_shop, "run", "async", "--until-empty", *app)
     assert ran.returncode == 0, ran.stderr

@@ -165,7 +165,11 @@ class Runtime:
             assert payload_type is not None
             found = self.router.by_type(kind, payload_type)
         if not found and kind is not Kind.EVENT:
-            what = f"routing key {key!r}" if payload_type is None else type_name(payload_type)
+            what = (
+                f"routing key {key!r}"
+                if key is not None or payload_type is None
+                else type_name(payload_type)
+            )
             raise NoHandlerError(
                 f"no {kind.value} handler takes {what}; add a @{kind.value}_handler for it "
                 "to Messaging(handlers=[...])"
