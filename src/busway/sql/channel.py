@@ -275,6 +275,8 @@ class SqlChannel(Channel):
                 rows = connection.execute(self._claim(limit)).all()
                 if not rows:
                     return 0
+                # A lone message has no neighbour to run again: no savepoint needed.
+                isolated = isolated and len(rows) > 1
                 done: list[int] = []
                 token = current_transaction.set(transaction)
                 batch_token = current_batch.set(Batch(transaction.before_commit))
@@ -362,6 +364,8 @@ class SqlChannel(Channel):
                 rows = (await connection.execute(self._claim(limit))).all()
                 if not rows:
                     return 0
+                # A lone message has no neighbour to run again: no savepoint needed.
+                isolated = isolated and len(rows) > 1
                 done: list[int] = []
                 token = current_transaction.set(transaction)
                 batch_token = current_batch.set(Batch(transaction.before_commit))
