@@ -8,7 +8,8 @@ and takes its settings from the environment:
 
 - ``RECOVERY_URL`` (required), ``RECOVERY_MODE`` (``transaction`` or ``lease``),
   ``RECOVERY_WORKER`` (the name its effect rows carry), ``RECOVERY_BATCH``,
-  ``RECOVERY_VISIBILITY`` (the lease, in seconds);
+  ``RECOVERY_VISIBILITY`` (the lease, in seconds), ``RECOVERY_FAILING`` (``0``: jobs named
+  "fail..." succeed too);
 - ``RECOVERY_PAUSE`` (``handler``: inside the handler, after its write; ``ack``: at the
   acknowledgement, after the handler returned), ``RECOVERY_PAUSE_JOB`` (only for this job),
   ``RECOVERY_MARKER`` (a file written when the pause begins) and ``RECOVERY_RELEASE`` (a file
@@ -32,7 +33,15 @@ from typing import Any
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert
 from sqlalchemy.orm import Session
 
-from busway import CommandBus, Messaging, RetryPolicy, SqlChannel, asynchronous, command_handler
+from busway import (
+    CommandBus,
+    Headers,
+    Messaging,
+    RetryPolicy,
+    SqlChannel,
+    asynchronous,
+    command_handler,
+)
 
 PAUSE_LIMIT = 60.0
 """A paused worker gives up after this long, so a failed test never leaves it behind."""
@@ -81,20 +90,33 @@ class Pause:
             time.sleep(0.005)
 
 
+class Refused(Exception):
+    pass
+
+
 class Jobs:
-    def __init__(self, worker: str = "test", pause: Pause | None = None) -> None:
+    """Writes one effect row per job; a job whose id starts with "fail" then fails, while
+    ``failing`` is true."""
+
+    def __init__(
+        self, worker: str = "test", pause: Pause | None = None, failing: bool = True
+    ) -> None:
         self.worker = worker
         self.pause = pause
+        self.failing = failing
         self.calls: list[str] = []
         self.attempts: list[int] = []
         self.handled: str | None = None
 
     @command_handler
-    def work(self, job: Job, session: Session) -> None:
+    def work(self, job: Job, session: Session, headers: Headers) -> None:
         self.calls.append(job.id)
+        self.attempts.append(headers.attempt)
         session.execute(insert(effects).values(job=job.id, worker=self.worker))
         if self.pause is not None and self.pause.applies("handler", job.id):
             self.pause.hold(job.id)
+        if self.failing and job.id.startswith("fail"):
+            raise Refused(job.id)
         self.handled = job.id
 
 
@@ -102,14 +124,14 @@ def build(
     url: str,
     *,
     mode: str = "transaction",
-    worker: str = "test",
     batch_size: int = 100,
     visibility_timeout: float = 30.0,
-    pause: Pause | None = None,
+    jobs: Jobs | None = None,
     clock: Callable[[], float] = time.time,
     **options: Any,
 ) -> Messaging:
-    jobs = Jobs(worker, pause)
+    """The application on ``url``: ``jobs`` handles ``Job``s from the ``jobs`` channel."""
+    jobs = jobs or Jobs()
     options.setdefault("retry", RetryPolicy(retries=0))
     messaging = Messaging(
         handlers=[jobs],
@@ -125,8 +147,8 @@ def build(
         clock=clock,
         **options,
     )
-    if pause is not None and pause.at == "ack":
-        _pause_at_acknowledgement(messaging, jobs, pause)
+    if jobs.pause is not None and jobs.pause.at == "ack":
+        _pause_at_acknowledgement(messaging, jobs, jobs.pause)
     return messaging
 
 
@@ -157,10 +179,9 @@ def _from_environment() -> Messaging:
     messaging = build(
         env["RECOVERY_URL"],
         mode=env.get("RECOVERY_MODE", "transaction"),
-        worker=env.get("RECOVERY_WORKER", "worker"),
         batch_size=int(env.get("RECOVERY_BATCH", "100")),
         visibility_timeout=float(env.get("RECOVERY_VISIBILITY", "30")),
-        pause=pause,
+        jobs=Jobs(env.get("RECOVERY_WORKER", "worker"), pause, env.get("RECOVERY_FAILING") != "0"),
     )
     if env.get("RECOVERY_READY"):
         Path(env["RECOVERY_READY"]).write_text("ready")
