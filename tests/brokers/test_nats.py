@@ -1,0 +1,500 @@
+"""NatsChannel against the real NATS JetStream server on loopback.
+
+The server's address comes from ``BUSWAY_TEST_NATS_URL`` (default ``nats://127.0.0.1:4222``).
+An unreachable server skips these tests, except on CI (``CI=true``), where it fails them.
+Every test works on streams of its own, named ``test_busway_...``, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import nats
+import nats_worker
+import pytest
+from sqlalchemy import create_engine, select
+
+from busway import (
+    EventBus,
+    Messaging,
+    SqlChannel,
+    asynchronous,
+    command_handler,
+    event_handler,
+)
+from busway.channels.base import Delivery, Envelope
+from busway.errors import MissingExtraError
+from busway.message import DELIVER_AT
+from busway.nats import NatsChannel
+from busway.testing import ChannelContract
+from busway.testing.conformance import ChannelFactory
+
+URL = os.environ.get("BUSWAY_TEST_NATS_URL", "nats://127.0.0.1:4222")
+PREFIX = "test_busway_"
+HERE = Path(__file__).parent
+SERVER_START = [
+    "start-stop-daemon", "--start", "--oknodo", "--background",
+    "--exec", "/usr/sbin/nats-server", "--",
+    "-a", "127.0.0.1", "-p", "4222", "-js",
+    "-sd", "/var/lib/nats-server", "-l", "/var/log/nats-server.log",
+]  # fmt: skip
+
+T = TypeVar("T")
+
+
+def _address() -> tuple[str, int]:
+    parts = urlsplit(URL)
+    return parts.hostname or "127.0.0.1", parts.port or 4222
+
+
+def _port_answers() -> bool:
+    try:
+        socket.create_connection(_address(), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on a fresh event loop in a thread of its own (a test's loop may run)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coroutine))
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+async def _delete_streams(names: list[str] | None) -> None:
+    """Delete the named streams, or (``None``) every stream a test run left behind."""
+    client = await nats.connect(URL)
+    try:
+        js = client.jetstream()
+        if names is None:
+            found = [info.config.name for info in await js.streams_info()]
+            names = [name for name in found if name and name.startswith(PREFIX)]
+        for name in names:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(name)
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nats_server() -> None:
+    if not _port_answers():
+        message = f"NATS is not running at {URL}; the NATS tests need it (-js enabled)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI: {message}", pytrace=False)
+        pytest.skip(message)
+    run_async(_delete_streams(None))
+
+
+@pytest.fixture
+def streams() -> Iterator[Callable[[], str]]:
+    """A new stream name each call; the streams are deleted when the test ends."""
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(f"{PREFIX}{uuid.uuid4().hex[:12]}")
+        return made[-1]
+
+    yield new
+    if made and _port_answers():
+        run_async(_delete_streams(made))
+
+
+def nats_channel(name: str, stream: str, **options: Any) -> NatsChannel:
+    return NatsChannel(name, URL, stream=stream, subject=f"{stream}.{name}", **options)
+
+
+class TestNatsChannel(ChannelContract):
+    @pytest.fixture
+    def channel_factory(self, streams: Callable[[], str]) -> ChannelFactory:
+        return lambda name: nats_channel(name, streams())
+
+
+# -- the channel on its own ------------------------------------------------------------------
+
+
+@pytest.fixture
+def channel(streams: Callable[[], str]) -> Iterator[NatsChannel]:
+    made = nats_channel("jobs", streams(), ack_wait=2.0)
+    Messaging(channels=[made])  # attaches the clock
+    made.setup()
+    yield made
+    made.close()
+
+
+def envelope(number: int, **headers: Any) -> Envelope:
+    return Envelope(f'{{"number":{number}}}'.encode(), {"busway.id": str(number), **headers})
+
+
+def take(channel: NatsChannel, count: int, wait: float = 0.0) -> list[Delivery]:
+    seen: list[Delivery] = []
+    channel.consume(seen.append, count, wait)
+    return seen
+
+
+def test_setup_is_idempotent_and_keeps_messages(channel: NatsChannel) -> None:
+    channel.send(envelope(1))
+
+    channel.setup()
+    channel.setup()
+
+    assert channel.depth() == 1
+    (delivery,) = take(channel, 10)
+    assert delivery.envelope.body == b'{"number":1}'
+
+
+def test_setup_changes_the_ack_wait_of_the_consumer(channel: NatsChannel) -> None:
+    changed = nats_channel("jobs", channel.stream, ack_wait=7.0)
+    Messaging(channels=[changed])
+    try:
+        changed.setup()
+
+        async def ack_wait() -> float:
+            client = await nats.connect(URL)
+            info = await client.jetstream().consumer_info(channel.stream, channel.durable)
+            await client.close()
+            return float(info.config.ack_wait or 0)
+
+        assert run_async(ack_wait()) == 7.0
+    finally:
+        changed.close()
+
+
+def test_headers_come_back_typed(channel: NatsChannel) -> None:
+    headers = {"text": "Zürich ☃ 東京\nline two", "n": 3, "x": 0.25, "yes": True, "none": None}
+    channel.send(envelope(1, **headers))
+
+    (delivery,) = take(channel, 1)
+
+    assert {key: delivery.envelope.headers[key] for key in headers} == headers
+    assert delivery.redelivered is False
+
+
+def test_depth_counts_waiting_and_unacknowledged_messages(channel: NatsChannel) -> None:
+    for number in range(5):
+        channel.send(envelope(number))
+    assert channel.depth() == 5
+
+    take(channel, 2)
+
+    assert channel.depth() == 3
+
+
+def test_a_delayed_message_is_given_back_until_it_is_due(channel: NatsChannel) -> None:
+    sent = time.time()
+    channel.send(envelope(1, **{DELIVER_AT: sent + 0.8}))
+    channel.send(envelope(2))
+
+    early = take(channel, 10)
+
+    assert [d.envelope.body for d in early] == [b'{"number":2}']
+    assert channel.depth() == 1  # held back by the server, not lost
+    deadline = time.monotonic() + 10
+    due: list[Delivery] = []
+    while not due and time.monotonic() < deadline:
+        due = take(channel, 10, wait=1.0)
+    assert [d.envelope.body for d in due] == [b'{"number":1}']
+    assert time.time() - sent >= 0.8
+    assert channel.depth() == 0
+
+
+def test_a_failed_handler_gives_the_batch_back(channel: NatsChannel) -> None:
+    for number in range(3):
+        channel.send(envelope(number))
+
+    def fail_on_second(delivery: Delivery) -> None:
+        if delivery.envelope.body == b'{"number":1}':
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        channel.consume(fail_on_second, 10, 0.0)
+
+    again = take(channel, 10, wait=1.0)
+    assert sorted(d.envelope.body for d in again) == [b'{"number":1}', b'{"number":2}']
+    assert all(d.redelivered for d in again)
+
+
+def test_busway_imports_no_nats_driver() -> None:
+    code = "import sys, busway; assert 'nats' not in sys.modules, 'nats was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_nats_driver_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "nats", None)
+    for module in ("busway.nats", "busway.channels.nats"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+
+    with pytest.raises(MissingExtraError) as raised:
+        import busway.nats  # noqa: F401
+
+    assert "pip install 'busway[nats]'" in str(raised.value)
+    assert "NATS" in str(raised.value)
+
+
+def test_an_unknown_stream_is_reported_with_its_fix(streams: Callable[[], str]) -> None:
+    missing = nats_channel("jobs", streams(), timeout=1.0)
+    Messaging(channels=[missing])
+    try:
+        with pytest.raises(Exception, match=r"does not exist.*setup"):
+            missing.consume(lambda _delivery: None, 1, 0.0)
+    finally:
+        missing.close()
+
+
+# -- outbox to NATS --------------------------------------------------------------------------
+
+
+@dataclass
+class PlaceOrder:
+    number: int
+
+
+@dataclass
+class OrderPlaced:
+    number: int
+
+
+@asynchronous("outbox", "nats")
+class OrderEvents(EventBus):
+    """Committed to the outbox with the business transaction, then relayed to NATS."""
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, streams: Callable[[], str]) -> Iterator[tuple[Messaging, list[int]]]:
+    delivered: list[int] = []
+
+    @command_handler
+    def place_order(command: PlaceOrder, events: OrderEvents) -> None:
+        events.publish(OrderPlaced(command.number))
+        if command.number < 0:
+            raise ValueError("refused")
+
+    @event_handler
+    def order_placed(event: OrderPlaced) -> None:
+        delivered.append(event.number)
+
+    messaging = Messaging(
+        handlers=[place_order, order_placed],
+        channels=[SqlChannel("outbox"), nats_channel("nats", streams())],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+    )
+    messaging.setup()
+    yield messaging, delivered
+    messaging.close()
+
+
+def test_the_outbox_is_relayed_to_nats(pipeline: tuple[Messaging, list[int]]) -> None:
+    messaging, delivered = pipeline
+    for number in range(1, 6):
+        messaging.command_bus.send(PlaceOrder(number))
+    with pytest.raises(ValueError):
+        messaging.command_bus.send(PlaceOrder(-1))  # rolled back: its event never leaves
+
+    assert messaging.channel("nats").depth() == 0
+    assert messaging.run("outbox").handled == 5
+    assert messaging.channel("outbox").depth() == 0
+    assert messaging.channel("nats").depth() == 5
+
+    messaging.run("nats")
+
+    assert delivered == [1, 2, 3, 4, 5]
+
+
+async def test_the_outbox_is_relayed_to_nats_from_asyncio(
+    pipeline: tuple[Messaging, list[int]],
+) -> None:
+    messaging, delivered = pipeline
+    for number in range(1, 4):
+        await messaging.command_bus.asend(PlaceOrder(number))
+    try:
+        assert (await messaging.arun("outbox")).handled == 3
+        await messaging.arun("nats")
+    finally:
+        await messaging.aclose()
+
+    assert delivered == [1, 2, 3]
+
+
+# -- processes and servers that die -----------------------------------------------------------
+
+
+def _effects(database: str) -> list[int]:
+    engine = create_engine(database)
+    try:
+        with engine.connect() as connection:
+            return sorted(connection.execute(select(nats_worker.effects.c.id)).scalars())
+    finally:
+        engine.dispose()
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, streams: Callable[[], str]
+) -> None:
+    total, block_at = 6, 3
+    stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
+    messaging = nats_worker.build(URL, stream, database)
+    messaging.setup()
+    with messaging.database_engine.begin() as connection:
+        nats_worker.metadata.create_all(connection)
+    bus = messaging.gateway(nats_worker.WorkBus)
+    for number in range(total):
+        bus.send(nats_worker.Record(number))
+
+    marker = tmp_path / "marker"
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-c", "import nats_worker; nats_worker.main()"),
+            *(URL, stream, database, "--block-at", str(block_at), "--marker", str(marker)),
+        ],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: marker.exists() or worker.poll() is not None, "the handler to block")
+        assert worker.poll() is None, worker.communicate()[1]
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.communicate(timeout=30)
+    in_hand = int(marker.read_text())
+    assert _effects(database) == list(range(block_at - 1))  # the one in hand did not commit
+
+    deadline = time.monotonic() + 30
+    while _effects(database) != list(range(total)) and time.monotonic() < deadline:
+        # The messages the dead worker held come back once its ack_wait (1 s) is over.
+        messaging.run("work", until_empty=False, limit=1, time_limit=2)
+    try:
+        assert _effects(database) == list(range(total))  # each once: the id is unique
+        assert in_hand in _effects(database)
+        assert messaging.dead_letters.list() == []
+        assert messaging.channel("work").depth() == 0
+    finally:
+        messaging.close()
+
+
+def _server_pid() -> int | None:
+    found = subprocess.run(["pgrep", "-x", "nats-server"], capture_output=True, text=True)
+    pids = found.stdout.split()
+    return int(pids[0]) if pids else None
+
+
+def _kill_server() -> None:
+    pid = _server_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)  # no goodbye: JetStream's files are all it keeps
+    _wait_for(lambda: _server_pid() is None and not _port_answers(), "nats-server to die")
+
+
+def _start_server() -> None:
+    subprocess.run(SERVER_START, check=True)
+    _wait_for(_port_answers, "nats-server to listen again")
+
+
+class _Thread(threading.Thread):
+    """A thread whose error is raised again by ``finish``."""
+
+    def __init__(self, target: Callable[[], object]) -> None:
+        super().__init__(target=self._run_target, args=(target,))
+        self.error: BaseException | None = None
+
+    def _run_target(self, target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as error:
+            self.error = error
+
+    def finish(self, timeout: float = 40) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the thread did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def test_a_server_restarted_mid_run_loses_nothing(
+    tmp_path: Path, streams: Callable[[], str]
+) -> None:
+    total = 60
+    stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
+    messaging = nats_worker.build(URL, stream, database, ack_wait=2.0)
+    messaging.setup()
+    with messaging.database_engine.begin() as connection:
+        nats_worker.metadata.create_all(connection)
+    bus = messaging.gateway(nats_worker.WorkBus)
+    worker = messaging.worker("work", until_empty=False, poll_interval=0.2)
+    consuming = _Thread(worker.run)
+    sending_started = threading.Event()
+
+    def send_second_half() -> None:
+        sending_started.set()
+        for number in range(total // 2, total):
+            bus.send(nats_worker.Record(number))  # the first ones wait for the server
+
+    sending = _Thread(send_second_half)
+    consuming.start()
+    try:
+        for number in range(total // 2):
+            bus.send(nats_worker.Record(number))
+        _wait_for(lambda: len(_effects(database)) > 5, "the worker to be under way")
+        try:
+            _kill_server()
+            sending.start()
+            sending_started.wait(10)
+            assert sending.is_alive(), "a send finished while the server was down"
+        finally:
+            _start_server()
+        sending.finish()
+        _wait_for(lambda: len(_effects(database)) == total, "every message", timeout=40)
+    finally:
+        worker.stop()
+        if not _port_answers():
+            _start_server()
+    consuming.finish()
+    try:
+        # Acks the killed server had not written down come back after ack_wait: drain them.
+        channel = messaging.channel("work")
+        deadline = time.monotonic() + 20
+        while channel.depth() and time.monotonic() < deadline:
+            messaging.run("work", until_empty=False, limit=1, time_limit=1)
+        assert channel.depth() == 0
+        assert _effects(database) == list(range(total))  # the inbox absorbed any repeat
+        assert messaging.dead_letters.list() == []
+    finally:
+        messaging.close()
