@@ -1,0 +1,606 @@
+"""The Redis Streams channel against the Redis server on loopback.
+
+Override its URL with ``BUSWAY_TEST_REDIS_URL``. An unreachable server skips these tests,
+except on CI (``CI=true``), where it fails them. Each test works on a stream of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis_worker
+from sqlalchemy import create_engine, select
+
+from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
+from busway.channels.base import Delivery, Envelope, MessageReturned
+from busway.errors import MissingExtraError
+from busway.message import DELIVER_AT
+from busway.redis import RedisChannel
+from busway.testing import ChannelContract
+from busway.testing.conformance import ChannelFactory
+
+REDIS_URL = os.environ.get("BUSWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+HERE = Path(__file__).parent
+
+
+def _problem(message: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def _ping(url: str = REDIS_URL) -> Exception | None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, retry=None)
+    try:
+        client.ping()
+    except redis.ConnectionError as error:
+        return error
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    error = _ping()
+    if error is not None:
+        _problem(
+            f"Redis is not running at {REDIS_URL} ({error}). The Redis tests need it; start "
+            "it or set BUSWAY_TEST_REDIS_URL."
+        )
+    connection = redis.Redis.from_url(REDIS_URL)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def stream(client: redis.Redis) -> Iterator[str]:
+    """A stream key of this test's own, with nothing left behind."""
+    key = f"busway-test:{{{uuid.uuid4().hex}}}"
+    yield key
+    client.delete(key, f"{key}:delayed")
+
+
+@pytest.fixture
+def channels(stream: str) -> Iterator[Callable[..., RedisChannel]]:
+    """Make channels on ``stream``, attached to the real clock and closed at the end."""
+    made: list[RedisChannel] = []
+
+    def make(**options: Any) -> RedisChannel:
+        channel = RedisChannel("jobs", REDIS_URL, stream=stream, **options)
+        Messaging(channels=[channel])  # attaches it
+        channel.setup()
+        made.append(channel)
+        return channel
+
+    yield make
+    for channel in made:
+        channel.close()
+
+
+def envelope(number: int, deliver_at: float | None = None) -> Envelope:
+    headers: dict[str, Any] = {"id": f"m-{number}"}
+    if deliver_at is not None:
+        headers[DELIVER_AT] = deliver_at
+    return Envelope(str(number).encode(), headers)
+
+
+def consume_all(channel: RedisChannel, wait: float = 0.0) -> list[Delivery]:
+    seen: list[Delivery] = []
+    while channel.consume(seen.append, 100, wait):
+        pass
+    return seen
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class TestRedisChannel(ChannelContract):
+    @pytest.fixture
+    def channel_factory(self, stream: str) -> ChannelFactory:
+        return lambda name: RedisChannel(name, REDIS_URL, stream=stream)
+
+
+# -- the channel on its own ----------------------------------------------------------------
+
+
+def test_setup_is_idempotent(channels: Callable[..., RedisChannel], client: redis.Redis) -> None:
+    channel = channels()
+    channel.setup()
+    channel.setup()
+
+    groups = client.xinfo_groups(channel.stream)
+    assert [group["name"] for group in groups] == [b"busway"]
+
+
+def test_messages_sent_before_setup_are_delivered(stream: str, client: redis.Redis) -> None:
+    channel = RedisChannel("jobs", REDIS_URL, stream=stream)
+    Messaging(channels=[channel])
+    try:
+        channel.send(envelope(1))  # no group yet: the first consume makes it
+        assert [d.envelope.body for d in consume_all(channel)] == [b"1"]
+    finally:
+        channel.close()
+
+
+def test_acknowledged_messages_leave_the_stream(
+    channels: Callable[..., RedisChannel], client: redis.Redis
+) -> None:
+    channel = channels()
+    for number in range(3):
+        channel.send(envelope(number))
+    assert channel.depth() == 3
+
+    deliveries = consume_all(channel)
+
+    assert [d.envelope.body for d in deliveries] == [b"0", b"1", b"2"]
+    assert not any(d.redelivered for d in deliveries)
+    assert channel.depth() == 0
+    assert client.xlen(channel.stream) == 0
+    assert client.xpending(channel.stream, "busway")["pending"] == 0
+
+
+def test_a_waiting_consumer_gets_a_message_as_it_arrives(
+    channels: Callable[..., RedisChannel],
+) -> None:
+    consumer, sender = channels(), channels()
+    seen: list[Delivery] = []
+    started = time.monotonic()
+    timer = threading.Timer(0.2, sender.send, [envelope(1)])
+    timer.start()
+
+    assert consumer.consume(seen.append, 100, 10.0) == 1
+
+    timer.join()
+    assert time.monotonic() - started < 5.0
+    assert [d.envelope.body for d in seen] == [b"1"]
+
+
+async def test_a_waiting_asyncio_consumer_gets_a_message_as_it_arrives(
+    channels: Callable[..., RedisChannel],
+) -> None:
+    consumer, sender = channels(), channels()
+    seen: list[Delivery] = []
+
+    async def handle(delivery: Delivery) -> None:
+        seen.append(delivery)
+
+    async def send_soon() -> None:
+        await asyncio.sleep(0.2)
+        await sender.asend(envelope(1))
+
+    started = time.monotonic()
+    sending = asyncio.create_task(send_soon())
+    try:
+        assert await consumer.aconsume(handle, 100, 10.0) == 1
+    finally:
+        await sending
+        await consumer.aclose()
+        await sender.aclose()
+
+    assert time.monotonic() - started < 5.0
+    assert [d.envelope.body for d in seen] == [b"1"]
+
+
+def test_a_failed_batch_keeps_its_order_and_acknowledges_what_was_handled(
+    channels: Callable[..., RedisChannel],
+) -> None:
+    channel = channels()
+    for number in range(4):
+        channel.send(envelope(number))
+    handled: list[bytes] = []
+
+    def fail_on_two(delivery: Delivery) -> None:
+        if delivery.envelope.body == b"2":
+            raise ConnectionAbortedError("the database went away")
+        handled.append(delivery.envelope.body)
+
+    with pytest.raises(ConnectionAbortedError):
+        channel.consume(fail_on_two, 100, 0)
+
+    assert handled == [b"0", b"1"]
+    assert channel.depth() == 2
+    again = consume_all(channel)
+    assert [(d.envelope.body, d.redelivered) for d in again] == [(b"2", True), (b"3", False)]
+
+
+def test_stale_pending_messages_are_claimed_by_another_consumer(
+    channels: Callable[..., RedisChannel],
+) -> None:
+    dead, alive = channels(claim_idle=0.2), channels(claim_idle=0.2)
+    assert dead.consumer != alive.consumer
+    dead.send(envelope(1))
+
+    def die(_delivery: Delivery) -> None:
+        raise SystemExit("the consumer dies holding the message")
+
+    read_at = time.monotonic()
+    with pytest.raises(SystemExit):
+        dead.consume(die, 100, 0)
+    dead._stream.take_held(100)  # as if its process were gone
+
+    assert alive.consume(lambda _d: pytest.fail("claimed too early"), 100, 0) == 0
+    claimed: list[Delivery] = []
+    wait_until(lambda: alive.consume(claimed.append, 100, 0.5) > 0, "the claim", timeout=10)
+
+    assert time.monotonic() - read_at >= 0.2
+    assert [(d.envelope.body, d.redelivered) for d in claimed] == [(b"1", True)]
+    assert alive.depth() == 0
+
+
+def test_held_messages_go_back_to_the_stream_when_the_channel_closes(
+    channels: Callable[..., RedisChannel], client: redis.Redis
+) -> None:
+    first, second = channels(), channels()
+    first.send(envelope(1))
+
+    def give_back(_delivery: Delivery) -> None:
+        raise MessageReturned
+
+    assert first.consume(give_back, 100, 0) == 0
+    first.close()
+
+    assert client.xpending(first.stream, "busway")["pending"] == 0
+    assert [d.envelope.body for d in consume_all(second)] == [b"1"]
+
+
+def test_delayed_messages_move_into_the_stream_when_due(
+    channels: Callable[..., RedisChannel], client: redis.Redis
+) -> None:
+    channel = channels()
+    sent = time.time()
+    channel.send(envelope(1, deliver_at=sent + 0.3))
+    channel.send(envelope(2, deliver_at=sent - 1))  # already due: straight to the stream
+
+    assert client.zcard(f"{channel.stream}:delayed") == 1
+    assert client.xlen(channel.stream) == 1
+    assert channel.depth() == 2
+    assert [d.envelope.body for d in consume_all(channel)] == [b"2"]
+
+    seen: list[Delivery] = []
+    started = time.monotonic()
+    assert channel.consume(seen.append, 100, 5.0) == 1
+
+    assert time.time() - sent >= 0.3
+    assert time.monotonic() - started < 2.0, "the wait did not end when the message fell due"
+    assert seen[0].envelope.body == b"1"
+    assert seen[0].envelope.deliver_at == pytest.approx(sent + 0.3)
+    assert client.zcard(f"{channel.stream}:delayed") == 0
+    assert channel.depth() == 0
+
+
+def test_depth_and_oldest_age(channels: Callable[..., RedisChannel]) -> None:
+    channel = channels()
+    assert channel.depth() == 0
+    assert channel.oldest_age() is None
+
+    channel.send(envelope(1))
+    channel.send(envelope(2))
+    channel.send(envelope(3, deliver_at=time.time() + 60))
+    wait_until(lambda: (channel.oldest_age() or 0) > 0.01, "the message to age")
+
+    assert channel.depth() == 3
+    assert channel.consume(lambda _d: None, 1, 0) == 1
+    assert channel.depth() == 2
+    age = channel.oldest_age()
+    assert age is not None and 0 <= age < 10
+
+
+async def test_the_asyncio_edge(channels: Callable[..., RedisChannel]) -> None:
+    channel = channels()
+    await channel.asend(envelope(1))
+    await channel.asend(envelope(2, deliver_at=time.time() + 0.2))
+    seen: list[Delivery] = []
+
+    async def handle(delivery: Delivery) -> None:
+        seen.append(delivery)
+
+    assert await channel.aconsume(handle, 100, 0) == 1
+    assert await channel.aconsume(handle, 100, 5.0) == 1
+    await channel.aclose()
+
+    assert [d.envelope.body for d in seen] == [b"1", b"2"]
+    assert channel.depth() == 0
+
+
+def test_a_header_that_is_not_json_is_refused(channels: Callable[..., RedisChannel]) -> None:
+    from busway.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="not JSON"):
+        channels().send(Envelope(b"", {"id": object()}))  # type: ignore[dict-item]
+
+
+# -- the optional dependency ---------------------------------------------------------------
+
+
+def test_without_redis_py_the_error_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "busway.redis")
+    monkeypatch.delitem(sys.modules, "busway.channels.redis")
+
+    with pytest.raises(MissingExtraError) as raised:
+        import busway.redis  # noqa: F401
+
+    assert "Redis Streams" in str(raised.value)
+    assert "pip install 'busway[redis]'" in str(raised.value)
+
+
+def test_importing_busway_does_not_import_redis() -> None:
+    code = "import sys, busway; assert 'redis' not in sys.modules, 'redis was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- pipelines -----------------------------------------------------------------------------
+
+
+@dataclass
+class OrderWasPlaced:
+    order_id: str
+
+
+@asynchronous("outbox", "redis")
+class OrderEvents(EventBus):
+    """Events committed to the outbox with the business transaction, then relayed to Redis."""
+
+
+@pytest.fixture
+def pipeline(stream: str, tmp_path: Path) -> Iterator[tuple[Messaging, list[str]]]:
+    seen: list[str] = []
+
+    @event_handler
+    def order_was_placed(event: OrderWasPlaced) -> None:
+        seen.append(event.order_id)
+
+    messaging = Messaging(
+        handlers=[order_was_placed],
+        channels=[SqlChannel("outbox"), RedisChannel("redis", REDIS_URL, stream=stream)],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+    )
+    messaging.setup()
+    yield messaging, seen
+    messaging.close()
+
+
+def test_an_outbox_relays_to_redis(pipeline: tuple[Messaging, list[str]]) -> None:
+    messaging, seen = pipeline
+    events = messaging.gateway(OrderEvents)
+    with messaging.transaction():
+        for number in range(150):  # more than one relay batch
+            events.publish(OrderWasPlaced(f"o-{number}"))
+    with pytest.raises(RuntimeError), messaging.transaction():
+        events.publish(OrderWasPlaced("rolled back"))
+        raise RuntimeError("the business transaction fails")
+    redis_channel = messaging.channel("redis")
+    assert redis_channel.depth() == 0
+
+    assert messaging.run("outbox").handled == 150
+
+    assert messaging.channel("outbox").depth() == 0
+    assert redis_channel.depth() == 150
+    assert messaging.run("redis").handled == 150
+    assert seen == [f"o-{number}" for number in range(150)]
+    assert redis_channel.depth() == 0
+
+
+async def test_an_outbox_relays_to_redis_from_asyncio(
+    pipeline: tuple[Messaging, list[str]],
+) -> None:
+    messaging, seen = pipeline
+    events = messaging.gateway(OrderEvents)
+    try:
+        async with messaging.atransaction():
+            for number in range(3):
+                await events.apublish(OrderWasPlaced(f"o-{number}"))
+
+        assert (await messaging.arun("outbox")).handled == 3
+        assert messaging.channel("redis").depth() == 3
+        assert (await messaging.arun("redis")).handled == 3
+    finally:
+        await messaging.aclose()
+
+    assert seen == ["o-0", "o-1", "o-2"]
+
+
+# -- a consumer killed mid-handler ---------------------------------------------------------
+
+
+def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
+    client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    total, batch, block_at = 20, 5, 7
+    database = f"sqlite:///{tmp_path / 'effects.db'}"
+    sender = redis_worker.build(REDIS_URL, stream, database)
+    sender.setup()
+    with sender.database_engine.begin() as connection:
+        redis_worker.metadata.create_all(connection)
+    bus = sender.gateway(redis_worker.WorkBus)
+    for number in range(total):
+        bus.send(redis_worker.Record(number))
+    sender.close()
+
+    marker = tmp_path / "mid-handler"
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-c", "import redis_worker; redis_worker.main()"),
+            *(REDIS_URL, stream, database, "killed", "--batch-size", str(batch)),
+            *("--block-at", str(block_at), "--marker", str(marker)),
+        ],
+        env=environment,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            if worker.poll() is not None:
+                pytest.fail(f"the worker exited ({worker.returncode}):\n{worker.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the worker never reached the handler it blocks in")
+            time.sleep(0.01)
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.communicate(timeout=30)
+    assert worker.returncode == -signal.SIGKILL
+    in_hand = int(marker.read_text())
+
+    # The first batch was acknowledged; the second is pending for the dead consumer, one of
+    # its messages handled (its row and inbox record committed), one in hand.
+    assert client.xlen(stream) == total - batch
+    assert client.xpending(stream, "busway")["pending"] == batch
+    assert in_hand == block_at - 1
+
+    final = redis_worker.build(REDIS_URL, stream, database, "final", claim_idle=0.3)
+    try:
+        result = final.run("work", until_empty=False, limit=total - batch, time_limit=30)
+        assert result.handled == total - batch
+        assert final.dead_letters.list() == []
+        assert final.channel("work").depth() == 0
+    finally:
+        final.close()
+    assert client.xpending(stream, "busway")["pending"] == 0
+
+    engine = create_engine(database)
+    with engine.connect() as connection:
+        rows = dict(
+            connection.execute(
+                select(redis_worker.handled.c.id, redis_worker.handled.c.worker)
+            ).all()
+        )
+    engine.dispose()
+    assert sorted(rows) == list(range(total))  # each once: the primary key allows no more
+    assert rows[in_hand - 1] == "killed"  # handled before the kill, not again after
+    assert rows[in_hand] == "final"
+
+
+# -- Redis restarted in the middle of a run ------------------------------------------------
+
+REDIS_SERVER = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+def _wait_for_redis(up: bool, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while (_ping() is None) != up:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Redis did not {'start' if up else 'stop'} in {timeout} s")
+        time.sleep(0.02)
+
+
+class RedisServer:
+    """The Redis server on loopback, stopped and started again as CI runs it."""
+
+    def stop(self) -> None:
+        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], check=False)
+        _wait_for_redis(up=False)
+
+    def start(self) -> None:
+        subprocess.run(REDIS_SERVER, check=True)
+        _wait_for_redis(up=True)
+
+
+@pytest.fixture
+def redis_server(client: redis.Redis) -> Iterator[RedisServer]:
+    """Redis to restart; it is running when the test ends, whatever happens."""
+    if REDIS_URL != "redis://127.0.0.1:6379/0" or not shutil.which("redis-server"):
+        _problem("restarting Redis needs redis-server on this machine, serving port 6379")
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        if _ping() is not None:
+            server.start()
+
+
+@dataclass
+class Ping:
+    number: int
+
+
+@asynchronous("pings")
+class Pings(EventBus):
+    pass
+
+
+def test_publishers_and_workers_reconnect_after_redis_restarts(
+    redis_server: RedisServer, stream: str
+) -> None:
+    """Redis restarted without persistence loses what it held; busway carries on."""
+    seen: dict[str, list[int]] = {"sync": [], "asyncio": []}
+
+    def make(name: str) -> Messaging:
+        @event_handler
+        def ping(event: Ping) -> None:
+            seen[name].append(event.number)
+
+        channel = RedisChannel("pings", REDIS_URL, stream=f"{stream}:{name}", max_backoff=0.5)
+        messaging = Messaging(handlers=[ping], channels=[channel])
+        messaging.setup()
+        return messaging
+
+    sync_side, async_side = make("sync"), make("asyncio")
+    publishers = [sync_side.gateway(Pings), async_side.gateway(Pings)]
+    workers = [
+        side.worker("pings", until_empty=False, poll_interval=0.2)
+        for side in (sync_side, async_side)
+    ]
+
+    async def arun() -> None:
+        try:
+            await workers[1].arun()
+        finally:
+            await async_side.aclose()
+
+    threads = [
+        threading.Thread(target=workers[0].run),
+        threading.Thread(target=asyncio.run, args=(arun(),)),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for publisher in publishers:
+            publisher.publish(Ping(1))
+        wait_until(lambda: seen == {"sync": [1], "asyncio": [1]}, "the first pings")
+
+        redis_server.stop()
+        during = threading.Thread(target=lambda: [p.publish(Ping(2)) for p in publishers])
+        during.start()  # retries with back-off until Redis is back
+        time.sleep(0.3)
+        assert during.is_alive(), "the publishers did not wait for Redis to come back"
+        redis_server.start()
+        during.join(timeout=30)
+        for publisher in publishers:
+            publisher.publish(Ping(3))
+
+        wait_until(lambda: seen == {"sync": [1, 2, 3], "asyncio": [1, 2, 3]}, "pings after")
+    finally:
+        for worker in workers:
+            worker.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+        sync_side.close()
+    redis.Redis.from_url(REDIS_URL).delete(f"{stream}:sync", f"{stream}:asyncio")
