@@ -338,8 +338,27 @@ class DeadLetters:
     def store(self) -> DeadLetterStore:
         return self._runtime.dead_letters
 
-    def list(self, *, channel: str | None = None, handler: str | None = None) -> list[DeadLetter]:
-        return self.store.list(channel=channel, handler=handler)
+    def list(
+        self,
+        *,
+        channel: str | None = None,
+        handler: str | None = None,
+        error_type: str | None = None,
+        since: float | None = None,
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first; ``error_type`` matches the full or the short class
+        name, ``since`` keeps those that failed within that many seconds."""
+        letters = self.store.list(channel=channel, handler=handler)
+        if error_type is not None:
+            letters = [
+                letter
+                for letter in letters
+                if letter.error_type == error_type or letter.error_type.endswith("." + error_type)
+            ]
+        if since is not None:
+            oldest = self._runtime.clock() - since
+            letters = [letter for letter in letters if letter.failed_at >= oldest]
+        return sorted(letters, key=lambda letter: letter.failed_at)
 
     def get(self, letter_id: str) -> DeadLetter | None:
         return self.store.get(letter_id)

@@ -40,17 +40,9 @@ def _select(
     error_type: str | None = None,
     since: float | None = None,
 ) -> list[DeadLetter]:
-    letters = messaging.dead_letters.list(channel=channel, handler=handler)
-    if error_type is not None:
-        letters = [
-            letter
-            for letter in letters
-            if letter.error_type == error_type or letter.error_type.endswith("." + error_type)
-        ]
-    if since is not None:
-        oldest = messaging.clock() - since
-        letters = [letter for letter in letters if letter.failed_at >= oldest]
-    return sorted(letters, key=lambda letter: letter.failed_at)
+    return messaging.dead_letters.list(
+        channel=channel, handler=handler, error_type=error_type, since=since
+    )
 
 
 def _chosen_ids(
