@@ -1,0 +1,159 @@
+"""Redis Streams, each figure against raw redis-py doing the same work.
+
+- drain: a backlog of small commands consumed by one worker with a no-op handler, against a
+  raw loop that reads 100 entries with XREADGROUP, decodes each body, calls the handler and
+  acknowledges the 100 with one XACK;
+- publish: ``bus.send`` of one small command to a Redis channel, against a raw XADD of the
+  same headers and an encoded body.
+
+The server is ``BENCH_REDIS_URL`` (default: Redis on loopback); unreachable, these are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import redis
+
+from bench import Result, Skip
+from bench.timing import QUICK, compare
+from busway import CommandBus, Messaging, asynchronous, command_handler
+from busway.handlers import Kind
+from busway.redis import RedisChannel
+
+URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+DRAIN = 2_000 if QUICK else 20_000
+BATCH = 100
+
+
+@dataclass
+class Job:
+    number: int
+
+
+@asynchronous("jobs")
+class JobBus(CommandBus):
+    pass
+
+
+handled: list[int] = []
+
+
+@command_handler
+def work(job: Job) -> None:
+    handled.append(job.number)
+
+
+def benchmarks() -> list[Result]:
+    client = redis.Redis.from_url(URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.ConnectionError as error:
+        raise Skip(f"Redis at {URL} is unreachable ({error})") from None
+    stream = f"bench:{{{uuid.uuid4().hex}}}"
+    channel = RedisChannel("jobs", URL, stream=stream, batch_size=BATCH)
+    messaging = Messaging(handlers=[work], channels=[channel])
+    messaging.setup()
+    try:
+        return [drain(messaging, channel, client), publish(messaging, channel, client)]
+    finally:
+        messaging.close()
+        client.delete(stream, f"{stream}:delayed")
+        client.close()
+
+
+def _fill(messaging: Messaging, channel: RedisChannel, count: int) -> None:
+    """Put ``count`` valid messages for ``work`` on the channel's stream, pipelined."""
+    runtime = messaging.runtime
+    now = time.time()
+    for start in range(0, count, 1_000):
+        with channel.client.pipeline(transaction=False) as pipe:
+            for number in range(start, min(count, start + 1_000)):
+                message = runtime.new_message(Kind.COMMAND, Job(number), None, None, None)
+                pipe.execute_command(*channel._stream.send(runtime.envelope(message, {}), now))
+            pipe.execute()
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds else float("nan")
+
+
+def _drain_busway(messaging: Messaging, count: int) -> float:
+    handled.clear()
+    start = time.perf_counter()
+    messaging.run("jobs", limit=count)
+    seconds = time.perf_counter() - start
+    assert len(handled) == count, f"busway handled {len(handled)} of {count}"
+    return _rate(count, seconds)
+
+
+def _drain_raw(client: redis.Redis, stream: str, count: int) -> float:
+    decode = msgspec.json.Decoder(Job).decode
+    done: list[int] = []
+
+    def call(job: Job) -> None:
+        done.append(job.number)
+
+    group = f"raw-{uuid.uuid4().hex}"
+    client.xgroup_create(stream, group, "0")
+    start = time.perf_counter()
+    while len(done) < count:
+        reply: Any = client.xreadgroup(group, "raw", {stream: ">"}, count=BATCH)
+        if not reply:
+            break
+        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        for _entry_id, fields in entries:
+            call(decode(fields[b"body"]))
+        client.xack(stream, group, *[entry_id for entry_id, _ in entries])
+    seconds = time.perf_counter() - start
+    client.xgroup_destroy(stream, group)
+    client.delete(stream)
+    assert len(done) == count, f"the raw loop handled {len(done)} of {count}"
+    return _rate(count, seconds)
+
+
+def drain(messaging: Messaging, channel: RedisChannel, client: redis.Redis) -> Result:
+    best_busway = best_raw = 0.0
+    for _ in range(1 if QUICK else 3):
+        _fill(messaging, channel, DRAIN)
+        best_busway = max(best_busway, _drain_busway(messaging, DRAIN))
+        _fill(messaging, channel, DRAIN)
+        best_raw = max(best_raw, _drain_raw(client, channel.stream, DRAIN))
+        messaging.setup()  # the raw loop deleted the stream
+    return Result(
+        f"Redis Streams: drain {DRAIN:,} messages, one worker, no-op handler",
+        best_busway,
+        "msg/s",
+        f"raw XREADGROUP {BATCH} + decode + call + XACK loop",
+        best_raw,
+    )
+
+
+def publish(messaging: Messaging, channel: RedisChannel, client: redis.Redis) -> Result:
+    bus = messaging.gateway(JobBus)
+    raw_stream = f"{channel.stream}:raw"
+    encode = msgspec.json.encode
+    headers = encode({"id": str(uuid.uuid4()), "type": "bench.redis.Job", "busway.kind": "command"})
+
+    def through_busway(n: int) -> None:
+        for number in range(n):
+            bus.send(Job(number))
+
+    def raw(n: int) -> None:
+        for number in range(n):
+            client.xadd(raw_stream, {"headers": headers, "body": encode(Job(number))})
+
+    busway_seconds, raw_seconds = compare(through_busway, raw)
+    client.delete(channel.stream, raw_stream)
+    return Result(
+        "Redis Streams: publish, one XADD per message",
+        1 / busway_seconds,
+        "msg/s",
+        "raw XADD of the same headers and an encoded body",
+        1 / raw_seconds,
+    )
