@@ -75,7 +75,8 @@ def _fill(messaging: Messaging, channel: RedisChannel, count: int) -> None:
         with channel.client.pipeline(transaction=False) as pipe:
             for number in range(start, min(count, start + 1_000)):
                 message = runtime.new_message(Kind.COMMAND, Job(number), None, None, None)
-                pipe.execute_command(*channel._stream.send(runtime.envelope(message, {}), now))
+                command = channel._stream.send(runtime.envelope(message, {}), now)
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             pipe.execute()
 
 

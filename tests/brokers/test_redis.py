@@ -261,6 +261,25 @@ def test_held_messages_go_back_to_the_stream_when_the_channel_closes(
 
     assert client.xpending(first.stream, "busway")["pending"] == 0
     assert [d.envelope.body for d in consume_all(second)] == [b"1"]
+    consumers = [c["name"].decode() for c in client.xinfo_consumers(first.stream, "busway")]
+    assert first.consumer not in consumers  # gone from the group, nothing left pending
+
+
+def test_a_slow_batch_stays_with_its_consumer(channels: Callable[..., RedisChannel]) -> None:
+    slow, other = channels(claim_idle=0.3), channels(claim_idle=0.3)
+    for number in range(3):
+        slow.send(envelope(number))
+    claimed_meanwhile: list[int] = []
+
+    def handle(delivery: Delivery) -> None:
+        time.sleep(0.15)
+        if delivery.envelope.body == b"2":  # 0.45 s after the batch was read
+            claimed_meanwhile.append(other.consume(lambda _d: None, 100, 0))
+
+    assert slow.consume(handle, 100, 0) == 3
+
+    assert claimed_meanwhile == [0]
+    assert slow.depth() == 0
 
 
 def test_delayed_messages_move_into_the_stream_when_due(
@@ -455,7 +474,8 @@ def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
         deadline = time.monotonic() + 30
         while not marker.exists():
             if worker.poll() is not None:
-                pytest.fail(f"the worker exited ({worker.returncode}):\n{worker.stderr.read()}")
+                _, errors = worker.communicate()
+                pytest.fail(f"the worker exited ({worker.returncode}):\n{errors}")
             if time.monotonic() > deadline:
                 pytest.fail("the worker never reached the handler it blocks in")
             time.sleep(0.01)
@@ -581,20 +601,23 @@ def test_publishers_and_workers_reconnect_after_redis_restarts(
     ]
     for thread in threads:
         thread.start()
-    try:
+
+    def publish(number: int) -> None:
         for publisher in publishers:
-            publisher.publish(Ping(1))
+            publisher.publish(Ping(number))
+
+    try:
+        publish(1)
         wait_until(lambda: seen == {"sync": [1], "asyncio": [1]}, "the first pings")
 
         redis_server.stop()
-        during = threading.Thread(target=lambda: [p.publish(Ping(2)) for p in publishers])
+        during = threading.Thread(target=publish, args=(2,))
         during.start()  # retries with back-off until Redis is back
         time.sleep(0.3)
         assert during.is_alive(), "the publishers did not wait for Redis to come back"
         redis_server.start()
         during.join(timeout=30)
-        for publisher in publishers:
-            publisher.publish(Ping(3))
+        publish(3)
 
         wait_until(lambda: seen == {"sync": [1, 2, 3], "asyncio": [1, 2, 3]}, "pings after")
     finally:

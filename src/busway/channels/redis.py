@@ -93,6 +93,13 @@ local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 return {head and head[1] or false, redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false}
 """
 
+# At close: forget this consumer, unless it still has pending entries (they would be lost).
+_RETIRE = """
+local pending = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if pending.err or #pending > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+
 _LAST_CURSOR = b"0-0"
 
 
@@ -106,6 +113,7 @@ class _Stream:
         self.group = group
         self.consumer = consumer
         self.claim_idle = claim_idle
+        self.reading = False
         self._next_claim = 0.0
         self._cursor = _LAST_CURSOR
         self._held: deque[Entry] = deque()
@@ -133,6 +141,7 @@ class _Stream:
         return ("XADD", self.stream, "*", "headers", headers, "body", envelope.body)
 
     def fetch(self, now: float, limit: int) -> Command:
+        self.reading = True
         claim = time.monotonic() >= self._next_claim
         return (
             "EVAL",
@@ -155,20 +164,32 @@ class _Stream:
             "BLOCK", milliseconds, "STREAMS", self.stream, ">",
         )  # fmt: skip
 
-    def acknowledge(self, ids: list[bytes]) -> list[Command]:
+    def touch(self, entries: list[Entry]) -> Command:
+        """Reset the idle time of entries pending here, so that no one claims them yet."""
+        return (
+            "XCLAIM",
+            self.stream,
+            self.group,
+            self.consumer,
+            0,
+            *[e[0] for e in entries],
+            "JUSTID",
+        )
+
+    def acknowledge(self, entries: list[Entry]) -> list[Command]:
+        ids = [entry[0] for entry in entries]
         return [("XACK", self.stream, self.group, *ids), ("XDEL", self.stream, *ids)]
 
-    def requeue(self) -> list[Command]:
-        """Put the held entries back at the end of the stream, for any consumer: at close."""
+    def leave(self) -> list[Command]:
+        """At close: the held entries back at the end of the stream, and this consumer gone."""
         with self._lock:
             held = list(self._held)
             self._held.clear()
             self._held_ids.clear()
-        if not held:
-            return []
-        ids = [entry[0] for entry in held]
+        self.reading = False
         added = [("XADD", self.stream, "*", "headers", h, "body", b) for _, h, b, _ in held]
-        return [*added, *self.acknowledge(ids)]
+        retire = ("EVAL", _RETIRE, 1, self.stream, self.group, self.consumer)
+        return [*added, *(self.acknowledge(held) if held else []), retire]
 
     def depth(self) -> list[Command]:
         return [("XLEN", self.stream), ("ZCARD", self.delayed)]
@@ -281,6 +302,7 @@ class RedisChannel(Channel):
         self._client: redis.Redis | None = None
         self._aclient: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
         self._unsent: weakref.WeakKeyDictionary[Batch, list[Command]] = weakref.WeakKeyDictionary()
+        self._connecting = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisChannel({self.name!r}, stream={self.stream!r})"
@@ -300,12 +322,12 @@ class RedisChannel(Channel):
 
     @property
     def client(self) -> redis.Redis:
-        if self._client is None:
-            retry = redis.retry.Retry(self._backoff(), self._retries)
-            self._client = _raw_replies(
-                redis.Redis.from_url(self.url, retry=retry, **self._options)
-            )
-        return self._client
+        with self._connecting:
+            if self._client is None:
+                retry = redis.retry.Retry(self._backoff(), self._retries)
+                client = redis.Redis.from_url(self.url, retry=retry, **self._options)
+                self._client = _raw_replies(client)
+            return self._client
 
     @property
     def aclient(self) -> redis.asyncio.Redis:
@@ -395,10 +417,12 @@ class RedisChannel(Channel):
 
     def _flush(self, unsent: list[Command]) -> Any:
         commands, unsent[:] = list(unsent), []
+        if not commands:
+            return None
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # a sync consumer's batch
-            return self._pipeline(commands) if commands else None
+            return self._pipeline(commands)
         return self._apipeline(commands)
 
     # -- consuming -------------------------------------------------------------------------
@@ -407,7 +431,11 @@ class RedisChannel(Channel):
         limit = min(max_messages, self.batch_size)
         if limit < 1:
             return 0
-        entries = self._stream.take_held(limit) or self._fetch(limit, wait)
+        entries = self._stream.take_held(limit)
+        if entries:
+            self._call(self._stream.touch(entries))  # held a while: not for others to claim
+        else:
+            entries = self._fetch(limit, wait)
         return self._hand_out(handle, entries) if entries else 0
 
     def _fetch(self, limit: int, wait: float) -> list[Entry]:
@@ -428,8 +456,12 @@ class RedisChannel(Channel):
         token = current_batch.set(batch)
         done = 0
         failure: BaseException | None = None
+        touch_at = time.monotonic() + self._stream.claim_idle / 3
         try:
             for entry in entries:
+                if time.monotonic() > touch_at:  # a slow batch: keep it all here until acknowledged
+                    self._call(self._stream.touch(entries))
+                    touch_at = time.monotonic() + self._stream.claim_idle / 3
                 try:
                     handle(self._delivery(entry))
                 except MessageReturned:
@@ -441,13 +473,13 @@ class RedisChannel(Channel):
             for callback in batch.before_ack:
                 callback()
         except BaseException:
-            self._stream.hold(entries, done + 1)  # nothing is acknowledged
+            self._stream.hold(entries, done + (failure is not None))  # nothing acknowledged
             raise
         finally:
             current_batch.reset(token)
         self._stream.hold(entries[done:], 1 if failure else 0)
         if done:
-            self._pipeline(self._stream.acknowledge([entry[0] for entry in entries[:done]]))
+            self._pipeline(self._stream.acknowledge(entries[:done]))
         if failure is not None:
             raise failure
         return done
@@ -456,7 +488,11 @@ class RedisChannel(Channel):
         limit = min(max_messages, self.batch_size)
         if limit < 1:
             return 0
-        entries = self._stream.take_held(limit) or await self._afetch(limit, wait)
+        entries = self._stream.take_held(limit)
+        if entries:
+            await self._acall(self._stream.touch(entries))
+        else:
+            entries = await self._afetch(limit, wait)
         return await self._ahand_out(handle, entries) if entries else 0
 
     async def _afetch(self, limit: int, wait: float) -> list[Entry]:
@@ -478,8 +514,12 @@ class RedisChannel(Channel):
         token = current_batch.set(batch)
         done = 0
         failure: BaseException | None = None
+        touch_at = time.monotonic() + self._stream.claim_idle / 3
         try:
             for entry in entries:
+                if time.monotonic() > touch_at:
+                    await self._acall(self._stream.touch(entries))
+                    touch_at = time.monotonic() + self._stream.claim_idle / 3
                 try:
                     await handle(self._delivery(entry))
                 except MessageReturned:
@@ -493,13 +533,13 @@ class RedisChannel(Channel):
                 if pending is not None:
                     await pending
         except BaseException:
-            self._stream.hold(entries, done + 1)
+            self._stream.hold(entries, done + (failure is not None))
             raise
         finally:
             current_batch.reset(token)
         self._stream.hold(entries[done:], 1 if failure else 0)
         if done:
-            await self._apipeline(self._stream.acknowledge([entry[0] for entry in entries[:done]]))
+            await self._apipeline(self._stream.acknowledge(entries[:done]))
         if failure is not None:
             raise failure
         return done
@@ -525,32 +565,30 @@ class RedisChannel(Channel):
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        requeue = self._stream.requeue()
-        try:
-            if requeue:
-                self._pipeline(requeue, transaction=True)
-        except redis.RedisError as error:
-            _unreturned(self, error)
+        if self._stream.reading:
+            try:
+                self._pipeline(self._stream.leave(), transaction=True)
+            except redis.RedisError as error:
+                _left_pending(self, error)
         client, self._client = self._client, None
         if client is not None:
             client.close()
 
     async def aclose(self) -> None:
         if self._aclient is not None and self._aclient[0] is asyncio.get_running_loop():
-            requeue = self._stream.requeue()
-            try:
-                if requeue:
-                    await self._apipeline(requeue, transaction=True)
-            except redis.RedisError as error:
-                _unreturned(self, error)
+            if self._stream.reading:
+                try:
+                    await self._apipeline(self._stream.leave(), transaction=True)
+                except redis.RedisError as error:
+                    _left_pending(self, error)
             await self._aclient[1].aclose()
         self._aclient = None
         self.close()
 
 
-def _unreturned(channel: RedisChannel, error: Exception) -> None:
+def _left_pending(channel: RedisChannel, error: Exception) -> None:
     log.warning(
-        "%r could not give back the messages it held (%s); other consumers claim them "
+        "%r could not give back the messages it holds (%s); other consumers claim them "
         "after claim_idle",
         channel,
         error,
@@ -563,6 +601,7 @@ def _execute(client: Any, command: Command) -> Any:
 
 
 def _raw_replies(client: Any) -> Any:
-    """Entries read as Redis sends them, as the fetch script returns them: no dicts to build."""
-    client.set_response_callback("XREADGROUP", lambda response, **_: response)
+    """Replies as Redis sends them (entries as the fetch script returns them): no dicts."""
+    for command in ("XREADGROUP", "XCLAIM"):
+        client.set_response_callback(command, lambda response, **_: response)
     return client
