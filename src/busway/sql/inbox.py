@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from busway.channels.base import BatchRollback
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
-from busway.message import Message
+from busway.message import ID, Message
 from busway.sql.database import Database
 from busway.sql.schema import inbox_table
 from busway.sql.transactions import Transaction, blocking, current_transaction, in_batch
@@ -31,13 +31,17 @@ from busway.sql.transactions import Transaction, blocking, current_transaction, 
 KeyFunction = Callable[[Message[Any]], str | None]
 
 
-def message_id(message: Message[Any]) -> str:
-    return message.headers.id
+def message_id(message: Message[Any]) -> str | None:
+    return _text(message.headers.get(ID))
 
 
 def key_function(by: str | KeyFunction | None) -> KeyFunction:
     """How to key messages: their id (None), a header (``"header:name"``), a payload field
-    (``"payload:field"``), or any function of the message."""
+    (``"payload:field"``), or any function of the message.
+
+    A message the key leaves out (no such header or field, or the function returns None) is
+    keyed by its id: a redelivery of it still takes effect once.
+    """
     if by is None:
         return message_id
     if callable(by):
@@ -123,7 +127,7 @@ class DeduplicationInterceptor(Interceptor):
     def _row(self, invocation: Invocation) -> dict[str, Any] | None:
         if invocation.delivery is None:
             return None
-        key = self.key(invocation.message)
+        key = self.key(invocation.message) or message_id(invocation.message)
         if key is None:
             return None
         return {
