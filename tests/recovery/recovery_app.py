@@ -94,6 +94,13 @@ class Refused(Exception):
     pass
 
 
+class Runaway(BaseException):
+    """A job handled over and over: a worker stuck redoing it. Ends the run at once."""
+
+
+RUNAWAY_CALLS = 10
+
+
 class Jobs:
     """Writes one effect row per job; a job whose id starts with "fail" then fails, while
     ``failing`` is true."""
@@ -112,6 +119,8 @@ class Jobs:
     def work(self, job: Job, session: Session, headers: Headers) -> None:
         self.calls.append(job.id)
         self.attempts.append(headers.attempt)
+        if self.calls.count(job.id) > RUNAWAY_CALLS:
+            raise Runaway(f"job {job.id} handled {RUNAWAY_CALLS} times and again")
         session.execute(insert(effects).values(job=job.id, worker=self.worker))
         if self.pause is not None and self.pause.applies("handler", job.id):
             self.pause.hold(job.id)
