@@ -168,3 +168,31 @@ def wait_until(condition: Any, what: str, processes: tuple[Process, ...] = (), t
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.005)
+
+
+def settled(url: str, timeout: float = 30) -> None:
+    """Wait until no other session has a transaction open on this database.
+
+    A killed worker's server session is rolled back when the server notices the connection
+    is gone, which may take a moment; until then its claimed rows stay locked.
+    """
+    if url.startswith("sqlite"):
+        return
+    query = (
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+        if url.startswith("postgresql")
+        else "SELECT COUNT(*) FROM information_schema.innodb_trx t "
+        "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+        "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+    )
+    engine = create_engine(sync_url(url))
+    try:
+
+        def idle() -> bool:
+            with engine.connect() as connection:
+                return connection.execute(text(query)).scalar_one() == 0
+
+        wait_until(idle, "the killed worker's transaction is rolled back", timeout=timeout)
+    finally:
+        engine.dispose()
