@@ -322,6 +322,47 @@ def test_depth_and_oldest_age(channels: Callable[..., RedisChannel]) -> None:
     assert channel.depth() == 2
     age = channel.oldest_age()
     assert age is not None and 0 <= age < 10
+    assert consume_all(channel)
+    assert channel.depth() == 1  # the delayed one
+    assert channel.oldest_age() is None  # not due yet
+
+
+def test_depth_counts_what_is_not_acknowledged_whoever_holds_it(
+    channels: Callable[..., RedisChannel], client: redis.Redis
+) -> None:
+    first, second = channels(batch_size=2), channels(batch_size=2)
+    for number in range(5):
+        first.send(envelope(number))
+
+    def fail(_delivery: Delivery) -> None:
+        raise ConnectionAbortedError("the database went away")
+
+    with pytest.raises(ConnectionAbortedError):
+        first.consume(fail, 100, 0)  # 0 and 1 stay pending with the first consumer
+    assert second.consume(lambda _d: None, 100, 0) == 2  # 2 and 3 acknowledged
+
+    assert first.depth() == second.depth() == 3
+    assert client.xlen(first.stream) == 5  # the acknowledged ones wait behind the pending
+    consume_all(first)
+    consume_all(second)
+    assert first.depth() == 0
+    assert client.xlen(first.stream) == 0
+
+
+def test_resp2_replies_are_read_alike(channels: Callable[..., RedisChannel]) -> None:
+    dead, alive = channels(protocol=2, claim_idle=0.2), channels(protocol=2, claim_idle=0.2)
+    dead.send(envelope(1))
+    with pytest.raises(SystemExit):
+        dead.consume(lambda _d: sys.exit("dies"), 100, 0)
+    dead._stream.take_held(100)
+    claimed: list[Delivery] = []
+    wait_until(lambda: alive.consume(claimed.append, 100, 0.5) > 0, "the claim", timeout=10)
+    threading.Timer(0.1, dead.send, [envelope(2)]).start()
+    alive.consume(claimed.append, 100, 5.0)
+
+    assert [d.envelope.body for d in claimed] == [b"1", b"2"]
+    assert alive.depth() == 0
+    assert alive.oldest_age() is None
 
 
 async def test_the_asyncio_edge(channels: Callable[..., RedisChannel]) -> None:

@@ -59,39 +59,76 @@ log = logging.getLogger("busway.redis")
 _encode = msgspec.json.Encoder().encode
 _decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 
-# Moves due delayed messages into the stream, claims entries left idle by their consumer
-# (when asked to), and reads new ones: one round trip per batch.
-# A delayed member is "<unique>\n<headers JSON>\n<body>": JSON text never holds a raw newline.
-_FETCH = """
-local stream, delayed, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local limit = tonumber(ARGV[4])
-local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', ARGV[3], 'LIMIT', 0, 1000)
+# Lua helpers. Every script gets KEYS = {stream, delayed set} and ARGV[1] = the group.
+# The group's oldest entry not acknowledged yet: the oldest pending, else the first after
+# the last delivered (every entry before it is acknowledged).
+_OLDEST = """
+local function info(stream, group)
+  for _, fields in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local named = {}
+    for i = 1, #fields, 2 do named[fields[i]] = fields[i + 1] end
+    if named['name'] == group then return named end
+  end
+end
+local function oldest(stream, group)
+  local pending = redis.pcall('XPENDING', stream, group)
+  if pending.err then return nil end
+  if pending[2] then return pending[2] end
+  local last = info(stream, group)['last-delivered-id']
+  local next = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)[1]
+  if next then return next[1] end
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  return ms .. '-' .. string.format('%d', tonumber(seq) + 1)  -- an id still to come
+end
+"""
+
+# Before a read: drop the acknowledged entries at the head of the stream, move the due
+# delayed messages in, and tell when the next one is due. A delayed member is
+# "<unique>\n<headers JSON>\n<body>": JSON text never holds a raw newline.
+_PREPARE = (
+    _OLDEST
+    + """
+local keep = oldest(KEYS[1], ARGV[1])
+if keep then redis.call('XTRIM', KEYS[1], 'MINID', keep) end
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)
 for _, member in ipairs(due) do
   local a = string.find(member, '\\n', 1, true)
   local b = string.find(member, '\\n', a + 1, true)
-  redis.call('XADD', stream, '*', 'headers', string.sub(member, a + 1, b - 1),
+  redis.call('XADD', KEYS[1], '*', 'headers', string.sub(member, a + 1, b - 1),
              'body', string.sub(member, b + 1))
 end
-if #due > 0 then redis.call('ZREM', delayed, unpack(due)) end
-local claimed, cursor = {}, false
-if ARGV[5] ~= '' then
-  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, ARGV[5], ARGV[6],
-                           'COUNT', limit)
-  cursor, claimed = reply[1], reply[2]
-end
-local fresh = false
-if #claimed < limit then
-  fresh = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - #claimed,
-                     'STREAMS', stream, '>')
-end
-local next_due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2] or false
-return {claimed, fresh and fresh[1][2] or {}, cursor, next_due}
+if #due > 0 then redis.call('ZREM', KEYS[2], unpack(due)) end
+return redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false
 """
+)
 
-_HEADS = """
-local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-return {head and head[1] or false, redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false}
+# Messages not handled yet: not acknowledged (lag + pending), and delayed.
+_DEPTH = (
+    _OLDEST
+    + """
+local delayed = redis.call('ZCARD', KEYS[2])
+local ok, group = pcall(info, KEYS[1], ARGV[1])
+if not ok or not group or not group['lag'] then
+  return redis.call('XLEN', KEYS[1]) + delayed  -- no group yet, or its lag is unknown
+end
+return group['lag'] + group['pending'] + delayed
 """
+)
+
+# The id of the oldest message not handled yet, and the earliest delayed time, if any.
+_HEADS = (
+    _OLDEST
+    + """
+local head = oldest(KEYS[1], ARGV[1])
+if not head then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  head = first and first[1]
+elseif not redis.call('XRANGE', KEYS[1], head, head)[1] then
+  head = nil  -- every entry is acknowledged
+end
+return {head or false, redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false}
+"""
+)
 
 # At close: forget this consumer, unless it still has pending entries (they would be lost).
 _RETIRE = """
@@ -140,24 +177,25 @@ class _Stream:
             return ("ZADD", self.delayed, repr(deliver_at), member)
         return ("XADD", self.stream, "*", "headers", headers, "body", envelope.body)
 
-    def fetch(self, now: float, limit: int) -> Command:
-        self.reading = True
-        claim = time.monotonic() >= self._next_claim
-        return (
-            "EVAL",
-            _FETCH,
-            2,
-            self.stream,
-            self.delayed,
-            self.group,
-            self.consumer,
-            repr(now),
-            limit,
-            int(self.claim_idle * 1000) if claim else "",
-            self._cursor,
-        )
+    def claim_due(self) -> bool:
+        """Whether to look for entries other consumers left idle (every ``claim_idle / 2``)."""
+        return time.monotonic() >= self._next_claim
 
-    def read(self, limit: int, block: float) -> Command:
+    def claim(self, limit: int) -> Command:
+        idle = int(self.claim_idle * 1000)
+        return (
+            "XAUTOCLAIM", self.stream, self.group, self.consumer, idle, self._cursor,
+            "COUNT", limit,
+        )  # fmt: skip
+
+    def fetch(self, now: float, limit: int) -> list[Command]:
+        self.reading = True
+        return [self._script(_PREPARE, repr(now)), self.read(limit)]
+
+    def read(self, limit: int, block: float | None = None) -> Command:
+        if block is None:
+            return ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", limit,
+                    "STREAMS", self.stream, ">")  # fmt: skip
         milliseconds = max(1, int(block * 1000))  # BLOCK 0 would wait forever
         return (
             "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", limit,
@@ -176,9 +214,9 @@ class _Stream:
             "JUSTID",
         )
 
-    def acknowledge(self, entries: list[Entry]) -> list[Command]:
-        ids = [entry[0] for entry in entries]
-        return [("XACK", self.stream, self.group, *ids), ("XDEL", self.stream, *ids)]
+    def acknowledge(self, entries: list[Entry]) -> Command:
+        """Acknowledged entries leave the stream at the next ``fetch``, by any consumer."""
+        return ("XACK", self.stream, self.group, *[entry[0] for entry in entries])
 
     def leave(self) -> list[Command]:
         """At close: the held entries back at the end of the stream, and this consumer gone."""
@@ -189,28 +227,33 @@ class _Stream:
         self.reading = False
         added = [("XADD", self.stream, "*", "headers", h, "body", b) for _, h, b, _ in held]
         retire = ("EVAL", _RETIRE, 1, self.stream, self.group, self.consumer)
-        return [*added, *(self.acknowledge(held) if held else []), retire]
+        return [*added, *([self.acknowledge(held)] if held else []), retire]
 
-    def depth(self) -> list[Command]:
-        return [("XLEN", self.stream), ("ZCARD", self.delayed)]
+    def depth(self) -> Command:
+        return self._script(_DEPTH)
 
     def heads(self) -> Command:
-        """The id of the oldest entry in the stream and the earliest delayed time, if any."""
-        return ("EVAL", _HEADS, 2, self.stream, self.delayed)
+        return self._script(_HEADS)
+
+    def _script(self, script: str, *args: Any) -> Command:
+        return ("EVAL", script, 2, self.stream, self.delayed, self.group, *args)
 
     # -- replies ---------------------------------------------------------------------------
 
-    def fetched(self, reply: list[Any], now: float) -> tuple[list[Entry], float]:
+    def claimed(self, reply: list[Any]) -> list[Entry]:
+        cursor, entries = reply[0], reply[1]
+        self._cursor = cursor
+        # Scanned to the end: look again later; else go on with the next fetch.
+        pause = self.claim_idle / 2 if cursor == _LAST_CURSOR else 0.0
+        self._next_claim = time.monotonic() + pause
+        return self._entries(entries, redelivered=True)
+
+    def fetched(self, replies: list[Any], now: float) -> tuple[list[Entry], float]:
         """The entries a ``fetch`` got, and how long until another might find more."""
-        claimed, fresh, cursor, next_due = reply
-        if cursor:
-            self._cursor = cursor
-            pause = self.claim_idle / 2 if cursor == _LAST_CURSOR else 0.0
-            self._next_claim = time.monotonic() + pause
-        entries = self._entries(claimed, redelivered=True) + self._entries(fresh, False)
+        next_due, read = replies
         until_claim = max(0.0, self._next_claim - time.monotonic())
         until_due = max(0.0, float(next_due) - now) if next_due else until_claim
-        return entries, min(until_claim, until_due)
+        return self.read_reply(read), min(until_claim, until_due)
 
     def read_reply(self, reply: Any) -> list[Entry]:
         if not reply:
@@ -342,24 +385,25 @@ class RedisChannel(Channel):
     def _backoff(self) -> ExponentialWithJitterBackoff:
         return ExponentialWithJitterBackoff(cap=self._max_backoff, base=0.05)
 
-    def _call(self, command: Command) -> Any:
+    def _call(self, *commands: Command) -> list[Any]:
+        """Run ``commands`` in a pipeline; make the group again if it is gone."""
         try:
-            return _execute(self.client, command)
+            return self._pipeline(commands)
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
             # The stream or its group is gone (Redis restarted without persistence): again.
             self.setup()
-            return _execute(self.client, command)
+            return self._pipeline(commands)
 
-    async def _acall(self, command: Command) -> Any:
+    async def _acall(self, *commands: Command) -> list[Any]:
         try:
-            return await _execute(self.aclient, command)
+            return await self._apipeline(commands)
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
             await self.asetup()
-            return await _execute(self.aclient, command)
+            return await self._apipeline(commands)
 
     def _pipeline(self, commands: Iterable[Command], transaction: bool = False) -> list[Any]:
         with self.client.pipeline(transaction=transaction) as pipe:
@@ -440,13 +484,17 @@ class RedisChannel(Channel):
 
     def _fetch(self, limit: int, wait: float) -> list[Entry]:
         deadline = time.monotonic() + wait
+        if self._stream.claim_due():
+            claimed = self._stream.claimed(*self._call(self._stream.claim(limit)))
+            if claimed:
+                return claimed
         while True:
             now = self._clock()
-            entries, pause = self._stream.fetched(self._call(self._stream.fetch(now, limit)), now)
+            entries, pause = self._stream.fetched(self._call(*self._stream.fetch(now, limit)), now)
             remaining = deadline - time.monotonic()
             if entries or remaining <= 0:
                 return entries
-            reply = self._call(self._stream.read(limit, min(remaining, pause)))
+            (reply,) = self._call(self._stream.read(limit, min(remaining, pause)))
             entries = self._stream.read_reply(reply)
             if entries or time.monotonic() >= deadline:
                 return entries
@@ -479,7 +527,7 @@ class RedisChannel(Channel):
             current_batch.reset(token)
         self._stream.hold(entries[done:], 1 if failure else 0)
         if done:
-            self._pipeline(self._stream.acknowledge(entries[:done]))
+            _execute(self.client, self._stream.acknowledge(entries[:done]))
         if failure is not None:
             raise failure
         return done
@@ -497,14 +545,18 @@ class RedisChannel(Channel):
 
     async def _afetch(self, limit: int, wait: float) -> list[Entry]:
         deadline = time.monotonic() + wait
+        if self._stream.claim_due():
+            claimed = self._stream.claimed(*await self._acall(self._stream.claim(limit)))
+            if claimed:
+                return claimed
         while True:
             now = self._clock()
-            reply = await self._acall(self._stream.fetch(now, limit))
-            entries, pause = self._stream.fetched(reply, now)
+            replies = await self._acall(*self._stream.fetch(now, limit))
+            entries, pause = self._stream.fetched(replies, now)
             remaining = deadline - time.monotonic()
             if entries or remaining <= 0:
                 return entries
-            reply = await self._acall(self._stream.read(limit, min(remaining, pause)))
+            (reply,) = await self._acall(self._stream.read(limit, min(remaining, pause)))
             entries = self._stream.read_reply(reply)
             if entries or time.monotonic() >= deadline:
                 return entries
@@ -539,7 +591,7 @@ class RedisChannel(Channel):
             current_batch.reset(token)
         self._stream.hold(entries[done:], 1 if failure else 0)
         if done:
-            await self._apipeline(self._stream.acknowledge(entries[:done]))
+            await _execute(self.aclient, self._stream.acknowledge(entries[:done]))
         if failure is not None:
             raise failure
         return done
@@ -555,8 +607,8 @@ class RedisChannel(Channel):
     # -- inspection ------------------------------------------------------------------------
 
     def depth(self) -> int:
-        """Messages not handled yet: in the stream (pending ones included), and delayed."""
-        return sum(self._pipeline(self._stream.depth()))
+        """Messages not handled yet: not acknowledged (pending ones included), and delayed."""
+        return int(_execute(self.client, self._stream.depth()))
 
     def oldest_age(self) -> float | None:
         """Seconds since the oldest unhandled message became available."""
@@ -602,6 +654,6 @@ def _execute(client: Any, command: Command) -> Any:
 
 def _raw_replies(client: Any) -> Any:
     """Replies as Redis sends them (entries as the fetch script returns them): no dicts."""
-    for command in ("XREADGROUP", "XCLAIM"):
+    for command in ("XREADGROUP", "XAUTOCLAIM", "XCLAIM"):
         client.set_response_callback(command, lambda response, **_: response)
     return client
