@@ -9,17 +9,16 @@ time is given back with ``nak(delay)``, and JetStream hands it out again when it
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -113,9 +112,10 @@ class NatsChannel(Channel):
         self.options = dict(options or {})
         self._clock: Callable[[], float] = time.time
         self._links: dict[asyncio.AbstractEventLoop, asyncio.Task[_Link]] = {}
-        self._confirmations: weakref.WeakKeyDictionary[
-            Batch, dict[asyncio.AbstractEventLoop, _Confirmations]
-        ] = weakref.WeakKeyDictionary()
+        self._sync_link: _Link | None = None
+        self._confirmations: weakref.WeakKeyDictionary[Batch, dict[_Link, _Confirmations]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"NatsChannel({self.name!r}, {self.url!r}, stream={self.stream!r})"
@@ -146,29 +146,33 @@ class NatsChannel(Channel):
         batch = current_batch.get()
         if batch is None:
             run_coroutine(self._publish(envelope))
-        else:
-            self._confirm_later(batch, run_coroutine(self._publish_unconfirmed(envelope)))
+            return
+        link = self._sync_link
+        if link is None or link.client.is_closed:
+            link = self._sync_link = run_coroutine(self._link(check=False))
+        link.queued.put(partial(self._confirmations_for(batch, link).publish, envelope))
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         link, messages = run_coroutine(self._fetch(min(max_messages, self.batch_size), wait))
-        hand = _Hand(self.name, messages, self._clock())
-        acks: list[concurrent.futures.Future[None]] = []
+        hand = _Hand(self, messages)
         try:
             for message, delivery in hand:
                 handle(delivery)
-                # Acks are one-way: send each at once, and make sure they left at the end.
-                acks.append(asyncio.run_coroutine_threadsafe(message.ack(), link.loop))
                 hand.done()
+                link.queued.put(message.ack)
+                if hand.slow():
+                    run_coroutine(link.extend(hand))
         except MessageReturned:
             pass
         finally:
-            run_coroutine(link.settle(hand, acks))
+            run_coroutine(link.settle(hand))
         return hand.handled
 
     def depth(self) -> int:
         return run_coroutine(self.adepth())
 
     def close(self) -> None:
+        self._sync_link = None
         here = _running_loop()
         for loop in list(self._links):
             if loop is here:
@@ -189,16 +193,19 @@ class NatsChannel(Channel):
         if batch is None:
             await self._publish(envelope)
         else:
-            self._confirm_later(batch, await self._publish_unconfirmed(envelope))
+            link = await self._link(check=False)
+            await self._confirmations_for(batch, link).publish(envelope)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         link, messages = await self._fetch(min(max_messages, self.batch_size), wait)
-        hand = _Hand(self.name, messages, self._clock())
+        hand = _Hand(self, messages)
         try:
             for message, delivery in hand:
                 await handle(delivery)
-                await message.ack()
                 hand.done()
+                await message.ack()
+                if hand.slow():
+                    await link.extend(hand)
         except MessageReturned:
             pass
         finally:
@@ -223,8 +230,11 @@ class NatsChannel(Channel):
         """This event loop's connection, made on first use."""
         loop = asyncio.get_running_loop()
         task = self._links.get(loop)
-        if task is not None and task.done() and not _usable(task):
-            task = None
+        if task is not None and task.done():
+            if _usable(task) and (task.result().checked or not check):
+                return task.result()
+            if not _usable(task):
+                task = None
         if task is None:
             for other in [other for other in self._links if other.is_closed()]:
                 del self._links[other]
@@ -279,13 +289,15 @@ class NatsChannel(Channel):
             ) from error
         link.checked = True
 
-    def _nats_headers(self, envelope: Envelope) -> dict[str, str]:
-        return {HEADERS: encode_headers(envelope.headers, self.name), "Nats-Msg-Id": _new_id()}
-
     async def _publish(self, envelope: Envelope) -> None:
-        """Publish and wait for JetStream's ack, retrying (same message id) while reconnecting."""
+        """Publish and wait for JetStream's ack, trying again while the server is away.
+
+        A publish whose ack was lost may be stored twice: the consumer's inbox absorbs it
+        (a ``Nats-Msg-Id`` header would let the server drop it, but costs about 8 % of the
+        publish rate, on every message).
+        """
         link = await self._link(check=False)
-        headers = self._nats_headers(envelope)
+        headers = {HEADERS: encode_headers(envelope.headers, self.name)}
         deadline = time.monotonic() + self.reconnect_timeout
         pause = 0.05
         while True:
@@ -303,21 +315,14 @@ class NatsChannel(Channel):
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _confirm_later(self, batch: Batch, publish_ack: asyncio.Future[Any]) -> None:
+    def _confirmations_for(self, batch: Batch, link: _Link) -> _Confirmations:
         """In a batch (a relay's, say), publish acks are awaited once, before its own acks."""
-        per_loop = self._confirmations.setdefault(batch, {})
-        loop = publish_ack.get_loop()
-        confirmations = per_loop.get(loop)
+        per_link = self._confirmations.setdefault(batch, {})
+        confirmations = per_link.get(link)
         if confirmations is None:
-            confirmations = per_loop[loop] = _Confirmations(self, loop)
+            confirmations = per_link[link] = _Confirmations(self, link)
             batch.before_ack.append(confirmations.callback)
-        confirmations.futures.append(publish_ack)
-
-    async def _publish_unconfirmed(self, envelope: Envelope) -> asyncio.Future[Any]:
-        link = await self._link(check=False)
-        return await link.js.publish_async(
-            self.subject, envelope.body, headers=self._nats_headers(envelope)
-        )
+        return confirmations
 
     async def _require_stream(self, link: _Link) -> None:
         with contextlib.suppress(*_TRANSIENT):
@@ -335,21 +340,24 @@ class NatsChannel(Channel):
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
             await link.connected(deadline, self)
+            served = True
             async with link.pulling:
                 try:
                     messages = await link.pull(count, None)
-                    if messages or wait <= 0:
-                        return link, messages
-                    messages = await link.pull(1, wait)
-                    if messages and count > 1:
-                        messages += await link.pull(count - 1, None)
-                    return link, messages
+                    if not messages and wait > 0:
+                        messages = await link.pull(1, wait)
+                        if messages and count > 1:
+                            messages += await link.pull(count - 1, None)
                 except _Unavailable:
-                    if time.monotonic() > deadline:
-                        raise ConnectionError(
-                            f"NATS channel {self.name!r}: JetStream on {self.url} has not "
-                            f"served consumer {self.durable!r} for {self.reconnect_timeout:g}s"
-                        ) from None
+                    messages, served = [], False
+            # Nothing, because the server was away, is not "empty": ask again when it is back.
+            if messages or (served and link.client.is_connected):
+                return link, messages
+            if time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"NATS channel {self.name!r}: JetStream on {self.url} has not served "
+                    f"consumer {self.durable!r} for {self.reconnect_timeout:g}s"
+                )
             await asyncio.sleep(0.1)
 
 
@@ -372,9 +380,11 @@ class _Link:
     up: asyncio.Event = field(default_factory=asyncio.Event)
     pulling: asyncio.Lock = field(default_factory=asyncio.Lock)
     requests: int = 0
+    queued: _Queued = field(init=False)
 
     def __post_init__(self) -> None:
         self.up.set()
+        self.queued = _Queued(self.loop)
 
     async def on_message(self, message: Msg) -> None:
         self.arrived.append(message)
@@ -391,16 +401,15 @@ class _Link:
         self.up.set()
 
     async def connected(self, deadline: float, channel: NatsChannel) -> None:
-        if self.client.is_connected:
-            return
-        self.up.clear()
-        try:
-            await asyncio.wait_for(self.up.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise ConnectionError(
-                f"NATS channel {channel.name!r}: {channel.url} has been unreachable for "
-                f"{channel.reconnect_timeout:g}s"
-            ) from None
+        while not self.client.is_connected:
+            if self.client.is_closed or time.monotonic() > deadline:
+                raise ConnectionError(
+                    f"NATS channel {channel.name!r}: {channel.url} has been unreachable for "
+                    f"{channel.reconnect_timeout:g}s"
+                )
+            self.up.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.up.wait(), 0.25)
 
     async def pull(self, count: int, expires: float | None) -> list[Msg]:
         """One pull request: ``count`` at most, at once (``expires`` None) or within it.
@@ -433,16 +442,54 @@ class _Link:
                 break
         return messages
 
-    async def settle(
-        self, hand: _Hand, acks: Iterable[concurrent.futures.Future[None]] = ()
-    ) -> None:
-        """Give back what was not handled; make sure the acks sent meanwhile went out."""
+    async def extend(self, hand: _Hand) -> None:
+        """A slow batch: tell JetStream the messages still waiting in it are in hand."""
+        for message in hand.waiting():
+            await message.in_progress()
+
+    async def settle(self, hand: _Hand) -> None:
+        """Send the acks still queued; give back what was not handled."""
+        await self.queued.run()
         for message, delay in hand.later:
             await message.nak(delay=delay)
         for message in hand.unhandled():
             await message.nak()
-        for ack in acks:
-            await asyncio.wrap_future(ack)
+
+
+class _Queued:
+    """Work for a loop, queued from other threads and done in order by one task.
+
+    Only the first item queued after the queue ran dry wakes the loop: a hop to the loop for
+    each message (an ack, a publish in a relay's batch) would cost more than handling it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.work: deque[Callable[[], Awaitable[Any]]] = deque()
+        self.waking = False
+        self.running = asyncio.Lock()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def put(self, work: Callable[[], Awaitable[Any]]) -> None:
+        self.work.append(work)
+        if not self.waking:
+            self.waking = True
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        task = self.loop.create_task(self.run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self) -> None:
+        """Do everything queued so far (awaited on the loop, it also waits for a run going on)."""
+        self.waking = False  # first: whatever is queued from now on wakes the loop again
+        async with self.running:
+            while self.work:
+                try:
+                    await self.work.popleft()()
+                except Exception as error:  # an ack lost with the connection comes back later
+                    log.warning("NATS: %s %s", type(error).__name__, error)
 
 
 def _ends_request(status: Msg) -> bool:
@@ -457,10 +504,12 @@ def _ends_request(status: Msg) -> bool:
 class _Hand:
     """A fetched batch handed out one message at a time, and what is left to give back."""
 
-    def __init__(self, channel: str, messages: list[Msg], now: float) -> None:
-        self.channel = channel
+    def __init__(self, channel: NatsChannel, messages: list[Msg]) -> None:
+        self.channel = channel.name
         self.messages = messages
-        self.now = now
+        self.now = channel._clock()
+        self.extend_every = channel.ack_wait / 2
+        self.extended = time.monotonic()
         self.position = 0
         self.handled = 0
         self.in_hand: Msg | None = None
@@ -484,40 +533,68 @@ class _Hand:
         self.in_hand = None
         self.handled += 1
 
+    def slow(self) -> bool:
+        """Whether the batch is half way to its ack_wait since it started or last said so."""
+        now = time.monotonic()
+        if now - self.extended < self.extend_every or not self.waiting():
+            return False
+        self.extended = now
+        return True
+
+    def waiting(self) -> list[Msg]:
+        return [message for message, _ in self.later] + self.messages[self.position :]
+
     def unhandled(self) -> list[Msg]:
         rest = self.messages[self.position :]
         return [self.in_hand, *rest] if self.in_hand is not None else rest
 
 
 class _Confirmations:
-    """Publish acks a batch waits for once, before it acknowledges what it consumed."""
+    """Publishes of one batch on one connection, whose acks the batch awaits once, at its end."""
 
-    def __init__(self, channel: NatsChannel, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, channel: NatsChannel, link: _Link) -> None:
         self.channel = channel
-        self.loop = loop
-        self.futures: list[asyncio.Future[Any]] = []
+        self.link = link
+        self.acks: list[asyncio.Future[Any]] = []
+        self.failure: Exception | None = None
+
+    async def publish(self, envelope: Envelope) -> None:
+        try:
+            headers = {HEADERS: encode_headers(envelope.headers, self.channel.name)}
+            self.acks.append(
+                await self.link.js.publish_async(
+                    self.channel.subject, envelope.body, headers=headers
+                )
+            )
+        except Exception as error:
+            self.failure = self.failure or error
 
     def callback(self) -> Awaitable[None] | None:
-        """Awaitable on the acks' own loop; from a sync batch, blocks until they are in."""
-        if _running_loop() is self.loop:
+        """Awaitable on the connection's own loop; from a sync batch, blocks until done."""
+        if _running_loop() is self.link.loop:
             return self.wait()
-        waiting = asyncio.run_coroutine_threadsafe(self.wait(), self.loop)
+        waiting = asyncio.run_coroutine_threadsafe(self.wait(), self.link.loop)
         if _running_loop() is None:
             waiting.result()
             return None
         return asyncio.wrap_future(waiting)
 
     async def wait(self) -> None:
-        futures, self.futures = self.futures, []
-        if not futures:
-            return
+        await self.link.queued.run()  # the publishes queued by a sync batch are all out
+        acks, self.acks = self.acks, []
         try:
-            await asyncio.wait_for(asyncio.gather(*futures), self.channel.reconnect_timeout)
-        except (TimeoutError, nats.errors.Error) as error:
+            if self.failure is not None:
+                raise self.failure
+            await asyncio.wait_for(asyncio.gather(*acks), self.channel.reconnect_timeout)
+        except Exception as error:
+            for ack in acks:
+                ack.cancel()
             raise ConnectionError(
-                f"NATS channel {self.channel.name!r}: {self.channel.url} did not confirm the "
-                f"{len(futures)} message(s) of this batch: {type(error).__name__} {error}"
+                f"NATS channel {self.channel.name!r}: {self.channel.url} did not confirm "
+                f"every message of this batch: {type(error).__name__} {error}"
             ) from error
+        finally:
+            self.failure = None
 
 
 async def _declare(js: JetStreamContext, channel: NatsChannel) -> None:
@@ -555,6 +632,8 @@ async def _declare(js: JetStreamContext, channel: NatsChannel) -> None:
 
 async def _close(task: Awaitable[_Link]) -> None:
     link = await task
+    with contextlib.suppress(Exception):
+        await link.queued.run()
     with contextlib.suppress(Exception):
         await link.client.drain()
     with contextlib.suppress(Exception):
@@ -608,7 +687,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _new_id() -> str:
-    return os.urandom(12).hex()
