@@ -137,7 +137,9 @@ def test_messages_sent_before_setup_are_delivered(stream: str, client: redis.Red
     Messaging(channels=[channel])
     try:
         channel.send(envelope(1))  # no group yet: the first consume makes it
+        assert channel.depth() == 1
         assert [d.envelope.body for d in consume_all(channel)] == [b"1"]
+        assert channel.depth() == 0
     finally:
         channel.close()
 
@@ -347,6 +349,23 @@ def test_depth_counts_what_is_not_acknowledged_whoever_holds_it(
     consume_all(second)
     assert first.depth() == 0
     assert client.xlen(first.stream) == 0
+
+
+def test_two_groups_on_one_stream_each_get_every_message(
+    channels: Callable[..., RedisChannel], client: redis.Redis
+) -> None:
+    billing, shipping = channels(group="billing"), channels(group="shipping")
+    for number in range(3):
+        billing.send(envelope(number))
+
+    assert len(consume_all(billing)) == 3
+    assert billing.depth() == 0
+    assert shipping.depth() == 3
+    assert client.xlen(billing.stream) == 3  # not trimmed: shipping has not read them
+
+    assert [d.envelope.body for d in consume_all(shipping)] == [b"0", b"1", b"2"]
+    consume_all(billing)
+    assert client.xlen(billing.stream) == 0
 
 
 def test_resp2_replies_are_read_alike(channels: Callable[..., RedisChannel]) -> None:

@@ -2,10 +2,11 @@
 
 Sending adds a stream entry, headers as JSON in one field and the body in another; a delayed
 message waits in a sorted set scored by when it is due, and consuming first moves the due ones
-into the stream. A worker reads a batch with XREADGROUP, hands it out, then acknowledges and
-deletes what was handled, so the stream holds only the messages not handled yet. A message
-whose handling raised stays pending and this channel hands it out again; the pending messages
-of a consumer that died are claimed by another one once idle for ``claim_idle`` seconds.
+into the stream. A worker reads a batch with XREADGROUP, hands it out, then acknowledges what
+was handled; the head of the stream that every group has acknowledged is trimmed before each
+read. A message whose handling raised stays pending and this channel hands it out again; the
+pending messages of a consumer that died are claimed by another once idle for ``claim_idle``
+seconds.
 
 Redis keeps streams in memory: messages survive a Redis restart only with persistence on.
 """
@@ -60,35 +61,48 @@ _encode = msgspec.json.Encoder().encode
 _decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 
 # Lua helpers. Every script gets KEYS = {stream, delayed set} and ARGV[1] = the group.
-# The group's oldest entry not acknowledged yet: the oldest pending, else the first after
-# the last delivered (every entry before it is acknowledged).
-_OLDEST = """
-local function info(stream, group)
+# ``oldest``: the oldest entry a group has not acknowledged: its oldest pending entry, else
+# the first after the last one it was given (or the id after that, still to come).
+_GROUPS = """
+local function groups(stream)
+  local found = {}
+  if redis.call('EXISTS', stream) == 0 then return found end
   for _, fields in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local named = {}
     for i = 1, #fields, 2 do named[fields[i]] = fields[i + 1] end
-    if named['name'] == group then return named end
+    found[named['name']] = named
   end
+  return found
 end
-local function oldest(stream, group)
-  local pending = redis.pcall('XPENDING', stream, group)
-  if pending.err then return nil end
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function oldest(stream, name, group)
+  local pending = redis.call('XPENDING', stream, name)
   if pending[2] then return pending[2] end
-  local last = info(stream, group)['last-delivered-id']
-  local next = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)[1]
-  if next then return next[1] end
-  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
-  return ms .. '-' .. string.format('%d', tonumber(seq) + 1)  -- an id still to come
+  local last = group['last-delivered-id']
+  local after = redis.call('XRANGE', stream, '(' .. last, '+', 'COUNT', 1)[1]
+  if after then return after[1] end
+  local ms, seq = split(last)
+  return string.format('%.0f-%.0f', ms, seq + 1)
 end
 """
 
-# Before a read: drop the acknowledged entries at the head of the stream, move the due
-# delayed messages in, and tell when the next one is due. A delayed member is
+# Before a read: drop the head of the stream that every group has acknowledged, move the
+# due delayed messages in, and tell when the next one is due. A delayed member is
 # "<unique>\n<headers JSON>\n<body>": JSON text never holds a raw newline.
 _PREPARE = (
-    _OLDEST
+    _GROUPS
     + """
-local keep = oldest(KEYS[1], ARGV[1])
+local keep, keep_ms, keep_seq
+for name, group in pairs(groups(KEYS[1])) do
+  local id = oldest(KEYS[1], name, group)
+  local ms, seq = split(id)
+  if not keep or ms < keep_ms or (ms == keep_ms and seq < keep_seq) then
+    keep, keep_ms, keep_seq = id, ms, seq
+  end
+end
 if keep then redis.call('XTRIM', KEYS[1], 'MINID', keep) end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)
 for _, member in ipairs(due) do
@@ -102,29 +116,31 @@ return redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false
 """
 )
 
-# Messages not handled yet: not acknowledged (lag + pending), and delayed.
+# Messages the group has not handled yet (not acknowledged: lag + pending), and delayed.
 _DEPTH = (
-    _OLDEST
+    _GROUPS
     + """
 local delayed = redis.call('ZCARD', KEYS[2])
-local ok, group = pcall(info, KEYS[1], ARGV[1])
-if not ok or not group or not group['lag'] then
+local group = groups(KEYS[1])[ARGV[1]]
+if not group or not group['lag'] then
   return redis.call('XLEN', KEYS[1]) + delayed  -- no group yet, or its lag is unknown
 end
 return group['lag'] + group['pending'] + delayed
 """
 )
 
-# The id of the oldest message not handled yet, and the earliest delayed time, if any.
+# The id of the oldest message the group has not handled yet, and the earliest delayed
+# time, if any.
 _HEADS = (
-    _OLDEST
+    _GROUPS
     + """
-local head = oldest(KEYS[1], ARGV[1])
-if not head then
+local group, head = groups(KEYS[1])[ARGV[1]], nil
+if group then
+  head = oldest(KEYS[1], ARGV[1], group)
+  if not redis.call('XRANGE', KEYS[1], head, head)[1] then head = nil end
+else
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
   head = first and first[1]
-elseif not redis.call('XRANGE', KEYS[1], head, head)[1] then
-  head = nil  -- every entry is acknowledged
 end
 return {head or false, redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or false}
 """
@@ -193,26 +209,17 @@ class _Stream:
         return [self._script(_PREPARE, repr(now)), self.read(limit)]
 
     def read(self, limit: int, block: float | None = None) -> Command:
-        if block is None:
-            return ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", limit,
-                    "STREAMS", self.stream, ">")  # fmt: skip
-        milliseconds = max(1, int(block * 1000))  # BLOCK 0 would wait forever
+        # At least a millisecond: BLOCK 0 would wait forever.
+        blocking = () if block is None else ("BLOCK", max(1, int(block * 1000)))
         return (
-            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", limit,
-            "BLOCK", milliseconds, "STREAMS", self.stream, ">",
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", limit, *blocking,
+            "STREAMS", self.stream, ">",
         )  # fmt: skip
 
     def touch(self, entries: list[Entry]) -> Command:
         """Reset the idle time of entries pending here, so that no one claims them yet."""
-        return (
-            "XCLAIM",
-            self.stream,
-            self.group,
-            self.consumer,
-            0,
-            *[e[0] for e in entries],
-            "JUSTID",
-        )
+        ids = [entry[0] for entry in entries]
+        return ("XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID")
 
     def acknowledge(self, entries: list[Entry]) -> Command:
         """Acknowledged entries leave the stream at the next ``fetch``, by any consumer."""
@@ -365,12 +372,15 @@ class RedisChannel(Channel):
 
     @property
     def client(self) -> redis.Redis:
-        with self._connecting:
-            if self._client is None:
-                retry = redis.retry.Retry(self._backoff(), self._retries)
-                client = redis.Redis.from_url(self.url, retry=retry, **self._options)
-                self._client = _raw_replies(client)
-            return self._client
+        client = self._client
+        if client is None:
+            with self._connecting:
+                if self._client is None:
+                    retry = redis.retry.Retry(self._backoff(), self._retries)
+                    made = redis.Redis.from_url(self.url, retry=retry, **self._options)
+                    self._client = _raw_replies(made)
+                client = self._client
+        return client
 
     @property
     def aclient(self) -> redis.asyncio.Redis:
@@ -460,6 +470,7 @@ class RedisChannel(Channel):
         return unsent
 
     def _flush(self, unsent: list[Command]) -> Any:
+        """Send ``unsent`` now, or return the awaitable that does, on an asyncio consumer."""
         commands, unsent[:] = list(unsent), []
         if not commands:
             return None
@@ -484,11 +495,11 @@ class RedisChannel(Channel):
 
     def _fetch(self, limit: int, wait: float) -> list[Entry]:
         deadline = time.monotonic() + wait
-        if self._stream.claim_due():
-            claimed = self._stream.claimed(*self._call(self._stream.claim(limit)))
-            if claimed:
-                return claimed
         while True:
+            if self._stream.claim_due():
+                claimed = self._stream.claimed(*self._call(self._stream.claim(limit)))
+                if claimed:
+                    return claimed
             now = self._clock()
             entries, pause = self._stream.fetched(self._call(*self._stream.fetch(now, limit)), now)
             remaining = deadline - time.monotonic()
@@ -545,11 +556,11 @@ class RedisChannel(Channel):
 
     async def _afetch(self, limit: int, wait: float) -> list[Entry]:
         deadline = time.monotonic() + wait
-        if self._stream.claim_due():
-            claimed = self._stream.claimed(*await self._acall(self._stream.claim(limit)))
-            if claimed:
-                return claimed
         while True:
+            if self._stream.claim_due():
+                claimed = self._stream.claimed(*await self._acall(self._stream.claim(limit)))
+                if claimed:
+                    return claimed
             now = self._clock()
             replies = await self._acall(*self._stream.fetch(now, limit))
             entries, pause = self._stream.fetched(replies, now)
