@@ -171,7 +171,7 @@ class Consumer:
     ) -> tuple[str, Envelope] | DeadLetter:
         """A delayed retry (the channel and envelope to send) or a dead letter."""
         headers = delivery.envelope.headers
-        attempt = attempt_of(headers) + 1
+        attempt = _attempts_before(headers) + 1
         policy = self.policy_for(definition, delivery)
         if not isinstance(error, POISON) and policy.should_retry(attempt, error):
             delay = policy.delay(attempt)
@@ -196,7 +196,7 @@ class Consumer:
         headers = dict(delivery.envelope.headers)
         if definition is not None:
             headers[TARGET] = definition.name
-        attempts = attempt_of(delivery.envelope.headers) + 1
+        attempts = _attempts_before(delivery.envelope.headers) + 1
         log.error(
             "message %s on channel %r goes to the dead letter store after %d attempt(s): %s: %s",
             headers.get(ID),
@@ -321,6 +321,19 @@ class Consumer:
                 if not self.retries_instantly(definition, delivery, error, tries):
                     return error
                 delivery.isolated = True
+
+
+MAX_ATTEMPTS = 1_000_000
+
+
+def _attempts_before(headers: Mapping[str, HeaderValue]) -> int:
+    """The attempt count a message carries, read within bounds.
+
+    A count out of reason in a malformed header must neither buy a message endless retries
+    (a negative count) nor keep it out of the dead letter store (a count too large for its
+    ``attempts`` column): then the message would block its channel for good.
+    """
+    return min(max(attempt_of(headers), 0), MAX_ATTEMPTS)
 
 
 def _isolate_siblings(delivery: Delivery, steps: list[Step]) -> None:
