@@ -48,7 +48,8 @@ class SqlDeadLetterStore:
             "id": letter.id,
             "channel": letter.channel,
             "handler": letter.handler,
-            "message_id": letter.message_id,
+            # The full id stays in the headers; the column only needs enough to find it by.
+            "message_id": None if letter.message_id is None else letter.message_id[:64],
             "headers": _encode(dict(letter.headers)).decode(),
             "body": letter.body,
             "error_type": letter.error_type,
