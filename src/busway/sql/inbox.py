@@ -13,6 +13,7 @@ handled again one handler at a time, where each record is checked before its han
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,6 +30,8 @@ from busway.sql.schema import inbox_table
 from busway.sql.transactions import Transaction, blocking, current_transaction, in_batch
 
 KeyFunction = Callable[[Message[Any]], str | None]
+KEY_LENGTH = 200
+"""The length of ``busway_inbox.message_key``."""
 
 
 def message_id(message: Message[Any]) -> str | None:
@@ -130,6 +133,8 @@ class DeduplicationInterceptor(Interceptor):
         key = self.key(invocation.message) or message_id(invocation.message)
         if key is None:
             return None
+        if len(key) > KEY_LENGTH:  # a long custom key: its digest fits the column
+            key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         return {
             "message_key": key,
             "handler": invocation.handler.name,
