@@ -62,7 +62,7 @@ effects = Table(
     "recovery_effects",
     metadata,
     Column("n", Integer, primary_key=True, autoincrement=True),
-    Column("job", String(50), nullable=False),
+    Column("job", String(400), nullable=False),
     Column("worker", String(50), nullable=False),
 )
 

@@ -285,3 +285,55 @@ def test_the_dead_letter_commands_operate_a_sql_store(app, database_url, tmp_pat
     assert deleted.stdout.strip() == "deleted 1 dead letter(s)", deleted.stderr
     assert [letter.id for letter in messaging.dead_letters.list()] == [by_job["fail-2"]]
     assert messaging.channel("jobs").depth() == 0
+
+
+# -- headers out of reason ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", [-5, 2**31, 2**63 - 1])
+def test_an_absurd_attempt_count_never_keeps_a_message_from_the_store(app, database_url, attempt):
+    jobs = Jobs()
+    messaging = app(jobs=jobs)
+    headers = job_headers(**{"busway.attempt": attempt})
+    messaging.channel("jobs").send(Envelope(b"\xffnot json", headers))
+    messaging.gateway(JobBus).send(Job("next"))
+
+    result = messaging.run("jobs")  # a letter its column cannot hold would stop the run here
+
+    assert (result.handled, result.failed) == (2, 1)
+    (letter,) = messaging.dead_letters.list()
+    assert letter.message_id == headers["id"]
+    assert letter.attempts == (1 if attempt < 0 else 1_000_001)
+    assert jobs.calls == ["next"]
+    assert messaging.channel("jobs").depth() == 0
+
+
+def test_a_negative_attempt_count_buys_no_extra_retries(app):
+    clock = FakeClock()
+    jobs = Jobs()
+    messaging = app(jobs=jobs, clock=clock, retry=RetryPolicy(retries=1, initial_delay=1))
+    headers = job_headers(**{"busway.attempt": -1000})
+    messaging.channel("jobs").send(Envelope(b'{"id": "fail-1"}', headers))
+
+    messaging.run("jobs")
+    clock.advance(2)
+    messaging.run("jobs")
+
+    assert jobs.calls == ["fail-1", "fail-1"]
+    (letter,) = messaging.dead_letters.list()
+    assert letter.attempts == 2
+
+
+def test_a_long_message_id_from_another_transport_still_makes_a_letter(
+    make_messaging, database_url
+):
+    make_tables(database_url)
+    messaging = make_messaging([Jobs()], [InMemoryChannel("jobs")])
+    headers = job_headers(id="x" * 300)
+    messaging.channel("jobs").send(Envelope(b"\xffnot json", headers))
+
+    messaging.run("jobs")
+
+    (letter,) = messaging.dead_letters.list()
+    assert letter.headers["id"] == "x" * 300
+    assert messaging.channel("jobs").depth() == 0

@@ -231,3 +231,17 @@ def test_busway_inbox_cleanup_keeps_seven_days_by_default(app, database_url, tmp
     messaging.run("jobs")
     assert jobs.calls == ["old", "fresh", "old"]
     assert effect_counts(database_url) == {"old": 2, "fresh": 1}
+
+
+def test_a_key_longer_than_its_column_still_deduplicates(make_messaging, database_url):
+    make_tables(database_url)
+    jobs = Jobs()
+    messaging = make_messaging([jobs], [SqlChannel("jobs")], deduplicate_by="payload:id")
+
+    send(messaging, Job("a" * 300))
+    send(messaging, Job("a" * 300))
+    send(messaging, Job("a" * 299 + "b"))
+    result = messaging.run("jobs")
+
+    assert (result.handled, result.failed) == (3, 0)
+    assert effect_counts(database_url) == {"a" * 300: 1, "a" * 299 + "b": 1}
