@@ -344,6 +344,29 @@ async def test_the_outbox_is_relayed_to_nats_from_asyncio(
     assert delivered == [1, 2, 3]
 
 
+def test_a_relay_to_an_unreachable_server_leaves_the_outbox_as_it_was(tmp_path: Path) -> None:
+    @command_handler
+    def place_order(command: PlaceOrder, events: OrderEvents) -> None:
+        events.publish(OrderPlaced(command.number))
+
+    messaging = Messaging(
+        handlers=[place_order],
+        channels=[SqlChannel("outbox"), NatsChannel("nats", "nats://127.0.0.1:9", timeout=0.5)],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+    )
+    messaging.channel("outbox").setup()
+    try:
+        for number in range(3):
+            messaging.command_bus.send(PlaceOrder(number))
+
+        with pytest.raises(ConnectionError, match="cannot connect"):
+            messaging.run("outbox")
+
+        assert messaging.channel("outbox").depth() == 3
+    finally:
+        messaging.close()
+
+
 # -- processes and servers that die -----------------------------------------------------------
 
 
