@@ -290,20 +290,21 @@ def test_the_dead_letter_commands_operate_a_sql_store(app, database_url, tmp_pat
 # -- headers out of reason ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attempt", [-5, 2**31, 2**63 - 1])
-def test_an_absurd_attempt_count_never_keeps_a_message_from_the_store(app, database_url, attempt):
+def test_an_absurd_attempt_count_never_keeps_a_message_from_the_store(app):
     jobs = Jobs()
     messaging = app(jobs=jobs)
-    headers = job_headers(**{"busway.attempt": attempt})
-    messaging.channel("jobs").send(Envelope(b"\xffnot json", headers))
+    attempts = {}
+    for attempt in (-5, 2**31, 2**63 - 1):
+        headers = job_headers(**{"busway.attempt": attempt})
+        attempts[headers["id"]] = 1 if attempt < 0 else 1_000_001
+        messaging.channel("jobs").send(Envelope(b"\xffnot json", headers))
     messaging.gateway(JobBus).send(Job("next"))
 
     result = messaging.run("jobs")  # a letter its column cannot hold would stop the run here
 
-    assert (result.handled, result.failed) == (2, 1)
-    (letter,) = messaging.dead_letters.list()
-    assert letter.message_id == headers["id"]
-    assert letter.attempts == (1 if attempt < 0 else 1_000_001)
+    assert (result.handled, result.failed) == (4, 3)
+    letters = messaging.dead_letters.list()
+    assert {letter.message_id: letter.attempts for letter in letters} == attempts
     assert jobs.calls == ["next"]
     assert messaging.channel("jobs").depth() == 0
 
