@@ -1,8 +1,11 @@
 """The dead letter store unreachable: the message stays on its channel until it can be stored."""
 
+import logging
+import threading
+
 import pytest
 from recovery_app import Job, JobBus, Jobs
-from recovery_support import effect_counts, execute, make_tables, waiting
+from recovery_support import effect_counts, execute, make_tables, wait_until, waiting
 from sqlalchemy.exc import DBAPIError
 
 from busway import InMemoryChannel, RetryPolicy, SqlChannel
@@ -88,3 +91,41 @@ async def test_with_the_store_gone_an_asyncio_worker_leaves_the_message_too(
     assert effect_counts(database_url) == {"ok-1": 1}
     assert [letter.error_message for letter in messaging.dead_letters.list()] == ["fail-1"]
     assert messaging.channel("jobs").depth() == 0
+
+
+def test_a_claim_that_fails_is_retried_on_a_later_pass(app, database_url, request, caplog):
+    request.applymarker(
+        pytest.mark.xfail(
+            strict=True,
+            reason="the worker lets a failed claim end the run, where docs/guarantees.md says "
+            "it logs and tries again on the next pass",
+        )
+    )
+    jobs = Jobs()
+    messaging = app(jobs=jobs)
+    execute(database_url, "DROP TABLE busway_messages")  # the channel's table is unreachable
+    worker = messaging.worker("jobs", until_empty=False, poll_interval=0.05)
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = worker.run()
+        except Exception as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_until(
+            lambda: "error" in outcome or any(r.levelno >= logging.WARNING for r in caplog.records),
+            "the claim fails",
+        )
+        messaging.setup()  # reachable again
+        messaging.gateway(JobBus).send(Job("j-1"))
+        wait_until(lambda: jobs.calls or "error" in outcome, "the worker handles the message")
+    finally:
+        worker.stop()
+        thread.join(30)
+
+    assert "error" not in outcome, outcome
+    assert jobs.calls == ["j-1"]
