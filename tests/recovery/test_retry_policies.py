@@ -293,6 +293,11 @@ def test_each_instant_retry_runs_in_a_fresh_transaction(make_messaging, database
     assert flaky.calls == {"steady": 2 if kind == "redo" else 1, "c-1": 3}
     assert flaky.attempts == [0] * sum(flaky.calls.values())  # not delayed attempts
     assert effect_counts(database_url) == {"steady": 1, "c-1": 1}
+
+    bus.send(Charge("c-2"))  # alone in its batch
+    assert messaging.run("jobs").failed == 0
+    assert flaky.calls["c-2"] == 3
+    assert effect_counts(database_url) == {"steady": 1, "c-1": 1, "c-2": 1}
     assert messaging.dead_letters.list() == []
     assert messaging.channel("jobs").depth() == 0
 
