@@ -29,6 +29,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from busway import (
+    CommandBus,
     EventBus,
     Messaging,
     SqlChannel,
@@ -248,6 +249,39 @@ def test_a_failed_handler_gives_the_batch_back(channel: NatsChannel) -> None:
     again = take(channel, 10, wait=1.0)
     assert sorted(d.envelope.body for d in again) == [b'{"number":1}', b'{"number":2}']
     assert all(d.redelivered for d in again)
+
+
+@dataclass
+class Job:
+    number: int
+
+
+@asynchronous("jobs")
+class Jobs(CommandBus):
+    """Sends every command through the ``jobs`` NATS channel."""
+
+
+def test_concurrent_consumers_share_the_stream(streams: Callable[[], str]) -> None:
+    seen: list[int] = []
+
+    @command_handler
+    def work(job: Job) -> None:
+        time.sleep(0.001)  # give the other consumers a turn
+        seen.append(job.number)
+
+    messaging = Messaging(handlers=[work], channels=[nats_channel("jobs", streams())])
+    messaging.setup()
+    try:
+        bus = messaging.gateway(Jobs)
+        for number in range(200):
+            bus.send(Job(number))
+
+        messaging.run("jobs", concurrency=3)
+
+        assert sorted(seen) == list(range(200))
+        assert depth_settles_at(messaging.channel("jobs"), 0)
+    finally:
+        messaging.close()
 
 
 def test_busway_imports_no_nats_driver() -> None:

@@ -177,8 +177,8 @@ class NatsChannel(Channel):
         for loop in list(self._links):
             if loop is here:
                 continue
-            link = self._links.pop(loop)
-            if loop.is_running() and link.done() and not link.cancelled():
+            link = self._links.pop(loop, None)
+            if link is not None and loop.is_running() and link.done() and not link.cancelled():
                 with contextlib.suppress(Exception):
                     asyncio.run_coroutine_threadsafe(_close(link), loop).result(self.timeout)
 
@@ -450,8 +450,8 @@ class _Link:
     async def settle(self, hand: _Hand) -> None:
         """Send the acks still queued; give back what was not handled."""
         await self.queued.run()
-        for message, delay in hand.later:
-            await message.nak(delay=delay)
+        for message, deliver_at in hand.later:
+            await message.nak(delay=max(0.0, deliver_at - hand.clock()))
         for message in hand.unhandled():
             await message.nak()
 
@@ -507,14 +507,14 @@ class _Hand:
     def __init__(self, channel: NatsChannel, messages: list[Msg]) -> None:
         self.channel = channel.name
         self.messages = messages
-        self.now = channel._clock()
+        self.clock = channel._clock
         self.extend_every = channel.ack_wait / 2
         self.extended = time.monotonic()
         self.position = 0
         self.handled = 0
         self.in_hand: Msg | None = None
         self.later: list[tuple[Msg, float]] = []
-        """Fetched before their time: each to be given back with the delay left."""
+        """Fetched before their time, with that time: to be given back until then."""
 
     def __iter__(self) -> Iterator[tuple[Msg, Delivery]]:
         while self.position < len(self.messages):
@@ -522,8 +522,8 @@ class _Hand:
             self.position += 1
             envelope = Envelope(message.data, decode_headers(message.headers))
             deliver_at = envelope.deliver_at
-            if deliver_at is not None and deliver_at > self.now:
-                self.later.append((message, deliver_at - self.now))
+            if deliver_at is not None and deliver_at > self.clock():
+                self.later.append((message, deliver_at))
                 continue
             self.in_hand = message
             redelivered = message.metadata.num_delivered > 1
