@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, select
 
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
 from busway.channels.base import Delivery, Envelope, MessageReturned
-from busway.errors import MissingExtraError
+from busway.errors import ConversionError, MissingExtraError
 from busway.message import DELIVER_AT
 from busway.redis import RedisChannel
 from busway.testing import ChannelContract
@@ -132,7 +132,7 @@ def test_setup_is_idempotent(channels: Callable[..., RedisChannel], client: redi
     assert [group["name"] for group in groups] == [b"busway"]
 
 
-def test_messages_sent_before_setup_are_delivered(stream: str, client: redis.Redis) -> None:
+def test_messages_sent_before_setup_are_delivered(stream: str) -> None:
     channel = RedisChannel("jobs", REDIS_URL, stream=stream)
     Messaging(channels=[channel])
     try:
@@ -402,8 +402,6 @@ async def test_the_asyncio_edge(channels: Callable[..., RedisChannel]) -> None:
 
 
 def test_a_header_that_is_not_json_is_refused(channels: Callable[..., RedisChannel]) -> None:
-    from busway.errors import ConversionError
-
     with pytest.raises(ConversionError, match="not JSON"):
         channels().send(Envelope(b"", {"id": object()}))  # type: ignore[dict-item]
 
