@@ -664,7 +664,7 @@ def _execute(client: Any, command: Command) -> Any:
 
 
 def _raw_replies(client: Any) -> Any:
-    """Replies as Redis sends them (entries as the fetch script returns them): no dicts."""
+    """Stream entries as Redis sends them, not made into dicts: cheaper, and one shape."""
     for command in ("XREADGROUP", "XAUTOCLAIM", "XCLAIM"):
         client.set_response_callback(command, lambda response, **_: response)
     return client
