@@ -631,9 +631,13 @@ async def _declare(js: JetStreamContext, channel: NatsChannel) -> None:
 
 
 async def _close(task: Awaitable[_Link]) -> None:
+    """Send what is queued, give back messages that came too late to be handed out, close."""
     link = await task
     with contextlib.suppress(Exception):
         await link.queued.run()
+        for message in link.arrived:
+            if not message.subject.startswith(link.inbox):
+                await message.nak()
     with contextlib.suppress(Exception):
         await link.client.drain()
     with contextlib.suppress(Exception):
