@@ -18,7 +18,7 @@ from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import HandlerInfo, Interceptor
-from busway.message import ATTEMPT, DELIVER_AT, TARGET, Message
+from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, TARGET, Message
 from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
 from busway.worker import Limits, RunResult, Worker, graceful_signals
 
@@ -373,7 +373,7 @@ class DeadLetters:
             headers = {
                 key: value
                 for key, value in letter.headers.items()
-                if key not in (ATTEMPT, DELIVER_AT)
+                if key not in (ATTEMPT, DELIVER_AT, EXPIRES_AT)
             }
             if letter.handler is not None:
                 headers[TARGET] = letter.handler

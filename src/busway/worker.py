@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from busway._internal.consuming import Consumer
-from busway.channels.base import Delivery, MessageReturned
+from busway.channels.base import Channel, Delivery, MessageReturned
 
 log = logging.getLogger("busway.worker")
 
 
 StopConsuming = MessageReturned
+FIRST_OUTAGE_PAUSE = 0.5
+MAX_OUTAGE_PAUSE = 30.0
+"""The longest wait before a long-running worker tries a failing channel again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,9 @@ class Worker:
         self.result = RunResult()
         self.on_progress = on_progress
         self._stop_reason: str | None = None
+        self._stopped = threading.Event()
+        self._wake_on_stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._outages = 0
         self._lock = threading.Lock()
         # With several consumers, "empty" needs more than one consumer finding nothing: another
         # consumer's message in hand may still send more. So count the passes in progress, and
@@ -77,6 +83,9 @@ class Worker:
         """Finish the message in hand, then stop; safe from signal handlers and threads."""
         if self._stop_reason is None:
             self._stop_reason = reason
+        self._stopped.set()
+        for loop, event in self._wake_on_stop:
+            loop.call_soon_threadsafe(event.set)
 
     @property
     def stopping(self) -> bool:
@@ -195,8 +204,7 @@ class Worker:
                 for channel in self.channels:
                     if self.stopping or not self._budget():
                         break
-                    with contextlib.suppress(StopConsuming):
-                        handled += channel.consume(self._handle, self._budget(), self._wait())
+                    handled += self._consume(channel)
             finally:
                 with self._lock:
                     self._passes -= 1
@@ -205,6 +213,48 @@ class Worker:
                 with self._lock:
                     if self._after_idle_pass(seen):
                         self._changed.wait()
+
+    def _consume(self, channel: Channel) -> int:
+        try:
+            handled = channel.consume(self._handle, self._budget(), self._wait())
+        except StopConsuming:
+            return 0
+        except Exception as error:
+            self._stopped.wait(self._outage(channel, error))
+            return 0
+        self._outages = 0
+        return handled
+
+    async def _aconsume(self, channel: Channel) -> int:
+        try:
+            handled = await channel.aconsume(self._ahandle, self._budget(), self._wait())
+        except StopConsuming:
+            return 0
+        except Exception as error:
+            pause = self._outage(channel, error)
+            stopped = asyncio.Event()
+            self._wake_on_stop.append((asyncio.get_running_loop(), stopped))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), pause)
+            return 0
+        self._outages = 0
+        return handled
+
+    def _outage(self, channel: Channel, error: Exception) -> float:
+        """How long to wait before trying a failing channel again; raises if a run from code
+        should stop instead (it ends when the channel is empty, so it cannot wait it out)."""
+        if self.limits.until_empty:
+            raise error
+        self._outages += 1
+        pause = min(MAX_OUTAGE_PAUSE, FIRST_OUTAGE_PAUSE * 2.0 ** (self._outages - 1))
+        log.error(
+            "channel %r failed (%s: %s); trying again in %.1fs",
+            channel.name,
+            type(error).__name__,
+            error,
+            pause,
+        )
+        return pause
 
     async def arun(self, concurrency: int = 1) -> RunResult:
         self._achanged = asyncio.Event()
@@ -224,10 +274,7 @@ class Worker:
                 for channel in self.channels:
                     if self.stopping or not self._budget():
                         break
-                    with contextlib.suppress(StopConsuming):
-                        handled += await channel.aconsume(
-                            self._ahandle, self._budget(), self._wait()
-                        )
+                    handled += await self._aconsume(channel)
             finally:
                 self._passes -= 1
                 changed.set()

@@ -146,13 +146,7 @@ def test_out_of_retries_the_message_is_a_dead_letter_with_its_error(
     assert messaging.channel("jobs").depth() == 0
 
 
-def test_a_dead_letter_keeps_when_it_failed(make_messaging, database_url, tables, request):
-    if database_url.startswith("mysql"):
-        reason = (
-            "busway_dead_letters.failed_at is a FLOAT column, single precision on MariaDB: "
-            "epoch seconds come back up to two minutes off (schema.py needs Double)"
-        )
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+def test_a_dead_letter_keeps_when_it_failed(make_messaging, database_url, tables):
     clock = FakeClock(1_700_000_003.125)
     messaging = make_messaging(
         [Flaky(failures=1)], [SqlChannel("jobs")], clock=clock, retry=RetryPolicy(retries=0)

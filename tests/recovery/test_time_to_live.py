@@ -1,6 +1,5 @@
 """Time to live: a message that waited longer than its ttl is dropped, not handled, not kept."""
 
-import pytest
 from recovery_app import Job, JobBus, Jobs
 from recovery_support import effect_counts, waiting
 
@@ -43,14 +42,7 @@ def test_a_message_within_its_ttl_is_handled(app, database_url):
     assert effect_counts(database_url) == {"j-1": 1}
 
 
-def test_a_replayed_dead_letter_is_handled_whatever_its_ttl(app, database_url, request):
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            reason="DeadLetters.replay keeps busway.expires_at: a replay after the ttl is "
-            "dropped by the worker, and the letter is already deleted from the store",
-        )
-    )
+def test_a_replayed_dead_letter_is_handled_whatever_its_ttl(app, database_url):
     clock = FakeClock()
     jobs = Jobs()
     messaging = app(jobs=jobs, clock=clock, retry=RetryPolicy(retries=0))

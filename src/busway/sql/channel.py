@@ -276,7 +276,7 @@ class SqlChannel(Channel):
                 if not rows:
                     return 0
                 # A lone message has no neighbour to run again: no savepoint needed.
-                isolated = isolated and len(rows) > 1
+                isolated = isolated and (len(rows) > 1 or bool(handed))
                 done: list[int] = []
                 token = current_transaction.set(transaction)
                 batch_token = current_batch.set(Batch(transaction.before_commit))
@@ -365,7 +365,7 @@ class SqlChannel(Channel):
                 if not rows:
                     return 0
                 # A lone message has no neighbour to run again: no savepoint needed.
-                isolated = isolated and len(rows) > 1
+                isolated = isolated and (len(rows) > 1 or bool(handed))
                 done: list[int] = []
                 token = current_transaction.set(transaction)
                 batch_token = current_batch.set(Batch(transaction.before_commit))

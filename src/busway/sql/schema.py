@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Column,
-    Float,
+    Double,
     Index,
     Integer,
     LargeBinary,
@@ -58,7 +58,7 @@ def dead_letters_table(metadata: MetaData, name: str = "busway_dead_letters") ->
         Column("error_message", LongText, nullable=False),
         Column("traceback", LongText, nullable=False),
         Column("attempts", Integer, nullable=False),
-        Column("failed_at", Float, nullable=False),
+        Column("failed_at", Double, nullable=False),
         Index(f"{name}_by_time", "failed_at"),
     )
 
