@@ -211,7 +211,9 @@ class Worker:
                     self._changed.notify_all()
             if handled == 0:
                 with self._lock:
-                    if self._after_idle_pass(seen):
+                    # Found nothing: start no new pass until another consumer handles
+                    # something, or until every pass is over and the run can end.
+                    while self._after_idle_pass(seen):
                         self._changed.wait()
 
     def _consume(self, channel: Channel) -> int:
@@ -278,9 +280,10 @@ class Worker:
             finally:
                 self._passes -= 1
                 changed.set()
-            if handled == 0 and self._after_idle_pass(seen):
-                changed.clear()
-                await changed.wait()
+            if handled == 0:
+                while self._after_idle_pass(seen):
+                    changed.clear()
+                    await changed.wait()
 
 
 def _peak_memory() -> int:

@@ -1,5 +1,6 @@
 """Consuming a SqlChannel: delays, FIFO, lease mode, failures, dead letters, asyncio."""
 
+import asyncio
 import threading
 from dataclasses import dataclass
 
@@ -394,6 +395,20 @@ async def test_async_worker_runs_plain_def_handlers_in_its_transaction(
     assert (result.handled, result.failed) == (2, 1)
     assert effect_rows(database_url) == [("a", "work")]
     assert messaging.channel("jobs").depth() == 0
+
+
+async def test_several_asyncio_consumers_stop_when_the_channel_is_empty(
+    make_messaging, database_url, tables
+):
+    worker = Worker()
+    messaging = jobs(make_messaging, worker)
+    for job in "abcdefghij":
+        await messaging.gateway(JobBus).asend(Job(job))
+
+    result = await asyncio.wait_for(messaging.arun("jobs", concurrency=3), timeout=60)
+
+    assert (result.handled, result.reason) == (10, "empty")
+    assert sorted(worker.done) == list("abcdefghij")
 
 
 def test_a_neighbours_failure_does_not_run_a_handler_again(make_messaging, tables):
