@@ -83,6 +83,10 @@ class Batch:
     """
 
     before_ack: list[Callable[[], Any]] = field(default_factory=list)
+    redone: bool = False
+    """The channel is handling the batch again after rolling it back."""
+    message_ids: list[str] = field(default_factory=list)
+    """The ids of the batch's messages, when the channel knows them before handing them out."""
 
 
 current_batch: ContextVar[Batch | None] = ContextVar("busway_batch", default=None)

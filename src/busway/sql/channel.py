@@ -196,7 +196,11 @@ class SqlChannel(Channel):
         now = int(self._clock() * 1000)
         query = (
             select(
-                self.table.c.seq, self.table.c.headers, self.table.c.body, self.table.c.deliveries
+                self.table.c.seq,
+                self.table.c.message_id,
+                self.table.c.headers,
+                self.table.c.body,
+                self.table.c.deliveries,
             )
             .where(self.table.c.channel == self.name, self.table.c.available_at <= now)
             .order_by(self.table.c.available_at, self.table.c.seq)
@@ -279,7 +283,13 @@ class SqlChannel(Channel):
                 isolated = isolated and (len(rows) > 1 or bool(handed))
                 done: list[int] = []
                 token = current_transaction.set(transaction)
-                batch_token = current_batch.set(Batch(transaction.before_commit))
+                batch_token = current_batch.set(
+                    Batch(
+                        transaction.before_commit,
+                        redone=bool(handed or failures),
+                        message_ids=[row.message_id for row in rows],
+                    )
+                )
                 try:
                     for row in rows:
                         delivery = self._delivery(row, connection, isolated)
@@ -368,7 +378,13 @@ class SqlChannel(Channel):
                 isolated = isolated and (len(rows) > 1 or bool(handed))
                 done: list[int] = []
                 token = current_transaction.set(transaction)
-                batch_token = current_batch.set(Batch(transaction.before_commit))
+                batch_token = current_batch.set(
+                    Batch(
+                        transaction.before_commit,
+                        redone=bool(handed or failures),
+                        message_ids=[row.message_id for row in rows],
+                    )
+                )
                 try:
                     for row in rows:
                         delivery = self._delivery(row, connection, isolated)

@@ -15,19 +15,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, delete
+from sqlalchemy import Connection, MetaData, Table, delete, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from busway.channels.base import BatchRollback
+from busway.channels.base import Batch, BatchRollback, current_batch
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import ID, Message
 from busway.sql.database import Database
 from busway.sql.schema import inbox_table
-from busway.sql.transactions import Transaction, blocking, current_transaction, in_batch
+from busway.sql.transactions import Transaction, blocking, current_transaction
 
 KeyFunction = Callable[[Message[Any]], str | None]
 KEY_LENGTH = 200
@@ -123,6 +124,9 @@ class DeduplicationInterceptor(Interceptor):
     def __init__(self, inbox: Inbox, key: KeyFunction = message_id) -> None:
         self.inbox = inbox
         self.key = key
+        self._prefetched: weakref.WeakKeyDictionary[Batch, set[tuple[str, str]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def applies_to(self, handler: HandlerInfo) -> bool:
         return handler.transactional is not False
@@ -156,8 +160,15 @@ class DeduplicationInterceptor(Interceptor):
         transaction = self._transaction(asynchronous=False) if row else None
         if row is None or transaction is None:
             return proceed()
-        if in_batch(invocation, transaction):
-            return proceed() if self._defer(transaction, row) else None
+        if self._deferrable(invocation, transaction):
+            assert isinstance(transaction.connection, Connection)
+            if not self._defer(transaction, row, self._known(transaction.connection)):
+                return None
+            try:
+                return proceed()
+            except BaseException:
+                self._undefer(transaction, row)
+                raise
         assert isinstance(transaction.connection, Connection)
         if not self.inbox.record(transaction.connection, [row]):
             return None  # taken effect already
@@ -170,25 +181,90 @@ class DeduplicationInterceptor(Interceptor):
             if row is not None and not invocation.handler.is_coroutine:
                 return self.around(invocation, blocking(proceed))
             return await proceed()
-        if in_batch(invocation, transaction):
-            return await proceed() if self._defer(transaction, row) else None
+        if self._deferrable(invocation, transaction):
+            assert isinstance(transaction.connection, AsyncConnection)
+            known = await self._aknown(transaction.connection)
+            if not self._defer(transaction, row, known):
+                return None
+            try:
+                return await proceed()
+            except BaseException:
+                self._undefer(transaction, row)
+                raise
         assert isinstance(transaction.connection, AsyncConnection)
         if not await self.inbox.arecord(transaction.connection, [row]):
             return None
         return await proceed()
 
-    def _defer(self, transaction: Transaction, row: dict[str, Any]) -> bool:
-        """Note the record for the batch's flush; False if the batch has it already."""
+    def _deferrable(self, invocation: Invocation, transaction: Transaction) -> bool:
+        """Whether the record can wait for the batch's flush: in a channel's batch keyed by
+        message ids it knows up front, unless the batch is being redone."""
+        delivery = invocation.delivery
+        batch = current_batch.get()
+        if (
+            self.key is not message_id
+            or delivery is None
+            or delivery.transaction is None
+            or batch is None
+            or batch.redone
+            or not batch.message_ids
+        ):
+            return False
+        claimed = delivery.transaction
+        return transaction.connection is claimed or (
+            transaction.connection is getattr(claimed, "sync_connection", None)
+        )
+
+    def _known_query(self) -> Any:
+        batch = current_batch.get()
+        assert batch is not None
+        table = self.inbox.table
+        return select(table.c.message_key, table.c.handler).where(
+            table.c.message_key.in_(batch.message_ids)
+        )
+
+    def _known(self, connection: Connection) -> set[tuple[str, str]]:
+        """The records that already exist for the batch's messages, read once per batch."""
+        batch = current_batch.get()
+        assert batch is not None
+        known = self._prefetched.get(batch)
+        if known is None:
+            rows = connection.execute(self._known_query()).all()
+            known = self._prefetched[batch] = {(row[0], row[1]) for row in rows}
+        return known
+
+    async def _aknown(self, connection: AsyncConnection) -> set[tuple[str, str]]:
+        batch = current_batch.get()
+        assert batch is not None
+        known = self._prefetched.get(batch)
+        if known is None:
+            rows = (await connection.execute(self._known_query())).all()
+            known = self._prefetched[batch] = {(row[0], row[1]) for row in rows}
+        return known
+
+    def _defer(
+        self, transaction: Transaction, row: dict[str, Any], known: set[tuple[str, str]]
+    ) -> bool:
+        """Note the record for the batch's flush; False if it exists already."""
+        record = (row["message_key"], row["handler"])
+        if record in known:
+            return False
         pending = transaction.pending.setdefault(self, [])
         if not pending:
             transaction.before_commit.append(lambda: self._flush(transaction))
-        if any(
-            seen["message_key"] == row["message_key"] and seen["handler"] == row["handler"]
-            for seen in pending
-        ):
-            return False
+        known.add(record)
         pending.append(row)
         return True
+
+    def _undefer(self, transaction: Transaction, row: dict[str, Any]) -> None:
+        """The handler failed and its savepoint is undone: so is its record."""
+        pending = transaction.pending.get(self, [])
+        if row in pending:
+            pending.remove(row)
+        batch = current_batch.get()
+        known = self._prefetched.get(batch) if batch is not None else None
+        if known is not None:
+            known.discard((row["message_key"], row["handler"]))
 
     def _flush(self, transaction: Transaction) -> Any:
         rows = transaction.pending.pop(self, [])
