@@ -90,7 +90,6 @@ class _Properties(commands.Basic.Properties):
         correlation_id = _short(headers.get(CORRELATION_ID))
         super().__init__(
             content_type=content_type,
-            headers=dict(headers),
             delivery_mode=2,
             correlation_id=correlation_id,
             message_id=message_id,
@@ -417,14 +416,19 @@ class _Link:
         return again, last
 
     async def publish_once(self, message: _Outgoing, deadline: float) -> None:
-        channel = await self.channel(deadline - asyncio.get_running_loop().time())
-        routing_key = await self._route(channel, message)
+        channel = self._underlay
+        if channel is None or channel.is_closed:
+            channel = await self.channel(deadline - asyncio.get_running_loop().time())
+        routing_key = self.queue
+        if message.deliver_at is not None:
+            routing_key = await self._route(channel, message.deliver_at)
         try:
             await channel.basic_publish(
                 message.body,
                 routing_key=routing_key,
                 properties=message.properties,
                 mandatory=True,
+                wait=False,  # the confirm is awaited: no need to wait for the write as well
             )
         except PublishError as error:
             if routing_key != self.queue:
@@ -440,11 +444,9 @@ class _Link:
                 f"{self.queue!r} ({error}); see the broker's log"
             ) from error
 
-    async def _route(self, channel: aiormq.Channel, message: _Outgoing) -> str:
+    async def _route(self, channel: aiormq.Channel, deliver_at: float) -> str:
         """The queue to publish to: this one, or the wait queue of the time left."""
-        if message.deliver_at is None:
-            return self.queue
-        remaining = message.deliver_at - self.owner.clock()
+        remaining = deliver_at - self.owner.clock()
         if remaining <= 0:
             return self.queue
         milliseconds = _wait_ms(remaining)
@@ -834,7 +836,8 @@ class AmqpChannel(Channel):
                 link = self._links.get(loop)
                 if link is None:
                     link = self._links[loop] = _Link(self)
-        await link.open()
+        if link.loop is None:
+            await link.open()
         return link
 
     # -- sync ------------------------------------------------------------------------------
