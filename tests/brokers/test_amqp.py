@@ -353,7 +353,7 @@ def test_delays_do_not_wait_behind_longer_ones(
         channel.consume(note, 10, 0.5)
 
     assert list(arrivals) == [3, 2]
-    assert 0.3 <= arrivals[2] < 0.5
+    assert 0.3 <= arrivals[2] < 1.0  # not held up behind the 30 s one
     assert broker.count(channel.queue) == 0
     assert broker.count(f"{channel.queue}.wait.16384") == 1  # the 30 s one, on its way
 
