@@ -265,6 +265,8 @@ def test_a_header_that_cannot_travel_is_refused(channels: Callable[..., AmqpChan
     channel = channels()
     with pytest.raises(ConversionError, match="header values must be"):
         channel.send(Envelope(b"1", {"huge": 2**70}))
+    with pytest.raises(ConversionError, match="'tags' is a list"):
+        channel.send(Envelope(b"1", {"tags": ["a"]}))  # type: ignore[dict-item]
 
 
 def test_a_returned_message_keeps_its_place(channels: Callable[..., AmqpChannel]) -> None:

@@ -143,8 +143,10 @@ def _field_table(headers: Mapping[str, HeaderValue]) -> bytes:
             parts.append(b"S" + _LENGTH.pack(len(data)) + data)
         elif value.__class__ is float:
             parts.append(b"d" + _DOUBLE.pack(value))
-        else:
+        elif value is None or isinstance(value, int):
             parts.append(encode.encode_table_value(value))
+        else:
+            raise TypeError(f"header {key!r} is a {type(value).__name__}")
     data = b"".join(parts)
     return _LENGTH.pack(len(data)) + data
 
