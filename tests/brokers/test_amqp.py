@@ -166,6 +166,16 @@ def envelope(number: int, **headers: Any) -> Envelope:
     return Envelope(str(number).encode(), {"id": str(uuid.uuid4()), **headers})
 
 
+@dataclass
+class Ping:
+    number: int
+
+
+@asynchronous("pings")
+class Pings(EventBus):
+    pass
+
+
 # -- the queue -----------------------------------------------------------------------------
 
 
@@ -336,6 +346,34 @@ def test_a_consumer_holds_no_more_than_the_prefetch(
     # Fetched messages nobody takes go back to the queue after a while.
     wait_until(lambda: broker.count(channel.queue) == 9, "the fetched messages to go back")
     assert numbers(consume_all(channel)) == list(range(1, 10))
+
+
+def test_concurrent_consumers_share_the_channel(
+    amqp_url: str, queues: Callable[[], str], tmp_path: Path
+) -> None:
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    @event_handler
+    def note(event: Ping) -> None:
+        with lock:
+            seen.append(event.number)
+        time.sleep(0.001)
+
+    messaging = Messaging(
+        handlers=[note], channels=[AmqpChannel("pings", amqp_url, queue=queues(), prefetch=10)]
+    )
+    messaging.setup()
+    try:
+        for number in range(200):
+            messaging.gateway(Pings).publish(Ping(number))
+
+        result = messaging.run("pings", concurrency=3)
+
+        assert result.handled == 200
+        assert sorted(seen) == list(range(200))
+    finally:
+        messaging.close()
 
 
 def test_delays_do_not_wait_behind_longer_ones(
@@ -692,16 +730,6 @@ def rabbit_server(broker: Broker, amqp_url: str) -> Iterator[RabbitServer]:
         finally:
             if not server.up():
                 server.start()
-
-
-@dataclass
-class Ping:
-    number: int
-
-
-@asynchronous("pings")
-class Pings(EventBus):
-    pass
 
 
 def test_publishers_and_workers_carry_on_when_rabbitmq_restarts(
