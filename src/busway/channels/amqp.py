@@ -73,7 +73,7 @@ _SETTLE = 1.0
 """How long a consume that may not wait still waits for messages the broker is sending."""
 _RETRY_PAUSE = 0.05
 _LONGEST_WAIT_MS = 1 << 31
-_DEATH_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 _LENGTH = struct.Struct(">I")
 _DOUBLE = struct.Struct(">d")
 
@@ -191,7 +191,7 @@ def _envelope(message: DeliveredMessage) -> Envelope:
     headers = {
         key: _header_value(value)
         for key, value in raw.items()
-        if not key.startswith(_DEATH_HEADERS)  # added by RabbitMQ as a message waits
+        if not key.startswith(_BROKER_HEADERS)  # added by RabbitMQ on the message's way
     }
     return Envelope(message.body, headers)
 
