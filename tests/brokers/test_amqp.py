@@ -376,6 +376,20 @@ def test_concurrent_consumers_share_the_channel(
         messaging.close()
 
 
+def test_a_consumer_that_found_the_queue_empty_fetches_nothing_more(
+    channels: Callable[..., AmqpChannel], broker: Broker
+) -> None:
+    channel = channels()
+    channel.send(envelope(1))
+    assert numbers(consume_all(channel)) == [1]
+
+    sender = channels(queue=channel.queue)
+    for number in range(3):
+        sender.send(envelope(number))
+
+    assert broker.count(channel.queue) == 3  # all there for any worker, none held by this one
+
+
 def test_delays_do_not_wait_behind_longer_ones(
     channels: Callable[..., AmqpChannel], broker: Broker
 ) -> None:

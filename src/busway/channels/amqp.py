@@ -547,6 +547,7 @@ class _Link:
                 # No time left to wait; but a message sent before may still be on its way.
                 settle_by = settle_by or now + _SETTLE
                 if now >= settle_by or not await self._on_the_way(channel):
+                    await self.pause()  # fetch nothing more while nobody asks
                     return None
                 deadline = min(settle_by, now + 0.02)
             except Exception as error:
