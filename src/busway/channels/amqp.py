@@ -285,7 +285,7 @@ class _Link:
                 client_properties={"connection_name": f"busway {owner.name}"},
             )
             try:
-                await connection.connect()
+                await connection.connect(timeout=owner.publish_timeout)
             except Exception as error:
                 await connection.close()
                 raise _Unreachable(
@@ -935,11 +935,13 @@ class AmqpChannel(Channel):
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         with self._lock:
-            link = self._links.pop(loop, None)
+            links = [self._links.pop(loop, None)]
             if self._sync is not None and self._sync.loop is loop:
-                link, self._sync = self._sync, None
-        if link is not None:
-            await link.close()
+                links.append(self._sync)
+                self._sync = None
+        for link in links:
+            if link is not None:
+                await link.close()
         if self._sync is not None:
             await asyncio.to_thread(self.close)
 
