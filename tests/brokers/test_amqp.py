@@ -750,7 +750,8 @@ def test_publishers_and_workers_carry_on_when_rabbitmq_restarts(
     rabbit_server: RabbitServer, amqp_url: str, queues: Callable[[], str], tmp_path: Path
 ) -> None:
     """Persistent messages on durable queues survive; what went unconfirmed is published
-    again, what went unacknowledged is delivered again, and the inbox absorbs the repeats."""
+    again (by a send, or by a relay's batch), what went unacknowledged is delivered again,
+    and the inbox absorbs the repeats."""
     seen: dict[str, list[int]] = {"sync": [], "asyncio": []}
     total = 150
 
@@ -777,9 +778,19 @@ def test_publishers_and_workers_carry_on_when_rabbitmq_restarts(
         return worker_side, publisher_side
 
     (sync_worker, sync_publisher), (async_worker, async_publisher) = make("sync"), make("asyncio")
+    # And an outbox relayed to RabbitMQ, consumed by another worker.
+    relay_database, relay_queue = f"sqlite:///{tmp_path / 'relay.db'}", queues()
+    relay, consumer = (
+        amqp_worker.build(relay_database, amqp_url, relay_queue, worker="relay") for _ in "ab"
+    )
+    relay.setup()
+    with relay.database_engine.begin() as connection:
+        amqp_worker.metadata.create_all(connection)
     workers = [
         sync_worker.worker("pings", until_empty=False, poll_interval=0.2),
         async_worker.worker("pings", until_empty=False, poll_interval=0.2),
+        relay.worker("outbox", until_empty=False, poll_interval=0.2),
+        consumer.worker("rabbit", until_empty=False, poll_interval=0.2),
     ]
 
     def publish_sync() -> None:
@@ -795,38 +806,53 @@ def test_publishers_and_workers_carry_on_when_rabbitmq_restarts(
         finally:
             await async_publisher.aclose()
 
+    def publish_to_the_outbox() -> None:
+        for number in range(total):
+            with relay.transaction():
+                relay.gateway(amqp_worker.OutboxEvents).publish(amqp_worker.Recorded(number))
+            time.sleep(0.01)
+
     async def run_async_worker() -> None:
         try:
             await workers[1].arun()
         finally:
             await async_worker.aclose()
 
+    def progress() -> int:
+        return min(len(seen["sync"]), len(seen["asyncio"]), len(effects(relay_database)))
+
     threads = [
         threading.Thread(target=workers[0].run),
         threading.Thread(target=asyncio.run, args=(run_async_worker(),)),
+        threading.Thread(target=workers[2].run),
+        threading.Thread(target=workers[3].run),
         threading.Thread(target=publish_sync),
         threading.Thread(target=asyncio.run, args=(publish_async(),)),
+        threading.Thread(target=publish_to_the_outbox),
     ]
     for thread in threads:
         thread.start()
     try:
-        wait_until(lambda: min(map(len, seen.values())) >= 30, "the first pings")
+        wait_until(lambda: progress() >= 30, "the first messages")
         rabbit_server.stop()
         time.sleep(0.5)
         rabbit_server.start()
-        for thread in threads[2:]:
+        for thread in threads[4:]:
             thread.join(timeout=60)
-        wait_until(lambda: min(map(len, seen.values())) >= total, "every ping", timeout=60)
+        wait_until(lambda: progress() >= total, "every message", timeout=60)
     finally:
         for worker in workers:
             worker.stop()
         for thread in threads:
             thread.join(timeout=30)
-        sync_worker.close()
-        sync_publisher.close()
+        for messaging in (sync_worker, sync_publisher, relay, consumer):
+            messaging.close()
 
     assert all(not thread.is_alive() for thread in threads)
     for side, messaging in (("sync", sync_worker), ("asyncio", async_worker)):
         assert effects(messaging.database_engine.url) == dict.fromkeys(range(total), side)
-        assert sorted(seen[side]) == list(range(total))  # FIFO, bar what came back
+        assert sorted(seen[side]) == list(range(total))  # each once
         assert messaging.dead_letters.list() == []
+    assert effects(relay_database) == dict.fromkeys(range(total), "relay")
+    assert relay.channel("outbox").depth() == 0
+    assert relay.dead_letters.list() == []
