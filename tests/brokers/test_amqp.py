@@ -15,13 +15,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aio_pika
 import aiormq
@@ -39,6 +40,15 @@ from busway.testing import ChannelContract
 from busway.testing.conformance import ChannelFactory
 
 HERE = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def rabbitmq_in_use() -> Iterator[IO[str]]:
+    """A lock held shared while a test uses RabbitMQ, exclusively while one restarts it: test
+    runs side by side on this machine never restart RabbitMQ under each other's feet."""
+    with open(Path(tempfile.gettempdir()) / "busway-rabbitmq-restart.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield lock  # closing the file releases the lock
 
 
 class Broker:
@@ -726,24 +736,22 @@ class RabbitServer:
 
 
 @pytest.fixture
-def rabbit_server(broker: Broker, amqp_url: str) -> Iterator[RabbitServer]:
-    """RabbitMQ to restart; it is running when the test ends, whatever happens.
-
-    A lock file keeps two test runs on this machine from restarting it at the same time.
-    """
+def rabbit_server(
+    broker: Broker, amqp_url: str, rabbitmq_in_use: IO[str]
+) -> Iterator[RabbitServer]:
+    """RabbitMQ to restart; it is running when the test ends, whatever happens."""
     if not shutil.which("rabbitmqctl") or "@127.0.0.1" not in amqp_url:
         message = "restarting RabbitMQ needs rabbitmqctl and the broker on this machine"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI: {message}", pytrace=False)
         pytest.skip(message)
     server = RabbitServer(broker)
-    with open(Path(os.environ.get("TMPDIR", "/tmp")) / "busway-rabbitmq-restart.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield server
-        finally:
-            if not server.up():
-                server.start()
+    fcntl.flock(rabbitmq_in_use, fcntl.LOCK_EX)  # once no other test run is using RabbitMQ
+    try:
+        yield server
+    finally:
+        if not server.up():
+            server.start()
 
 
 def test_publishers_and_workers_carry_on_when_rabbitmq_restarts(
