@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 class BuswayError(Exception):
@@ -35,6 +36,15 @@ class MissingExtraError(BuswayError, ImportError):
             f"{feature} needs an optional dependency that is not installed; "
             f"install it with: pip install 'busway[{extra}]'"
         )
+
+
+@contextmanager
+def extra_required(feature: str, extra: str) -> Iterator[None]:
+    """Turn an ``ImportError`` of the imports inside into a ``MissingExtraError``."""
+    try:
+        yield
+    except ImportError as error:
+        raise MissingExtraError(feature, extra) from error
 
 
 class NoHandlerError(BuswayError, LookupError):

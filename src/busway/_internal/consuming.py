@@ -16,7 +16,7 @@ import msgspec
 
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import Enqueue, Invoke, Runtime, Step, attempt_of, kind_of
-from busway.channels.base import BatchRollback, Delivery, Envelope
+from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
 from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
 from busway.message import (
     ATTEMPT,
@@ -225,6 +225,7 @@ class Consumer:
         runtime = self.runtime
         prepared = self.prepare(delivery)
         if isinstance(prepared, Forward):
+            _note_forwarded()
             runtime.send(prepared.channel, prepared.envelope)
             return True
         if isinstance(prepared, Reject):
@@ -276,6 +277,7 @@ class Consumer:
         runtime = self.runtime
         prepared = self.prepare(delivery)
         if isinstance(prepared, Forward):
+            _note_forwarded()
             await runtime.asend(prepared.channel, prepared.envelope)
             return True
         if isinstance(prepared, Reject):
@@ -334,6 +336,13 @@ def _attempts_before(headers: Mapping[str, HeaderValue]) -> int:
     ``attempts`` column): then the message would block its channel for good.
     """
     return min(max(attempt_of(headers), 0), MAX_ATTEMPTS)
+
+
+def _note_forwarded() -> None:
+    """Tell the batch in hand, if any, that its current message was only sent on."""
+    batch = current_batch.get()
+    if batch is not None and batch.current is not None:
+        batch.forwarded.add(batch.current)
 
 
 def _isolate_siblings(delivery: Delivery, steps: list[Step]) -> None:

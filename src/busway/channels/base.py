@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,20 @@ class BatchRollback(Exception):
     The channel rolls the whole batch back and handles it again with ``isolated`` deliveries,
     where each handler's failure undoes only its own writes.
     """
+
+
+class Unsent(Exception):
+    """Raised by a batch's ``before_ack`` callback: the sends of some messages failed for good.
+
+    Every one of those messages was only forwarded (``Batch.forwarded``): nothing else of
+    theirs needs undoing. The consuming channel acknowledges the rest of the batch, keeps
+    ``message_ids`` for a later delivery, then raises ``error``.
+    """
+
+    def __init__(self, message_ids: Collection[str], error: BaseException) -> None:
+        super().__init__(f"{len(message_ids)} message(s) not sent: {error}")
+        self.message_ids = frozenset(message_ids)
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,20 @@ class Batch:
     """The channel is handling the batch again after rolling it back."""
     message_ids: list[str] = field(default_factory=list)
     """The ids of the batch's messages, when the channel knows them before handing them out."""
+    current: str | None = None
+    """The id of the message in hand, set by a channel that can keep single messages back
+    (see ``Unsent``); a sending channel tags its deferred sends with it."""
+    forwarded: set[str] = field(default_factory=set)
+    """The ids of the messages whose handling was only a send to the next channel."""
+
+    def unsent(self, failures: Collection[tuple[str | None, BaseException]]) -> BaseException:
+        """The error to raise for sends that failed, each tagged with the ``current`` id it was
+        sent under: ``Unsent`` when each one's message can be kept back on its own."""
+        sources = {source for source, _ in failures}
+        first = next(iter(failures))[1]
+        if None in sources or not sources <= self.forwarded:
+            return first
+        return Unsent({source for source in sources if source is not None}, first)
 
 
 current_batch: ContextVar[Batch | None] = ContextVar("busway_batch", default=None)

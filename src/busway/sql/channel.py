@@ -19,9 +19,10 @@ handlers whose effects all live in the database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -50,6 +51,7 @@ from busway.channels.base import (
     Envelope,
     Handle,
     MessageReturned,
+    Unsent,
     current_batch,
 )
 from busway.errors import BuswayError
@@ -60,10 +62,15 @@ from busway.sql.transactions import Transaction, current_transaction, open_trans
 
 Mode = Literal["transaction", "lease"]
 
+log = logging.getLogger("busway.sql")
+
 _decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 _NOTIFY = "busway_messages"
 _BUSY_PAUSE = 0.05
+_KEPT_BACK_PAUSE = 1.0
+"""Seconds a message whose send failed waits before it is tried again; doubled each time."""
+_LONGEST_KEPT_BACK_PAUSE = 60.0
 
 
 class SqlChannel(Channel):
@@ -221,6 +228,36 @@ class SqlChannel(Channel):
         now = int(self._clock() * 1000)
         return self._by_key(update(self.table).values(available_at=now), seqs)
 
+    def _kept_back(
+        self, unsent: Unsent | None, rows: Sequence[Row[Any]], done: list[int]
+    ) -> list[Row[Any]]:
+        """The rows of the messages ``unsent`` names, taken out of ``done``."""
+        if unsent is None:
+            return []
+        kept = [row for row in rows if row.message_id in unsent.message_ids]
+        seqs = {row.seq for row in kept}
+        done[:] = [seq for seq in done if seq not in seqs]
+        log.warning(
+            "channel %r: %d message(s) not sent on, kept back for a later try: %s",
+            self.name,
+            len(kept),
+            unsent.error,
+        )
+        return kept
+
+    def _keep_back(self, rows: Sequence[Row[Any]]) -> tuple[Any, Any]:
+        """Make ``rows`` available again later, each after a pause doubled at every try."""
+        now = self._clock()
+        statement = (
+            update(self.table)
+            .where(self.table.c.seq == bindparam("key"))
+            .values(available_at=bindparam("until"), deliveries=self.table.c.deliveries + 1)
+        )
+        return statement, [
+            {"key": row.seq, "until": int((now + _kept_back_pause(row.deliveries)) * 1000)}
+            for row in rows
+        ]
+
     def _ack(self, seqs: list[int]) -> tuple[Any, Any]:
         return self._by_key(delete(self.table), seqs)
 
@@ -283,15 +320,15 @@ class SqlChannel(Channel):
                 isolated = isolated and (len(rows) > 1 or bool(handed))
                 done: list[int] = []
                 token = current_transaction.set(transaction)
-                batch_token = current_batch.set(
-                    Batch(
-                        transaction.before_commit,
-                        redone=bool(handed or failures),
-                        message_ids=[row.message_id for row in rows],
-                    )
+                batch = Batch(
+                    transaction.before_commit,
+                    redone=bool(handed or failures),
+                    message_ids=[row.message_id for row in rows],
                 )
+                batch_token = current_batch.set(batch)
                 try:
                     for row in rows:
+                        batch.current = row.message_id
                         delivery = self._delivery(row, connection, isolated)
                         delivery.known_failure = failures.get(row.seq)
                         delivery.repeated = row.seq in handed
@@ -303,15 +340,19 @@ class SqlChannel(Channel):
                             raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
                         handed.add(row.seq)
-                    for callback in transaction.before_commit:
-                        callback()
+                    unsent = _before_commit(transaction.before_commit)
                 finally:
                     current_batch.reset(batch_token)
                     current_transaction.reset(token)
+                kept = self._kept_back(unsent, rows, done)
                 if done:
                     connection.execute(*self._ack(done))
+                if kept:
+                    connection.execute(*self._keep_back(kept))
         for callback in transaction.after_commit:
             callback()
+        if unsent is not None:
+            raise unsent.error
         return len(done)
 
     def _consume_leased(self, handle: Handle, limit: int) -> int:
@@ -378,15 +419,15 @@ class SqlChannel(Channel):
                 isolated = isolated and (len(rows) > 1 or bool(handed))
                 done: list[int] = []
                 token = current_transaction.set(transaction)
-                batch_token = current_batch.set(
-                    Batch(
-                        transaction.before_commit,
-                        redone=bool(handed or failures),
-                        message_ids=[row.message_id for row in rows],
-                    )
+                batch = Batch(
+                    transaction.before_commit,
+                    redone=bool(handed or failures),
+                    message_ids=[row.message_id for row in rows],
                 )
+                batch_token = current_batch.set(batch)
                 try:
                     for row in rows:
+                        batch.current = row.message_id
                         delivery = self._delivery(row, connection, isolated)
                         delivery.known_failure = failures.get(row.seq)
                         delivery.repeated = row.seq in handed
@@ -398,17 +439,19 @@ class SqlChannel(Channel):
                             raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
                         handed.add(row.seq)
-                    for callback in transaction.before_commit:
-                        pending = callback()
-                        if pending is not None:
-                            await pending
+                    unsent = await _abefore_commit(transaction.before_commit)
                 finally:
                     current_batch.reset(batch_token)
                     current_transaction.reset(token)
+                kept = self._kept_back(unsent, rows, done)
                 if done:
                     await connection.execute(*self._ack(done))
+                if kept:
+                    await connection.execute(*self._keep_back(kept))
         for callback in transaction.after_commit:
             callback()
+        if unsent is not None:
+            raise unsent.error
         return len(done)
 
     async def _aconsume_leased(self, handle: AsyncHandle, limit: int) -> int:
@@ -522,6 +565,39 @@ class SqlChannel(Channel):
         listener, self._alistener = self._alistener, None
         if listener is not None:
             await listener.close()
+
+
+def _kept_back_pause(deliveries: int) -> float:
+    return min(_KEPT_BACK_PAUSE * float(2 ** min(deliveries, 16)), _LONGEST_KEPT_BACK_PAUSE)
+
+
+def _before_commit(callbacks: list[Callable[[], Any]]) -> Unsent | None:
+    """Run a batch's ``before_ack`` callbacks; the messages they could not send, if any."""
+    unsent: Unsent | None = None
+    for callback in callbacks:
+        try:
+            callback()
+        except Unsent as error:
+            unsent = _together(unsent, error)
+    return unsent
+
+
+async def _abefore_commit(callbacks: list[Callable[[], Any]]) -> Unsent | None:
+    unsent: Unsent | None = None
+    for callback in callbacks:
+        try:
+            pending = callback()
+            if pending is not None:
+                await pending
+        except Unsent as error:
+            unsent = _together(unsent, error)
+    return unsent
+
+
+def _together(first: Unsent | None, second: Unsent) -> Unsent:
+    if first is None:
+        return second
+    return Unsent(first.message_ids | second.message_ids, first.error)
 
 
 class _HandlerFailed(Exception):
