@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -375,47 +376,65 @@ class _Link:
     # -- publishing ----------------------------------------------------------------------
 
     async def publish(self, outgoing: Sequence[_Outgoing]) -> None:
-        """Publish and wait for the confirms; publish again what a lost connection took."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.owner.publish_timeout
+        """Publish and wait for the confirms; raise the first failure."""
         if len(outgoing) == 1:  # the common case, without a task of its own
+            deadline = asyncio.get_running_loop().time() + self.owner.publish_timeout
             try:
                 return await self.publish_once(outgoing[0], deadline)
             except Exception as failure:
                 if not _transient(failure):
                     raise
+        failures = await self.publish_all(outgoing)
+        if failures:
+            raise failures[0][1]
+
+    async def publish_all(
+        self,
+        outgoing: Sequence[_Outgoing],
+        deadline: float | None = None,
+        results: Sequence[BaseException | None] | None = None,
+    ) -> list[tuple[_Outgoing, BaseException]]:
+        """Publish and wait for the confirms, publishing again what a lost connection took
+        until ``deadline``; the messages refused or never confirmed, each with its error.
+
+        ``results`` are those of a first attempt already made, one per message.
+        """
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.owner.publish_timeout
+        failures: list[tuple[_Outgoing, BaseException]] = []
         pending = list(outgoing)
         while pending:
-            results = await asyncio.gather(
-                *(self.publish_once(message, deadline) for message in pending),
-                return_exceptions=True,
-            )
-            pending, error = self.failed(pending, results)
+            if results is None:
+                results = await asyncio.gather(
+                    *(self.publish_once(message, deadline) for message in pending),
+                    return_exceptions=True,
+                )
+            again: list[_Outgoing] = []
+            lost: BaseException | None = None
+            for message, result in zip(pending, results, strict=True):
+                if result is None:
+                    continue
+                if _transient(result) or isinstance(result, asyncio.CancelledError):
+                    again.append(message)
+                    lost = result
+                else:
+                    failures.append((message, result))
+            task = asyncio.current_task()
+            if again and task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            pending, results = again, None
             if pending and loop.time() >= deadline:
-                raise BuswayError(
+                error = BuswayError(
                     f"channel {self.owner.name!r}: {len(pending)} message(s) not confirmed by "
-                    f"RabbitMQ within {self.owner.publish_timeout:.0f}s: {error}"
-                ) from error
+                    f"RabbitMQ within {self.owner.publish_timeout:.0f}s: {lost}"
+                )
+                error.__cause__ = lost
+                failures += [(message, error) for message in pending]
+                break
             if pending:
                 await asyncio.sleep(_RETRY_PAUSE)
-
-    def failed(
-        self, sent: list[_Outgoing], results: Sequence[BaseException | None]
-    ) -> tuple[list[_Outgoing], BaseException | None]:
-        """The messages to publish again, and the last error; raises a refusal at once."""
-        again: list[_Outgoing] = []
-        last: BaseException | None = None
-        for message, result in zip(sent, results, strict=True):
-            if result is None:
-                continue
-            if not (_transient(result) or isinstance(result, asyncio.CancelledError)):
-                raise result
-            again.append(message)
-            last = result
-        task = asyncio.current_task()
-        if again and task is not None and task.cancelling():
-            raise asyncio.CancelledError
-        return again, last
+        return failures
 
     async def publish_once(self, message: _Outgoing, deadline: float) -> None:
         channel = self._underlay
@@ -471,7 +490,7 @@ class _Link:
         with self._lock:
             confirms = self._batches.get(batch)
             if confirms is None:
-                confirms = self._batches[batch] = _Confirms(self)
+                confirms = self._batches[batch] = _Confirms(self, batch)
                 batch.before_ack.append(confirms.settle_callback)
         return confirms
 
@@ -708,17 +727,29 @@ class _Link:
 class _Confirms:
     """One batch's publishes on one link, their confirms in flight until ``settle``."""
 
-    def __init__(self, link: _Link) -> None:
+    def __init__(self, link: _Link, batch: Batch) -> None:
         self.link = link
+        self._batch = weakref.ref(batch)  # the link's map of batches holds them weakly
         self._lock = threading.Lock()
-        self._queued: list[_Outgoing] = []
+        self._queued: list[tuple[_Outgoing, str | None]] = []
         self._scheduled = False
-        self._in_flight: list[tuple[_Outgoing, asyncio.Task[None]]] = []
+        self._in_flight: list[tuple[_Outgoing, str | None, asyncio.Task[None]]] = []
+        self._deadline: float | None = None
+
+    @property
+    def batch(self) -> Batch:
+        batch = self._batch()
+        assert batch is not None, "a batch outlives its before_ack callbacks"
+        return batch
 
     def add(self, message: _Outgoing) -> None:
-        """Start publishing ``message`` without waiting for its confirm: from any thread."""
+        """Start publishing ``message`` without waiting for its confirm: from any thread.
+
+        The message is tagged with the batch's message in hand, to keep back only that one
+        if it is not confirmed.
+        """
         with self._lock:
-            self._queued.append(message)
+            self._queued.append((message, self.batch.current))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -731,19 +762,23 @@ class _Confirms:
         if not queued:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.link.owner.publish_timeout
-        for message in queued:
+        self._deadline = deadline = loop.time() + self.link.owner.publish_timeout
+        for message, source in queued:
             task = loop.create_task(self.link.publish_once(message, deadline))
-            self._in_flight.append((message, task))
+            self._in_flight.append((message, source, task))
 
     async def settle(self) -> None:
-        """Wait for every confirm; publish again what a lost connection took; raise a refusal."""
+        """Wait for every confirm and publish again what a lost connection took; raise
+        ``Unsent`` (or the error) for the messages refused or never confirmed."""
         self._start()
         in_flight, self._in_flight = self._in_flight, []
-        results = await asyncio.gather(*(task for _, task in in_flight), return_exceptions=True)
-        again, _ = self.link.failed([message for message, _ in in_flight], results)
-        if again:
-            await self.link.publish(again)
+        results = await asyncio.gather(*(task for *_, task in in_flight), return_exceptions=True)
+        sources = {id(message): source for message, source, _ in in_flight}
+        failures = await self.link.publish_all(
+            [message for message, *_ in in_flight], self._deadline, results
+        )
+        if failures:
+            raise self.batch.unsent([(sources[id(message)], error) for message, error in failures])
 
     def settle_callback(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: waits here in sync code, else returns an
