@@ -5,10 +5,10 @@
 - consume: a 20,000-message backlog drained by one worker (sync, then asyncio) with a no-op
   handler and manual acknowledgements, against a raw aio-pika consumer that decodes each
   body, calls the handler and acknowledges, with the same prefetch;
-- relay: a 20,000-row outbox (SQLite) forwarded to RabbitMQ, against raw aio-pika publishing
-  the same 20,000 messages with 100 confirms in flight.
+- relay: a 20,000-row outbox forwarded to RabbitMQ, on SQLite and on PostgreSQL, against raw
+  aio-pika publishing the same 20,000 messages with 100 confirms in flight.
 
-Override the broker with ``BENCH_AMQP_URL``.
+Override the broker with ``BENCH_AMQP_URL``, PostgreSQL with ``BENCH_POSTGRESQL_URL``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from busway.handlers import Kind
 from busway.message import SLIP
 
 URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1/")
+POSTGRES = os.environ.get("BENCH_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1/test")
 COUNT = 2_000 if QUICK else 20_000
 IN_FLIGHT = 100
 RUNS = 1 if QUICK else 2
@@ -85,10 +86,34 @@ def benchmarks() -> list[Result]:
         )
         messaging.setup()
         try:
-            return [publish(messaging, queue), *consume(messaging, queue), relay(messaging, queue)]
+            results = [publish(messaging, queue), *consume(messaging, queue)]
+            results.append(relay(messaging, queue, "SQLite"))
+            on_postgres = _postgres_relay(queue)
+            if on_postgres is not None:
+                results.append(on_postgres)
+            return results
         finally:
             _raw(queue, lambda channel: channel.queue_delete(queue))
             messaging.close()
+
+
+def _postgres_relay(queue: str) -> Result | None:
+    """The relay from an outbox on PostgreSQL, in a table of its own; None without one."""
+    address = urlsplit(POSTGRES)
+    try:
+        socket.create_connection((address.hostname, address.port or 5432), timeout=3).close()
+    except OSError as error:
+        print(f"amqp: no relay from PostgreSQL at {address.hostname}: {error}")
+        return None
+    outbox = SqlChannel("outbox", database=POSTGRES, table="busway_bench_relay")
+    messaging = Messaging(channels=[AmqpChannel("jobs", URL, queue=queue), outbox])
+    messaging.setup()
+    try:
+        return relay(messaging, queue, "PostgreSQL")
+    finally:
+        with outbox.database.engine.begin() as connection:
+            outbox.table.drop(connection)
+        messaging.close()
 
 
 def _rate(seconds: float) -> float:
@@ -291,7 +316,7 @@ def _fill_outbox(messaging: Messaging) -> Messages:
     return relayed
 
 
-def relay(messaging: Messaging, queue: str) -> Result:
+def relay(messaging: Messaging, queue: str, database: str) -> Result:
     def with_busway() -> float:
         start = time.perf_counter()
         result = messaging.run("outbox")
@@ -313,7 +338,7 @@ def relay(messaging: Messaging, queue: str) -> Result:
         best_raw = max(best_raw, _raw(queue, functools.partial(raw, messages=messages)))
     _purge(queue)
     return Result(
-        f"RabbitMQ: relay a {COUNT:,}-row outbox (SQLite) with confirms",
+        f"RabbitMQ: relay a {COUNT:,}-row outbox ({database}) with confirms",
         best_busway,
         RATE,
         f"raw aio-pika publishing the same, {IN_FLIGHT} confirms in flight",
