@@ -1,0 +1,61 @@
+"""A fetched batch, handed out one message at a time, and what is left to give back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from nats.aio.msg import Msg
+
+from busway.channels.base import Delivery, Envelope
+from busway.channels.nats.headers import decode_headers
+
+
+class Hand:
+    """A fetched batch handed out one message at a time, and what is left to give back."""
+
+    def __init__(
+        self, channel: str, messages: list[Msg], clock: Callable[[], float], ack_wait: float
+    ) -> None:
+        self.channel = channel
+        self.messages = messages
+        self.clock = clock
+        self.extend_every = ack_wait / 2
+        self.extended = time.monotonic()
+        self.position = 0
+        self.handled = 0
+        self.in_hand: Msg | None = None
+        self.later: list[tuple[Msg, float]] = []
+        """Fetched before their time, with that time: to be given back until then."""
+
+    def __iter__(self) -> Iterator[tuple[Msg, Delivery]]:
+        while self.position < len(self.messages):
+            message = self.messages[self.position]
+            self.position += 1
+            envelope = Envelope(message.data, decode_headers(message.headers))
+            deliver_at = envelope.deliver_at
+            if deliver_at is not None and deliver_at > self.clock():
+                self.later.append((message, deliver_at))
+                continue
+            self.in_hand = message
+            redelivered = message.metadata.num_delivered > 1
+            yield message, Delivery(envelope, self.channel, redelivered=redelivered)
+
+    def done(self) -> None:
+        self.in_hand = None
+        self.handled += 1
+
+    def slow(self) -> bool:
+        """Whether the batch is half way to its ack_wait since it started or last said so."""
+        now = time.monotonic()
+        if now - self.extended < self.extend_every or not self.waiting():
+            return False
+        self.extended = now
+        return True
+
+    def waiting(self) -> list[Msg]:
+        return [message for message, _ in self.later] + self.messages[self.position :]
+
+    def unhandled(self) -> list[Msg]:
+        rest = self.messages[self.position :]
+        return [self.in_hand, *rest] if self.in_hand is not None else rest
