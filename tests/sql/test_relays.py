@@ -131,6 +131,7 @@ def test_a_relay_keeps_back_only_the_refused_messages(relay):
     far.refuse = set()
     clock.advance(1)
     assert messaging.run("outbox").handled == 0  # refused twice: kept back for two seconds
+    assert messaging.channel("outbox").oldest_age() == 2.0  # the relay is 2 s behind
     clock.advance(1)
     assert messaging.run("outbox").handled == 1
 

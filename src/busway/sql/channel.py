@@ -154,9 +154,11 @@ class SqlChannel(Channel):
 
     def _row(self, envelope: Envelope) -> dict[str, Any]:
         deliver_at = envelope.deliver_at
+        due = int((deliver_at if deliver_at is not None else self._clock()) * 1000)
         return {
             "channel": self.name,
-            "available_at": int((deliver_at if deliver_at is not None else self._clock()) * 1000),
+            "available_at": due,
+            "queued_at": due,
             "message_id": str(envelope.headers.get(ID, "")),
             "headers": _encode(envelope.headers).decode(),
             "body": envelope.body,
@@ -548,12 +550,17 @@ class SqlChannel(Channel):
         return int(count or 0)
 
     def oldest_age(self) -> float | None:
-        """Seconds since the oldest message on the channel became available."""
+        """Seconds since the oldest message due on the channel was first due: how far its
+        consumers (an outbox's relay) are behind. Retries kept back do not reset it."""
+        now = self._clock()
         with self.database.engine.connect() as connection:
             oldest = connection.execute(
-                select(func.min(self.table.c.available_at)).where(self.table.c.channel == self.name)
+                select(func.min(self.table.c.queued_at)).where(
+                    self.table.c.channel == self.name,
+                    self.table.c.queued_at <= int(now * 1000),
+                )
             ).scalar()
-        return None if oldest is None else max(0.0, self._clock() - oldest / 1000)
+        return None if oldest is None else max(0.0, now - oldest / 1000)
 
     def close(self) -> None:
         listener, self._listener = self._listener, None

@@ -27,8 +27,10 @@ def messages_table(metadata: MetaData, name: str = "busway_messages") -> Table:
     """Messages waiting on SQL channels, one table shared by every channel of a database.
 
     ``available_at`` (milliseconds since the epoch) is when a message may be taken: the send
-    time, a delay's end, or, in lease mode, when an unfinished claim expires. The index
-    serves the dequeue exactly: one channel, available now, oldest first.
+    time, a delay's end, or, in lease mode, when an unfinished claim expires, or when a
+    message whose send on failed is tried again. ``queued_at`` is when it was first due, and
+    never moves: the age of the oldest message counts from there. The index serves the
+    dequeue exactly: one channel, available now, oldest first.
     """
     return Table(
         name,
@@ -36,6 +38,7 @@ def messages_table(metadata: MetaData, name: str = "busway_messages") -> Table:
         Column("seq", Sequence, primary_key=True, autoincrement=True),
         Column("channel", String(200), nullable=False),
         Column("available_at", BigInteger, nullable=False),
+        Column("queued_at", BigInteger, nullable=False),
         Column("message_id", String(64), nullable=False),
         Column("headers", LongText, nullable=False),
         Column("body", Body, nullable=False),
