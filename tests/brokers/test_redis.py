@@ -20,17 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import redis_worker
 from sqlalchemy import create_engine, select
 
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
-from busway.channels.base import Delivery, Envelope, MessageReturned
+from busway.channels.base import Channel, Delivery, Envelope, MessageReturned
 from busway.errors import ConversionError, MissingExtraError
 from busway.message import DELIVER_AT
 from busway.redis import RedisChannel
-from busway.testing import ChannelContract
+from busway.testing import ChannelContract, FakeClock
 from busway.testing.conformance import ChannelFactory
 
 REDIS_URL = os.environ.get("BUSWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -498,6 +499,213 @@ async def test_an_outbox_relays_to_redis_from_asyncio(
         await messaging.aclose()
 
     assert seen == ["o-0", "o-1", "o-2"]
+
+
+# -- a relay that cannot send some messages ------------------------------------------------
+
+
+@asynchronous("outbox", "redis-a")
+class ToA(EventBus):
+    """Committed to the outbox, then relayed to the stream of ``redis-a``."""
+
+
+@asynchronous("outbox", "redis-b")
+class ToB(EventBus):
+    """Committed to the outbox, then relayed to the stream of ``redis-b``."""
+
+
+@asynchronous("jobs", "redis-a")
+class JobsToA(EventBus):
+    """Sent to the ``jobs`` stream, then relayed to the stream of ``redis-a``."""
+
+
+@asynchronous("jobs", "redis-b")
+class JobsToB(EventBus):
+    """Sent to the ``jobs`` stream, then relayed to the stream of ``redis-b``."""
+
+
+@dataclass
+class SplitRelay:
+    """A channel relaying alternately to two Redis streams; ``b`` is broken by default."""
+
+    messaging: Messaging
+    client: redis.Redis
+    a: str
+    b: str
+    to_a: type[EventBus]
+    to_b: type[EventBus]
+
+    def publish(self, count: int) -> list[str]:
+        """Send ``count`` orders to each stream, alternately; their ids."""
+        to_a, to_b = self.messaging.gateway(self.to_a), self.messaging.gateway(self.to_b)
+        with self.messaging.transaction():
+            for number in range(count):
+                to_a.publish(OrderWasPlaced(f"a-{number}"))
+                to_b.publish(OrderWasPlaced(f"b-{number}"))
+        return [f"{side}-{number}" for side in "ab" for number in range(count)]
+
+    def break_b(self) -> None:
+        """Make every send to ``b`` fail: its key holds a string, not a stream."""
+        self.client.set(self.b, "not a stream")
+
+    def repair_b(self) -> None:
+        self.client.delete(self.b)
+        self.messaging.setup()
+
+    @property
+    def clock(self) -> FakeClock:
+        clock = self.messaging.clock
+        assert isinstance(clock, FakeClock)
+        return clock
+
+    def close(self) -> None:
+        self.messaging.close()
+        self.client.delete(self.a, self.b, f"{self.a}:delayed", f"{self.b}:delayed")
+
+    def orders(self, key: str) -> list[str]:
+        """The orders on a stream, in order, repeats included."""
+        decode = msgspec.json.Decoder(OrderWasPlaced).decode
+        return [decode(fields[b"body"]).order_id for _, fields in self.client.xrange(key)]
+
+
+@pytest.fixture
+def split_relay(client: redis.Redis, stream: str, tmp_path: Path) -> Iterator[SplitRelay]:
+    """An outbox relaying to two streams."""
+    relay = _split_relay(client, stream, SqlChannel("outbox"), tmp_path)
+    relay.messaging.setup()
+    yield relay
+    relay.close()
+
+
+def _split_relay(
+    client: redis.Redis, stream: str, source: Channel, tmp_path: Path, b_url: str = REDIS_URL
+) -> SplitRelay:
+    a, b = f"{stream}:a", f"{stream}:b"
+    messaging = Messaging(
+        channels=[
+            source,
+            RedisChannel("redis-a", REDIS_URL, stream=a),
+            RedisChannel("redis-b", b_url, stream=b, retries=0),
+        ],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+        clock=FakeClock(time.time()),
+    )
+    outbox = source.name == "outbox"
+    return SplitRelay(messaging, client, a, b, *((ToA, ToB) if outbox else (JobsToA, JobsToB)))
+
+
+def test_an_outbox_relay_keeps_back_only_what_it_could_not_send(split_relay: SplitRelay) -> None:
+    relay, outbox = split_relay, split_relay.messaging.channel("outbox")
+    sent = relay.publish(6)
+    relay.break_b()
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        relay.messaging.run("outbox")
+
+    assert outbox.depth() == 6  # exactly the orders for b
+    assert relay.orders(relay.a) == [f"a-{number}" for number in range(6)]
+
+    relay.repair_b()
+    assert relay.messaging.run("outbox").handled == 0  # kept back for a while
+    relay.clock.advance(60)
+    assert relay.messaging.run("outbox").handled == 6
+
+    assert outbox.depth() == 0
+    assert relay.orders(relay.a) + relay.orders(relay.b) == sent  # each once
+
+
+async def test_an_asyncio_outbox_relay_keeps_back_only_what_it_could_not_send(
+    split_relay: SplitRelay,
+) -> None:
+    relay, outbox = split_relay, split_relay.messaging.channel("outbox")
+    sent = relay.publish(6)
+    relay.break_b()
+    try:
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await relay.messaging.arun("outbox")
+
+        assert outbox.depth() == 6
+        assert relay.orders(relay.a) == [f"a-{number}" for number in range(6)]
+
+        relay.repair_b()
+        relay.clock.advance(60)
+        assert (await relay.messaging.arun("outbox")).handled == 6
+    finally:
+        await relay.messaging.aclose()
+
+    assert outbox.depth() == 0
+    assert relay.orders(relay.a) + relay.orders(relay.b) == sent
+
+
+def test_a_relay_that_cannot_reach_redis_keeps_back_what_it_sent_there(
+    client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    relay = _split_relay(client, stream, SqlChannel("outbox"), tmp_path, "redis://127.0.0.1:1/0")
+    outbox = relay.messaging.channel("outbox")
+    try:
+        outbox.setup()
+        relay.messaging.channel("redis-a").setup()
+        relay.publish(3)
+
+        with pytest.raises(redis.ConnectionError):
+            relay.messaging.run("outbox")
+
+        assert outbox.depth() == 3
+        assert relay.orders(relay.a) == ["a-0", "a-1", "a-2"]
+    finally:
+        relay.close()
+
+
+def test_a_redis_consumer_that_relays_acknowledges_what_it_sent_on(
+    client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    relay = _split_relay(client, stream, RedisChannel("jobs", REDIS_URL, stream=stream), tmp_path)
+    jobs = relay.messaging.channel("jobs")
+    try:
+        relay.messaging.setup()
+        sent = relay.publish(4)
+        relay.break_b()
+
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            relay.messaging.run("jobs")
+
+        assert jobs.depth() == 4
+        assert client.xpending(stream, "busway")["pending"] == 4  # held by this consumer
+        assert relay.orders(relay.a) == ["a-0", "a-1", "a-2", "a-3"]
+
+        relay.repair_b()
+        assert relay.messaging.run("jobs").handled == 4
+
+        assert jobs.depth() == 0
+        assert relay.orders(relay.a) + relay.orders(relay.b) == sent
+    finally:
+        relay.close()
+
+
+async def test_an_asyncio_redis_consumer_that_relays_acknowledges_what_it_sent_on(
+    client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    relay = _split_relay(client, stream, RedisChannel("jobs", REDIS_URL, stream=stream), tmp_path)
+    jobs = relay.messaging.channel("jobs")
+    try:
+        await relay.messaging.asetup()
+        sent = relay.publish(4)
+        relay.break_b()
+
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await relay.messaging.arun("jobs")
+
+        assert jobs.depth() == 4
+        assert relay.orders(relay.a) == ["a-0", "a-1", "a-2", "a-3"]
+
+        relay.repair_b()
+        assert (await relay.messaging.arun("jobs")).handled == 4
+        await relay.messaging.aclose()
+
+        assert jobs.depth() == 0
+        assert relay.orders(relay.a) + relay.orders(relay.b) == sent
+    finally:
+        relay.close()
 
 
 # -- a consumer killed mid-handler ---------------------------------------------------------

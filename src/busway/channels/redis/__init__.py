@@ -11,8 +11,9 @@ persistence on.
 
 ``channel`` holds ``RedisChannel``; ``stream`` the commands it sends and what their replies
 mean, free of I/O; ``scripts`` the Lua scripts among them; ``link`` the sync and asyncio
-redis-py clients that run them; ``deferred`` the sends a batch makes, sent together before
-its acknowledgement.
+redis-py clients that run them; ``hand`` a batch read and handed out, and what of it to
+acknowledge; ``deferred`` the sends a batch makes, sent together before its acknowledgement,
+each failure kept back with its own message only.
 """
 
 from busway.errors import extra_required

@@ -10,28 +10,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import redis
 import redis.asyncio
 
 from busway.channels.base import (
     AsyncHandle,
-    Batch,
     Channel,
     ChannelContext,
-    Delivery,
     Envelope,
     Handle,
     MessageReturned,
     current_batch,
 )
 from busway.channels.redis.deferred import Deferred
+from busway.channels.redis.hand import Hand
 from busway.channels.redis.link import Link
 from busway.channels.redis.stream import Entry, Stream
 
 log = logging.getLogger("busway.redis")
-
-_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class RedisChannel(Channel):
@@ -149,37 +145,31 @@ class RedisChannel(Channel):
                 return entries
 
     def _hand_out(self, handle: Handle, entries: list[Entry]) -> int:
-        batch = Batch()
-        token = current_batch.set(batch)
-        done = 0
-        failure: BaseException | None = None
-        touch_at = time.monotonic() + self._stream.claim_idle / 3
+        hand = Hand(self.name, self._stream, entries)
+        token = current_batch.set(hand.batch)
         try:
-            for entry in entries:
-                if time.monotonic() > touch_at:  # a slow batch: keep it all here until acknowledged
+            for delivery in hand:
+                if hand.slow():  # keep the batch here until acknowledged
                     self._link.call(self._stream.touch(entries))
-                    touch_at = time.monotonic() + self._stream.claim_idle / 3
                 try:
-                    handle(self._delivery(entry))
+                    handle(delivery)
                 except MessageReturned:
                     break
                 except BaseException as error:
-                    failure = error
+                    hand.failure = error
                     break
-                done += 1
-            for callback in batch.before_ack:
-                callback()
+                hand.handled += 1
+            hand.before_ack()
         except BaseException:
-            self._stream.hold(entries, done + (failure is not None))  # nothing acknowledged
+            hand.give_back()
             raise
         finally:
             current_batch.reset(token)
-        self._stream.hold(entries[done:], 1 if failure else 0)
+        done = hand.settle()
         if done:
-            self._link.execute(self._stream.acknowledge(entries[:done]))
-        if failure is not None:
-            raise failure
-        return done
+            self._link.execute(self._stream.acknowledge(done))
+        hand.raise_failure()
+        return len(done)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         limit = min(max_messages, self.batch_size)
@@ -211,47 +201,31 @@ class RedisChannel(Channel):
                 return entries
 
     async def _ahand_out(self, handle: AsyncHandle, entries: list[Entry]) -> int:
-        batch = Batch()
-        token = current_batch.set(batch)
-        done = 0
-        failure: BaseException | None = None
-        touch_at = time.monotonic() + self._stream.claim_idle / 3
+        hand = Hand(self.name, self._stream, entries)
+        token = current_batch.set(hand.batch)
         try:
-            for entry in entries:
-                if time.monotonic() > touch_at:
+            for delivery in hand:
+                if hand.slow():
                     await self._link.acall(self._stream.touch(entries))
-                    touch_at = time.monotonic() + self._stream.claim_idle / 3
                 try:
-                    await handle(self._delivery(entry))
+                    await handle(delivery)
                 except MessageReturned:
                     break
                 except BaseException as error:
-                    failure = error
+                    hand.failure = error
                     break
-                done += 1
-            for callback in batch.before_ack:
-                pending = callback()
-                if pending is not None:
-                    await pending
+                hand.handled += 1
+            await hand.abefore_ack()
         except BaseException:
-            self._stream.hold(entries, done + (failure is not None))
+            hand.give_back()
             raise
         finally:
             current_batch.reset(token)
-        self._stream.hold(entries[done:], 1 if failure else 0)
+        done = hand.settle()
         if done:
-            await self._link.aexecute(self._stream.acknowledge(entries[:done]))
-        if failure is not None:
-            raise failure
-        return done
-
-    def _delivery(self, entry: Entry) -> Delivery:
-        _, headers, body, redelivered = entry
-        try:
-            decoded = _decode_headers(headers)
-        except msgspec.DecodeError:
-            decoded = {}  # not a busway message: the core sends it to the dead letter store
-        return Delivery(Envelope(body, decoded), self.name, redelivered=redelivered)
+            await self._link.aexecute(self._stream.acknowledge(done))
+        hand.raise_failure()
+        return len(done)
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -4,36 +4,67 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable
 from typing import Any
 
 from busway.channels.base import Batch
 from busway.channels.redis.link import Link
 from busway.channels.redis.stream import Command
 
+Send = tuple[str | None, Command]
+"""A command, tagged with the batch's message in hand when it was sent (``Batch.current``)."""
+
 
 class Deferred:
-    """The commands each batch in hand has sent so far, sent in one pipeline by the batch's
-    ``before_ack``."""
+    """The commands each batch in hand has sent so far, each tagged with its message."""
 
     def __init__(self, link: Link) -> None:
         self._link = link
-        self._unsent: weakref.WeakKeyDictionary[Batch, list[Command]] = weakref.WeakKeyDictionary()
+        self._sends: weakref.WeakKeyDictionary[Batch, _Sends] = weakref.WeakKeyDictionary()
 
     def add(self, batch: Batch, command: Command) -> None:
-        unsent = self._unsent.get(batch)
-        if unsent is None:
-            unsent = self._unsent[batch] = []
-            batch.before_ack.append(lambda: self._flush(unsent))
-        unsent.append(command)
+        sends = self._sends.get(batch)
+        if sends is None:
+            sends = self._sends[batch] = _Sends(self._link, batch)
+            batch.before_ack.append(sends.flush)
+        sends.queued.append((batch.current, command))
 
-    def _flush(self, unsent: list[Command]) -> Any:
-        """Send ``unsent`` now, or return the awaitable that does, on an asyncio consumer."""
-        commands, unsent[:] = list(unsent), []
-        if not commands:
+
+class _Sends:
+    """One batch's sends on one channel, sent in one pipeline by the batch's ``before_ack``.
+
+    Each command gets its own reply: when some fail, the batch learns which messages they
+    were sent for (``Batch.unsent``), and those that went out are not sent again.
+    """
+
+    def __init__(self, link: Link, batch: Batch) -> None:
+        self.link = link
+        self.queued: list[Send] = []
+        self._batch = weakref.ref(batch)  # the channel's map of batches holds them weakly
+
+    def flush(self) -> Awaitable[None] | None:
+        """Send what is queued now, or return the awaitable that does, on an asyncio consumer."""
+        sends, self.queued = self.queued, []
+        if not sends:
             return None
+        commands = [command for _, command in sends]
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # a sync consumer's batch
-            self._link.pipeline(commands)
+            self._settle(sends, self.link.replies(commands))
             return None
-        return self._link.apipeline(commands)
+        return self._aflush(sends, commands)
+
+    async def _aflush(self, sends: list[Send], commands: list[Command]) -> None:
+        self._settle(sends, await self.link.areplies(commands))
+
+    def _settle(self, sends: list[Send], replies: list[Any]) -> None:
+        failures = [
+            (source, reply)
+            for (source, _), reply in zip(sends, replies, strict=True)
+            if isinstance(reply, Exception)
+        ]
+        if failures:
+            batch = self._batch()
+            assert batch is not None, "a batch outlives its before_ack callbacks"
+            raise batch.unsent(failures)

@@ -87,6 +87,26 @@ class Link:
                 _execute(pipe, command)
             return await pipe.execute()
 
+    def replies(self, commands: list[Command]) -> list[Any]:
+        """Each command's reply, or the error it met; each one the connection error when the
+        retries gave up (nothing is known to be sent then)."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    _execute(pipe, command)
+                return _named(commands, pipe.execute(raise_on_error=False))
+        except redis.RedisError as error:
+            return [error] * len(commands)
+
+    async def areplies(self, commands: list[Command]) -> list[Any]:
+        try:
+            async with self.aclient.pipeline(transaction=False) as pipe:
+                for command in commands:
+                    _execute(pipe, command)
+                return _named(commands, await pipe.execute(raise_on_error=False))
+        except redis.RedisError as error:
+            return [error] * len(commands)
+
     def call(self, *commands: Command) -> list[Any]:
         """Run ``commands`` in a pipeline; make the group again if it is gone."""
         try:
@@ -144,6 +164,14 @@ class Link:
 def _execute(client: Any, command: Command) -> Any:
     """``client.execute_command(*command)``: one command, from any client or pipeline."""
     return client.execute_command(*command)
+
+
+def _named(commands: list[Command], replies: list[Any]) -> list[Any]:
+    """``replies``, each error naming the command and key it came from."""
+    for command, reply in zip(commands, replies, strict=True):
+        if isinstance(reply, redis.ResponseError):
+            reply.args = (f"{command[0]} {command[1]}: {reply}", *reply.args[1:])
+    return replies
 
 
 def _raw_replies(client: Any) -> Any:

@@ -1,0 +1,111 @@
+"""A batch of stream entries handed out one at a time, and what to acknowledge after."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from busway.channels.base import Batch, Delivery, Envelope, Unsent
+from busway.channels.redis.stream import Entry, Stream
+from busway.message import ID
+
+log = logging.getLogger("busway.redis")
+
+_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+class Hand:
+    """Entries handed out one at a time under one ``Batch``, and what becomes of them.
+
+    The loop that hands them out counts ``handled``, sets ``failure`` when a handler raised,
+    runs ``before_ack``, then ``settle``-s: the entries to acknowledge come back, the rest
+    stay pending here for the next consume. The sends whose failure the batch's callbacks
+    report as ``Unsent`` keep back only their own messages.
+    """
+
+    def __init__(self, channel: str, stream: Stream, entries: list[Entry]) -> None:
+        self.channel = channel
+        self.stream = stream
+        self.entries = entries
+        self.batch = Batch()
+        self.handled = 0
+        self.failure: BaseException | None = None
+        self.unsent: Unsent | None = None
+        self._sources: list[str | None] = []
+        self._touch_every = stream.claim_idle / 3
+        self._touch_at = time.monotonic() + self._touch_every
+
+    def __iter__(self) -> Iterator[Delivery]:
+        batch, sources = self.batch, self._sources
+        for _, headers, body, redelivered in self.entries:
+            try:
+                decoded = _decode_headers(headers)
+            except msgspec.DecodeError:
+                decoded = {}  # not a busway message: the core sends it to the dead letter store
+            source = decoded.get(ID)
+            batch.current = source if isinstance(source, str) else None
+            sources.append(batch.current)
+            yield Delivery(Envelope(body, decoded), self.channel, redelivered=redelivered)
+
+    def slow(self) -> bool:
+        """Whether to keep the entries here a while longer, lest another consumer claims them."""
+        now = time.monotonic()
+        if now <= self._touch_at:
+            return False
+        self._touch_at = now + self._touch_every
+        return True
+
+    def before_ack(self) -> None:
+        """Run the batch's ``before_ack`` callbacks; note the messages they could not send."""
+        for callback in self.batch.before_ack:
+            try:
+                callback()
+            except Unsent as unsent:
+                self._note(unsent)
+
+    async def abefore_ack(self) -> None:
+        for callback in self.batch.before_ack:
+            try:
+                pending = callback()
+                if pending is not None:
+                    await pending
+            except Unsent as unsent:
+                self._note(unsent)
+
+    def _note(self, unsent: Unsent) -> None:
+        if self.unsent is not None:
+            unsent = Unsent(self.unsent.message_ids | unsent.message_ids, self.unsent.error)
+        self.unsent = unsent
+
+    def give_back(self) -> None:
+        """Nothing is acknowledged: hold every entry for a later delivery."""
+        self.stream.hold(self.entries, self.handled + (self.failure is not None))
+
+    def settle(self) -> list[Entry]:
+        """Hold what is not done with, return the entries to acknowledge."""
+        done, rest = self.entries[: self.handled], self.entries[self.handled :]
+        kept: list[Entry] = []
+        if self.unsent is not None:
+            unsent = self.unsent.message_ids
+            sources = self._sources
+            kept = [entry for n, entry in enumerate(done) if sources[n] in unsent]
+            done = [entry for n, entry in enumerate(done) if sources[n] not in unsent]
+            log.warning(
+                "channel %r: %d message(s) not sent on, kept back for a later try: %s",
+                self.channel,
+                len(kept),
+                self.unsent.error,
+            )
+        self.stream.hold(kept + rest, len(kept) + (self.failure is not None))
+        return done
+
+    def raise_failure(self) -> None:
+        """Raise the handler's error, else the error of the sends that failed, if any."""
+        if self.failure is not None:
+            raise self.failure
+        if self.unsent is not None:
+            raise self.unsent.error
