@@ -1,0 +1,32 @@
+"""``AmqpChannel``: messages in a RabbitMQ queue, through aio-pika.
+
+``setup`` declares a durable queue. Messages are persistent and published with confirms; a
+consumer acknowledges a message once its handling returned, and gives it back (``basic.nack``
+with requeue) when that raised. Headers travel as AMQP headers, typed; the body as the body.
+
+Delays need no plugin: a delayed message waits in a queue ``<queue>.wait.<ms>`` whose every
+message lives ``ms`` milliseconds (a power of two) and then dead-letters back into the queue.
+One time to live per wait queue means none blocks another at its head; a message that comes
+back still early goes on to the next shorter wait queue, so it arrives a few milliseconds
+after its time at most.
+
+The logic is written once, as coroutines of a link: one robust connection on one event loop,
+which reconnects by itself. The asyncio methods use a link on the caller's loop; the sync ones
+use one link on busway's helper loop, and consume without a round trip to it while fetched
+messages are at hand. Inside a batch (a relay forwarding an outbox), a send does not wait for
+its confirm: the batch waits for all of them before it acknowledges, and fails, so that it is
+redone, if one was refused.
+
+The modules: ``channel`` (``AmqpChannel``), ``link`` (the connection, setting up and
+publishing), ``consuming`` (the link's consumer), ``confirms`` (a batch's confirms in flight)
+and ``wire`` (the AMQP properties and field tables).
+"""
+
+from busway.errors import extra_required
+
+with extra_required("the RabbitMQ channel (busway.amqp)", "rabbitmq"):
+    import aio_pika  # noqa: F401 - before the modules below, which take aio-pika for granted
+
+from busway.channels.amqp.channel import AmqpChannel
+
+__all__ = ["AmqpChannel"]

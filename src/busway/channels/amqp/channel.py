@@ -1,0 +1,219 @@
+"""``AmqpChannel``: the channel, with a link on busway's helper loop for sync code and one per
+asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from yarl import URL
+
+from busway._internal.bridge import run_coroutine
+from busway.channels.amqp.consuming import _ConsumingLink, _Received
+from busway.channels.amqp.wire import _outgoing
+from busway.channels.base import (
+    AsyncHandle,
+    Channel,
+    ChannelContext,
+    Delivery,
+    Envelope,
+    Handle,
+    MessageReturned,
+    current_batch,
+)
+
+__all__ = ["AmqpChannel"]
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
+
+
+class AmqpChannel(Channel):
+    """A channel on a durable RabbitMQ queue (named like the channel unless ``queue=``).
+
+    ``prefetch`` is how many unacknowledged messages a consumer may hold; a send waits up to
+    ``publish_timeout`` seconds for its confirm, across reconnections, which are tried every
+    ``reconnect_interval`` seconds. ``queue_arguments`` go to the queue's declaration (for
+    instance ``{"x-queue-type": "quorum"}``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str = DEFAULT_URL,
+        *,
+        queue: str | None = None,
+        prefetch: int = 100,
+        queue_arguments: Mapping[str, Any] | None = None,
+        publish_timeout: float = 30.0,
+        reconnect_interval: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.queue = queue or name
+        self.prefetch = prefetch
+        self.queue_arguments = dict(queue_arguments or {})
+        self.publish_timeout = publish_timeout
+        self.reconnect_interval = reconnect_interval
+        self.clock: Callable[[], float] = time.time
+        self._lock = threading.Lock()
+        self._sync: _ConsumingLink | None = None
+        self._links: WeakKeyDictionary[asyncio.AbstractEventLoop, _ConsumingLink] = (
+            WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"AmqpChannel({self.name!r}, queue={self.queue!r})"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        url = URL(self.url)
+        return str(url.with_password("***")) if url.password else str(url)
+
+    def attach(self, context: ChannelContext) -> None:
+        self.clock = context.clock
+
+    def validate(self) -> list[str]:
+        problems = []
+        if URL(self.url).scheme not in ("amqp", "amqps"):
+            problems.append(
+                f"AmqpChannel {self.name!r} has URL {self.safe_url!r}; it must start with "
+                "amqp:// or amqps://"
+            )
+        if self.prefetch < 1:
+            problems.append(f"AmqpChannel {self.name!r} needs a prefetch of 1 or more")
+        return problems
+
+    # -- the links: one on busway's helper loop for sync code, one per asyncio loop --------
+
+    def _sync_link(self) -> _ConsumingLink:
+        link = self._sync
+        if link is None:
+            with self._lock:
+                link = self._sync
+                if link is None:
+                    link = _ConsumingLink(self)
+                    run_coroutine(link.open())
+                    self._sync = link
+        return link
+
+    async def _loop_link(self) -> _ConsumingLink:
+        loop = asyncio.get_running_loop()
+        link = self._sync
+        if link is None or link.loop is not loop:
+            with self._lock:
+                link = self._links.get(loop)
+                if link is None:
+                    link = self._links[loop] = _ConsumingLink(self)
+        if link.loop is None:
+            await link.open()
+        return link
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        run_coroutine(self._sync_link().declare())
+
+    def send(self, envelope: Envelope) -> None:
+        message = _outgoing(envelope, self.name)
+        link = self._sync_link()
+        batch = current_batch.get()
+        if batch is None:
+            run_coroutine(link.publish([message]))
+        else:
+            link.confirms(batch).add(message)
+
+    def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
+        if max_messages <= 0:
+            return 0
+        link = self._sync_link()
+        handled = 0
+        link.begin()
+        try:
+            received = link.take_now() or run_coroutine(link.take(wait))
+            while received is not None:
+                try:
+                    handle(self._delivery(received))
+                except MessageReturned:
+                    link.give_back(received)
+                    break
+                except BaseException:
+                    run_coroutine(link.reject(received))
+                    raise
+                link.ack_soon(received)
+                handled += 1
+                if handled == max_messages:
+                    break
+                received = link.take_now() or run_coroutine(link.take(0.0))
+        finally:
+            link.end()
+        return handled
+
+    def depth(self) -> int | None:
+        return run_coroutine(self._sync_link().depth())
+
+    def close(self) -> None:
+        with self._lock:
+            link, self._sync = self._sync, None
+        if link is not None:
+            run_coroutine(link.close())
+
+    # -- asyncio ---------------------------------------------------------------------------
+
+    async def asetup(self) -> None:
+        await (await self._loop_link()).declare()
+
+    async def asend(self, envelope: Envelope) -> None:
+        message = _outgoing(envelope, self.name)
+        link = await self._loop_link()
+        batch = current_batch.get()
+        if batch is None:
+            await link.publish([message])
+        else:
+            link.confirms(batch).add(message)
+
+    async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
+        if max_messages <= 0:
+            return 0
+        link = await self._loop_link()
+        handled = 0
+        link.begin()
+        try:
+            received = link.take_now() or await link.take(wait)
+            while received is not None:
+                try:
+                    await handle(self._delivery(received))
+                except MessageReturned:
+                    link.give_back(received)
+                    break
+                except BaseException:
+                    await link.reject(received)
+                    raise
+                link.ack_soon(received)
+                handled += 1
+                if handled == max_messages:
+                    break
+                received = link.take_now() or await link.take(0.0)
+        finally:
+            link.end()
+        return handled
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            links = [self._links.pop(loop, None)]
+            if self._sync is not None and self._sync.loop is loop:
+                links.append(self._sync)
+                self._sync = None
+        for link in links:
+            if link is not None:
+                await link.close()
+        if self._sync is not None:
+            await asyncio.to_thread(self.close)
+
+    def _delivery(self, received: _Received) -> Delivery:
+        return Delivery(received.envelope, self.name, redelivered=received.redelivered)
