@@ -2,23 +2,27 @@
 
 Override its URL with ``BUSWAY_TEST_REDIS_URL``. An unreachable server skips these tests,
 except on CI (``CI=true``), where it fails them. Each test works on a stream of its own.
+Every test holds a lock on Redis, shared; the test that restarts Redis holds it exclusively,
+so that test runs side by side never restart Redis under each other's feet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import pytest
@@ -53,6 +57,15 @@ def _ping(url: str = REDIS_URL) -> Exception | None:
     finally:
         client.close()
     return None
+
+
+@pytest.fixture(autouse=True)
+def redis_in_use() -> Iterator[IO[str]]:
+    """A lock held shared while a test uses Redis, exclusively while one restarts it: test
+    runs side by side on this machine never restart Redis under each other's feet."""
+    with open(Path(tempfile.gettempdir()) / "busway-redis-restart.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield lock  # closing the file releases the lock
 
 
 @pytest.fixture
@@ -811,11 +824,12 @@ class RedisServer:
 
 
 @pytest.fixture
-def redis_server(client: redis.Redis) -> Iterator[RedisServer]:
+def redis_server(client: redis.Redis, redis_in_use: IO[str]) -> Iterator[RedisServer]:
     """Redis to restart; it is running when the test ends, whatever happens."""
     if REDIS_URL != "redis://127.0.0.1:6379/0" or not shutil.which("redis-server"):
         _problem("restarting Redis needs redis-server on this machine, serving port 6379")
     server = RedisServer()
+    fcntl.flock(redis_in_use, fcntl.LOCK_EX)  # once no other test run is using Redis
     try:
         yield server
     finally:
