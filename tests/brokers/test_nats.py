@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import nats
 import nats_worker
 import pytest
+from nats.js.api import DiscardPolicy
 from sqlalchemy import create_engine, select
 
 from busway import (
@@ -38,10 +39,10 @@ from busway import (
     event_handler,
 )
 from busway.channels.base import Channel, Delivery, Envelope
-from busway.errors import MissingExtraError
+from busway.errors import BuswayError, ConfigurationError, MissingExtraError
 from busway.message import DELIVER_AT
 from busway.nats import NatsChannel
-from busway.testing import ChannelContract
+from busway.testing import ChannelContract, FakeClock
 from busway.testing.conformance import ChannelFactory
 
 URL = os.environ.get("BUSWAY_TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -100,6 +101,18 @@ async def _delete_streams(names: list[str] | None) -> None:
         for name in names:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(name)
+    finally:
+        await client.close()
+
+
+async def _limit_stream(stream: str, max_msgs: int) -> None:
+    """Let ``stream`` hold ``max_msgs`` messages and refuse any more (-1: no limit)."""
+    client = await nats.connect(URL)
+    try:
+        js = client.jetstream()
+        config = (await js.stream_info(stream)).config
+        config.max_msgs, config.discard = max_msgs, DiscardPolicy.NEW
+        await js.update_stream(config)
     finally:
         await client.close()
 
@@ -235,6 +248,18 @@ def test_a_delayed_message_is_given_back_until_it_is_due(channel: NatsChannel) -
     assert depth_settles_at(channel, 0)
 
 
+def test_a_full_stream_refuses_a_send_at_once(channel: NatsChannel) -> None:
+    run_async(_limit_stream(channel.stream, 1))
+    channel.send(envelope(1))
+    started = time.monotonic()
+
+    with pytest.raises(BuswayError, match="refused a message"):
+        channel.send(envelope(2))
+
+    assert time.monotonic() - started < channel.timeout  # not tried again and again
+    assert channel.depth() == 1
+
+
 def test_a_failed_handler_gives_the_batch_back(channel: NatsChannel) -> None:
     for number in range(3):
         channel.send(envelope(number))
@@ -335,7 +360,14 @@ class OrderEvents(EventBus):
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, streams: Callable[[], str]) -> Iterator[tuple[Messaging, list[int]]]:
+def clock() -> FakeClock:
+    return FakeClock(time.time())
+
+
+@pytest.fixture
+def pipeline(
+    tmp_path: Path, streams: Callable[[], str], clock: FakeClock
+) -> Iterator[tuple[Messaging, list[int]]]:
     delivered: list[int] = []
 
     @command_handler
@@ -352,6 +384,7 @@ def pipeline(tmp_path: Path, streams: Callable[[], str]) -> Iterator[tuple[Messa
         handlers=[place_order, order_placed],
         channels=[SqlChannel("outbox"), nats_channel("nats", streams())],
         database=f"sqlite:///{tmp_path / 'outbox.db'}",
+        clock=clock,
     )
     messaging.setup()
     yield messaging, delivered
@@ -409,6 +442,168 @@ def test_a_relay_to_an_unreachable_server_leaves_the_outbox_as_it_was(tmp_path: 
             messaging.run("outbox")
 
         assert messaging.channel("outbox").depth() == 3
+    finally:
+        messaging.close()
+
+
+def test_a_relay_keeps_back_only_the_messages_jetstream_refused(
+    pipeline: tuple[Messaging, list[int]], clock: FakeClock
+) -> None:
+    messaging, delivered = pipeline
+    outbox, relayed = messaging.channel("outbox"), messaging.channel("nats")
+    assert isinstance(relayed, NatsChannel)
+    run_async(_limit_stream(relayed.stream, 3))
+    for number in range(1, 6):
+        messaging.command_bus.send(PlaceOrder(number))
+
+    with pytest.raises(BuswayError, match="refused a message"):
+        messaging.run("outbox")
+
+    assert outbox.depth() == 2  # 4 and 5, kept back; 1 to 3 are on the stream, once each
+    assert relayed.depth() == 3
+    run_async(_limit_stream(relayed.stream, -1))
+    assert messaging.run("outbox").handled == 0  # not yet: they wait a while
+    clock.advance(2)
+    assert messaging.run("outbox").handled == 2
+    assert outbox.depth() == 0
+    assert relayed.depth() == 5
+    messaging.run("nats")
+    assert delivered == [1, 2, 3, 4, 5]
+
+
+async def test_a_relay_from_asyncio_keeps_back_only_the_messages_jetstream_refused(
+    pipeline: tuple[Messaging, list[int]], clock: FakeClock
+) -> None:
+    messaging, delivered = pipeline
+    outbox, relayed = messaging.channel("outbox"), messaging.channel("nats")
+    assert isinstance(relayed, NatsChannel)
+    await _limit_stream(relayed.stream, 3)
+    try:
+        for number in range(1, 6):
+            await messaging.command_bus.asend(PlaceOrder(number))
+
+        with pytest.raises(BuswayError, match="refused a message"):
+            await messaging.arun("outbox")
+
+        assert outbox.depth() == 2
+        assert await relayed.adepth() == 3
+        await _limit_stream(relayed.stream, -1)
+        assert (await messaging.arun("outbox")).handled == 0
+        clock.advance(2)
+        assert (await messaging.arun("outbox")).handled == 2
+        assert outbox.depth() == 0
+        assert await relayed.adepth() == 5
+        await messaging.arun("nats")
+    finally:
+        await messaging.aclose()
+    assert delivered == [1, 2, 3, 4, 5]
+
+
+async def _add_subject(stream: str, subject: str) -> None:
+    client = await nats.connect(URL)
+    try:
+        js = client.jetstream()
+        config = (await js.stream_info(stream)).config
+        config.subjects = [*(config.subjects or []), subject]
+        await js.update_stream(config)
+    finally:
+        await client.close()
+
+
+def test_a_relay_keeps_back_the_messages_never_acknowledged_in_time(
+    tmp_path: Path, streams: Callable[[], str], clock: FakeClock
+) -> None:
+    stream = streams()
+    other = nats_channel("other", stream)
+    other.setup()  # the stream, which does not take the relay's subject
+    other.close()
+    relayed = NatsChannel(
+        "nats", URL, stream=stream, subject=f"{stream}.elsewhere", reconnect_timeout=0.5
+    )
+
+    @command_handler
+    def place_order(command: PlaceOrder, events: OrderEvents) -> None:
+        events.publish(OrderPlaced(command.number))
+
+    messaging = Messaging(
+        handlers=[place_order],
+        channels=[SqlChannel("outbox"), relayed],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+        clock=clock,
+    )
+    outbox = messaging.channel("outbox")
+    outbox.setup()
+    try:
+        for number in range(3):
+            messaging.command_bus.send(PlaceOrder(number))
+
+        with pytest.raises(ConnectionError, match="no publish ack"):
+            messaging.run("outbox")
+
+        assert outbox.depth() == 3
+        run_async(_add_subject(stream, relayed.subject))
+        clock.advance(2)
+        assert messaging.run("outbox").handled == 3
+        assert outbox.depth() == 0
+        assert run_async(_stored(stream)) == 3
+    finally:
+        messaging.close()
+
+
+async def _stored(stream: str) -> int:
+    client = await nats.connect(URL)
+    try:
+        return int((await client.jetstream().stream_info(stream)).state.messages)
+    finally:
+        await client.close()
+
+
+@dataclass
+class OrderAudited:
+    number: int
+
+
+@asynchronous("outbox", "audit")
+class AuditEvents(EventBus):
+    """Committed to the outbox with the business transaction, then relayed to a second stream."""
+
+
+def test_a_relay_keeps_back_the_messages_for_a_stream_that_is_missing(
+    tmp_path: Path, streams: Callable[[], str], clock: FakeClock
+) -> None:
+    @command_handler
+    def place_order(command: PlaceOrder, events: OrderEvents, audit: AuditEvents) -> None:
+        events.publish(OrderPlaced(command.number))
+        audit.publish(OrderAudited(command.number))
+
+    messaging = Messaging(
+        handlers=[place_order],
+        channels=[
+            SqlChannel("outbox"),
+            nats_channel("nats", streams()),
+            nats_channel("audit", streams()),
+        ],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+        clock=clock,
+    )
+    outbox, relayed, audit = (messaging.channel(name) for name in ("outbox", "nats", "audit"))
+    outbox.setup()
+    relayed.setup()  # and not the audit stream
+    try:
+        for number in range(3):
+            messaging.command_bus.send(PlaceOrder(number))
+
+        with pytest.raises(ConfigurationError, match="does not exist"):
+            messaging.run("outbox")
+
+        assert outbox.depth() == 3  # the audit events
+        assert relayed.depth() == 3
+        audit.setup()
+        clock.advance(2)
+        assert messaging.run("outbox").handled == 3
+        assert outbox.depth() == 0
+        assert relayed.depth() == 3
+        assert audit.depth() == 3
     finally:
         messaging.close()
 

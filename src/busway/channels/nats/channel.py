@@ -31,9 +31,17 @@ from busway.channels.base import (
 from busway.channels.nats.confirmations import Confirmations
 from busway.channels.nats.hand import Hand
 from busway.channels.nats.headers import HEADERS, encode_headers
-from busway.channels.nats.link import TRANSIENT, Link, Unavailable, close_link, connect, usable
+from busway.channels.nats.link import (
+    TRANSIENT,
+    Link,
+    Unavailable,
+    close_link,
+    connect,
+    transient,
+    usable,
+)
 from busway.channels.nats.queued import running_loop
-from busway.channels.nats.streams import declare, require_stream
+from busway.channels.nats.streams import declare, failure, require_stream
 from busway.errors import ConfigurationError
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -113,7 +121,8 @@ class NatsChannel(Channel):
         link = self._sync_link
         if link is None or link.client.is_closed:
             link = self._sync_link = run_coroutine(self._link(check=False))
-        link.queued.put(partial(self._confirmations_for(batch, link).publish, envelope))
+        confirmations = self._confirmations_for(batch, link)
+        link.queued.put(partial(confirmations.publish, envelope, batch.current))
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         link, messages = run_coroutine(self._fetch(min(max_messages, self.batch_size), wait))
@@ -157,7 +166,7 @@ class NatsChannel(Channel):
             await self._publish(envelope)
         else:
             link = await self._link(check=False)
-            await self._confirmations_for(batch, link).publish(envelope)
+            await self._confirmations_for(batch, link).publish(envelope, batch.current)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         link, messages = await self._fetch(min(max_messages, self.batch_size), wait)
@@ -240,6 +249,8 @@ class NatsChannel(Channel):
                 await link.js.publish(self.subject, envelope.body, headers=headers)
                 return
             except TRANSIENT as error:
+                if not transient(error):
+                    raise failure(self, error) from error
                 if time.monotonic() + pause > deadline:
                     raise ConnectionError(
                         f"NATS channel {self.name!r}: no publish ack from {self.url} within "
@@ -255,7 +266,7 @@ class NatsChannel(Channel):
         per_link = self._confirmations.setdefault(batch, {})
         confirmations = per_link.get(link)
         if confirmations is None:
-            confirmations = per_link[link] = Confirmations(self, link)
+            confirmations = per_link[link] = Confirmations(self, link, batch)
             batch.before_ack.append(confirmations.callback)
         return confirmations
 

@@ -35,7 +35,10 @@ TRANSIENT = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
 )
-"""Connection trouble that a retry after reconnecting can cure."""
+"""Connection trouble that a retry after reconnecting can cure (see ``transient``)."""
+
+_STORE_FAILED = 10077
+"""JetStream's code for a message its stream refused to store: the stream is full."""
 
 _NO_WAIT_GRACE = 5.0
 """How long a pull that the server answers at once may take before it counts as lost."""
@@ -60,6 +63,11 @@ class Link:
     up: asyncio.Event = field(default_factory=asyncio.Event)
     pulling: asyncio.Lock = field(default_factory=asyncio.Lock)
     requests: int = 0
+    reconnects: int = 0
+    acks: str = ""
+    """The inbox JetStream sends the acks of ``publish`` to, one subject each."""
+    awaiting: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    published: int = 0
     queued: Queued = field(init=False)
 
     def __post_init__(self) -> None:
@@ -78,6 +86,7 @@ class Link:
 
     async def on_reconnected(self) -> None:
         log.info("NATS connection restored")
+        self.reconnects += 1
         self.up.set()
 
     async def connected(self, deadline: float, channel: NatsChannel) -> None:
@@ -90,6 +99,31 @@ class Link:
             self.up.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.up.wait(), 0.25)
+
+    async def publish(
+        self, subject: str, body: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[None]:
+        """Publish to JetStream without waiting: the future its ack (or refusal) settles."""
+        self.published += 1
+        token = str(self.published)
+        ack = self.loop.create_future()
+        self.awaiting[token] = ack
+        ack.add_done_callback(lambda _ack: self.awaiting.pop(token, None))
+        try:
+            await self.client.publish(subject, body, f"{self.acks}.{token}", headers)
+        except BaseException:
+            ack.cancel()
+            raise
+        return ack
+
+    async def on_ack(self, reply: Msg) -> None:
+        ack = self.awaiting.get(reply.subject[len(self.acks) + 1 :])
+        if ack is not None and not ack.done():
+            error = _refusal(reply)
+            if error is None:
+                ack.set_result(None)
+            else:
+                ack.set_exception(error)
 
     async def pull(self, count: int, expires: float | None) -> list[Msg]:
         """One pull request: ``count`` at most, at once (``expires`` None) or within it.
@@ -136,6 +170,29 @@ class Link:
             await message.nak()
 
 
+def _refusal(reply: Msg) -> Exception | None:
+    """The error a publish's reply reports, if any: as ``js.publish`` would raise it."""
+    if (reply.headers or {}).get("Status") == "503":
+        return nats.js.errors.NoStreamResponseError()
+    try:
+        response = json.loads(reply.data)
+        if "error" in response:
+            nats.js.errors.APIError.from_error(response["error"])  # raises the fitting class
+    except nats.js.errors.APIError as error:
+        return error
+    except ValueError as error:
+        return nats.js.errors.APIError(description=f"unreadable publish ack: {error}")
+    return None
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a retry after reconnecting can cure ``error``; a full stream refuses with 503
+    too, but stays full until consumers make room."""
+    if isinstance(error, nats.js.errors.ServiceUnavailableError):
+        return error.err_code != _STORE_FAILED
+    return isinstance(error, TRANSIENT)
+
+
 def _ends_request(status: Msg) -> bool:
     code = (status.headers or {}).get("Status", "")
     if code == "503":
@@ -172,6 +229,8 @@ async def connect(channel: NatsChannel, loop: asyncio.AbstractEventLoop) -> Link
     link.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{channel.stream}.{channel.durable}"
     link.inbox = link.client.new_inbox()
     await link.client.subscribe(f"{link.inbox}.*", cb=link.on_message)
+    link.acks = link.client.new_inbox()
+    await link.client.subscribe(f"{link.acks}.*", cb=link.on_ack)
     return link
 
 

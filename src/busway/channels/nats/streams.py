@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from busway.channels.nats.link import TRANSIENT
-from busway.errors import ConfigurationError
+from busway.errors import BuswayError, ConfigurationError
 
 if TYPE_CHECKING:
     from busway.channels.nats.channel import NatsChannel
@@ -60,6 +60,18 @@ async def require_stream(js: JetStreamContext, channel: NatsChannel) -> None:
                 f"NATS channel {channel.name!r}: stream {channel.stream!r} does not exist on "
                 f"{channel.url}; run messaging.setup() or `busway setup` first"
             ) from error
+
+
+def failure(channel: NatsChannel, error: BaseException) -> BaseException:
+    """The error to raise for a publish that failed for good: a refusal says by whom."""
+    if not isinstance(error, nats.js.errors.APIError):
+        return error
+    refused = BuswayError(
+        f"NATS channel {channel.name!r}: JetStream refused a message for stream "
+        f"{channel.stream!r}: {error}; see the stream's limits and the server's log"
+    )
+    refused.__cause__ = error
+    return refused
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
