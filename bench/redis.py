@@ -3,6 +3,9 @@
 - drain: a backlog of small commands consumed by one worker with a no-op handler, against a
   raw loop that reads 100 entries with XREADGROUP, decodes each body, calls the handler and
   acknowledges the 100 with one XACK;
+- drain, the channel alone: the same backlog read, handed out and acknowledged by the channel,
+  with a callback that does nothing, against the same raw loop: what the transport costs,
+  apart from the core's dispatch and the worker;
 - publish: ``bus.send`` of one small command to a Redis channel, against a raw XADD of the
   same headers and an encoded body.
 
@@ -23,6 +26,7 @@ import redis
 from bench import Result, Skip
 from bench.timing import QUICK, compare
 from busway import CommandBus, Messaging, asynchronous, command_handler
+from busway.channels.base import Delivery
 from busway.handlers import Kind
 from busway.redis import RedisChannel
 
@@ -60,7 +64,7 @@ def benchmarks() -> list[Result]:
     messaging = Messaging(handlers=[work], channels=[channel])
     messaging.setup()
     try:
-        return [drain(messaging, channel, client), publish(messaging, channel, client)]
+        return [*drain(messaging, channel, client), publish(messaging, channel, client)]
     finally:
         messaging.close()
         client.delete(stream, f"{stream}:delayed")
@@ -93,6 +97,21 @@ def _drain_busway(messaging: Messaging, count: int) -> float:
     return _rate(count, seconds)
 
 
+def _drain_channel(channel: RedisChannel, count: int) -> float:
+    seen = 0
+
+    def take(_delivery: Delivery) -> None:
+        nonlocal seen
+        seen += 1
+
+    start = time.perf_counter()
+    while seen < count and channel.consume(take, BATCH, 0):
+        pass
+    seconds = time.perf_counter() - start
+    assert seen == count, f"the channel handed out {seen} of {count}"
+    return _rate(count, seconds)
+
+
 def _drain_raw(client: redis.Redis, stream: str, count: int) -> float:
     decode = msgspec.json.Decoder(Job).decode
     done: list[int] = []
@@ -118,21 +137,33 @@ def _drain_raw(client: redis.Redis, stream: str, count: int) -> float:
     return _rate(count, seconds)
 
 
-def drain(messaging: Messaging, channel: RedisChannel, client: redis.Redis) -> Result:
-    best_busway = best_raw = 0.0
+def drain(messaging: Messaging, channel: RedisChannel, client: redis.Redis) -> list[Result]:
+    best_busway = best_channel = best_raw = 0.0
     for _ in range(1 if QUICK else 3):
         _fill(messaging, channel, DRAIN)
         best_busway = max(best_busway, _drain_busway(messaging, DRAIN))
         _fill(messaging, channel, DRAIN)
+        best_channel = max(best_channel, _drain_channel(channel, DRAIN))
+        _fill(messaging, channel, DRAIN)
         best_raw = max(best_raw, _drain_raw(client, channel.stream, DRAIN))
         messaging.setup()  # the raw loop deleted the stream
-    return Result(
-        f"Redis Streams: drain {DRAIN:,} messages, one worker, no-op handler",
-        best_busway,
-        "msg/s",
-        f"raw XREADGROUP {BATCH} + decode + call + XACK loop",
-        best_raw,
-    )
+    raw = f"raw XREADGROUP {BATCH} + decode + call + XACK loop"
+    return [
+        Result(
+            f"Redis Streams: drain {DRAIN:,} messages, one worker, no-op handler",
+            best_busway,
+            "msg/s",
+            raw,
+            best_raw,
+        ),
+        Result(
+            f"Redis Streams: drain {DRAIN:,} messages, the channel alone, no-op callback",
+            best_channel,
+            "msg/s",
+            raw,
+            best_raw,
+        ),
+    ]
 
 
 def publish(messaging: Messaging, channel: RedisChannel, client: redis.Redis) -> Result:
