@@ -2,25 +2,29 @@
 
 The server's address comes from ``BUSWAY_TEST_NATS_URL`` (default ``nats://127.0.0.1:4222``).
 An unreachable server skips these tests, except on CI (``CI=true``), where it fails them.
-Every test works on streams of its own, named ``test_busway_...``, deleted afterwards.
+Every test works on streams of its own, named ``test_busway_<pid>_...``, deleted afterwards.
+Every test holds a lock on NATS, shared; the test that restarts nats-server holds it
+exclusively, so that test runs side by side never restart NATS under each other's feet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 import nats
@@ -47,6 +51,7 @@ from busway.testing.conformance import ChannelFactory
 
 URL = os.environ.get("BUSWAY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 PREFIX = "test_busway_"
+RESTART_LOCK = Path(tempfile.gettempdir()) / "busway-nats-restart.lock"
 HERE = Path(__file__).parent
 SERVER_START = [
     "start-stop-daemon", "--start", "--oknodo", "--background",
@@ -90,14 +95,30 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     return result[0]
 
 
+def _left_behind(stream: str) -> bool:
+    """Whether ``stream`` is a test stream whose test run has ended."""
+    if not stream.startswith(PREFIX):
+        return False
+    run = stream.removeprefix(PREFIX).split("_")[0]
+    if not run.isdigit():
+        return True  # named before streams carried the process id of their run
+    try:
+        os.kill(int(run), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, and another user's
+        pass
+    return False
+
+
 async def _delete_streams(names: list[str] | None) -> None:
-    """Delete the named streams, or (``None``) every stream a test run left behind."""
+    """Delete the named streams, or (``None``) every stream an ended test run left behind."""
     client = await nats.connect(URL)
     try:
         js = client.jetstream()
         if names is None:
             found = [info.config.name for info in await js.streams_info()]
-            names = [name for name in found if name and name.startswith(PREFIX)]
+            names = [name for name in found if name and _left_behind(name)]
         for name in names:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await js.delete_stream(name)
@@ -119,12 +140,23 @@ async def _limit_stream(stream: str, max_msgs: int) -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def nats_server() -> None:
-    if not _port_answers():
-        message = f"NATS is not running at {URL}; the NATS tests need it (-js enabled)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI: {message}", pytrace=False)
-        pytest.skip(message)
-    run_async(_delete_streams(None))
+    with open(RESTART_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # not while another test run restarts the server
+        if not _port_answers():
+            message = f"NATS is not running at {URL}; the NATS tests need it (-js enabled)"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"CI: {message}", pytrace=False)
+            pytest.skip(message)
+        run_async(_delete_streams(None))
+
+
+@pytest.fixture(autouse=True)
+def nats_in_use() -> Iterator[IO[str]]:
+    """A lock held shared while a test uses NATS, exclusively while one restarts it: test
+    runs side by side on this machine never restart nats-server under each other's feet."""
+    with open(RESTART_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield lock  # closing the file releases the lock
 
 
 @pytest.fixture
@@ -133,7 +165,7 @@ def streams() -> Iterator[Callable[[], str]]:
     made: list[str] = []
 
     def new() -> str:
-        made.append(f"{PREFIX}{uuid.uuid4().hex[:12]}")
+        made.append(f"{PREFIX}{os.getpid()}_{uuid.uuid4().hex[:12]}")
         return made[-1]
 
     yield new
@@ -713,8 +745,9 @@ class _Thread(threading.Thread):
 
 
 def test_a_server_restarted_mid_run_loses_nothing(
-    tmp_path: Path, streams: Callable[[], str]
+    tmp_path: Path, streams: Callable[[], str], nats_in_use: IO[str]
 ) -> None:
+    fcntl.flock(nats_in_use, fcntl.LOCK_EX)  # once no other test run is using NATS
     total = 60
     stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
     messaging = nats_worker.build(URL, stream, database, ack_wait=2.0)
