@@ -91,9 +91,9 @@ class Hand:
         kept: list[Entry] = []
         if self.unsent is not None:
             unsent = self.unsent.message_ids
-            sources = self._sources
-            kept = [entry for n, entry in enumerate(done) if sources[n] in unsent]
-            done = [entry for n, entry in enumerate(done) if sources[n] not in unsent]
+            tagged = list(zip(done, self._sources[: self.handled], strict=True))
+            kept = [entry for entry, source in tagged if source in unsent]
+            done = [entry for entry, source in tagged if source not in unsent]
             log.warning(
                 "channel %r: %d message(s) not sent on, kept back for a later try: %s",
                 self.channel,
