@@ -446,8 +446,8 @@ def _raw_latencies(url: str) -> list[float]:
         def send(number: int) -> None:
             stamps[number] = time.perf_counter()
             producer.execute(
-                "INSERT INTO busway_messages (channel, available_at, message_id, headers, body, "
-                "deliveries) VALUES ('raw', 0, %s, '{}', %s, 0)",
+                "INSERT INTO busway_messages (channel, available_at, queued_at, message_id, "
+                "headers, body, deliveries) VALUES ('raw', 0, 0, %s, '{}', %s, 0)",
                 (str(number), str(number).encode()),
             )
 
