@@ -6,7 +6,17 @@ from dataclasses import dataclass
 
 import msgspec
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -438,3 +448,84 @@ def test_with_redo_batches_a_neighbours_failure_runs_a_handler_again_but_counts_
     assert worker.attempts == {"a": 2, "b": 1}
     assert (result.handled, result.failed) == (2, 1)
     assert effect_rows(database_url) == [("a", "work")]
+
+
+# -- savepoints only for handlers that write ---------------------------------------------------
+
+
+def savepoints_taken(messaging):
+    """A list that grows by one for every SAVEPOINT the messaging's engine sends."""
+    taken = []
+
+    def count(connection, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SAVEPOINT"):
+            taken.append(statement)
+
+    event.listen(messaging.database_engine, "before_cursor_execute", count)
+    return taken
+
+
+class Notifier:
+    """A handler that never touches the database (but runs in the claim's transaction)."""
+
+    def __init__(self) -> None:
+        self.notified: list[str] = []
+
+    @command_handler
+    def notify(self, job: Job) -> None:
+        self.notified.append(job.id)
+
+
+class FollowUps:
+    def __init__(self) -> None:
+        self.followed_up: list[str] = []
+
+    @event_handler
+    async def follow_up(self, event: JobWasDone) -> None:
+        self.followed_up.append(event.id)
+
+
+def test_a_handler_that_never_writes_takes_no_savepoint(make_messaging, database_url, tables):
+    quiet, writer = Notifier(), Worker()
+    messaging = make_messaging([quiet], [SqlChannel("jobs")])
+    taken = savepoints_taken(messaging)
+    for job in "abcde":
+        messaging.gateway(JobBus).send(Job(job))
+
+    assert messaging.run("jobs").handled == 5
+    assert quiet.notified == list("abcde")
+    assert taken == []
+
+    messaging = jobs(make_messaging, writer)
+    taken = savepoints_taken(messaging)
+    for job in "abcde":
+        messaging.gateway(JobBus).send(Job(job))
+    assert messaging.run("jobs").handled == 5
+    assert len(taken) == 5  # one per handler that asked for the Session
+
+
+class AsyncRelay:
+    """An async handler that publishes through the outbox, then fails; it has no Session."""
+
+    @command_handler
+    async def start(self, job: Job, events: OutboxEventBus) -> None:
+        await events.apublish(JobWasDone(job.id))
+        if job.fail:
+            raise Refused(job.id)
+
+
+async def test_an_async_handler_that_fails_takes_back_what_it_sent(make_messaging, tables):
+    notifier = FollowUps()
+    messaging = make_messaging(
+        [AsyncRelay(), notifier],
+        [SqlChannel("jobs"), SqlChannel("outbox")],
+        retry=RetryPolicy(retries=0),
+    )
+    bus = messaging.gateway(JobBus)
+    for job in (Job("ok"), Job("ko", fail=True), Job("ok too")):
+        await bus.asend(job)
+
+    assert (await messaging.arun("jobs")).failed == 1
+    await messaging.arun("outbox")
+
+    assert notifier.followed_up == ["ok", "ok too"]

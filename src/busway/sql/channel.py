@@ -176,6 +176,7 @@ class SqlChannel(Channel):
             )
         if transaction is not None:
             assert isinstance(transaction.connection, Connection)
+            transaction.begin_writes()
             transaction.connection.execute(insert(self.table), row)
             transaction.after_commit.append(self._wake_local)
             return
@@ -188,6 +189,7 @@ class SqlChannel(Channel):
         transaction = open_transaction(self.database.key, asynchronous=True)
         if transaction is not None:
             assert isinstance(transaction.connection, AsyncConnection)
+            await transaction.abegin_writes()
             await transaction.connection.execute(insert(self.table), row)
             transaction.after_commit.append(self._wake_local)
             return

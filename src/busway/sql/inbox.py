@@ -170,6 +170,7 @@ class DeduplicationInterceptor(Interceptor):
                 self._undefer(transaction, row)
                 raise
         assert isinstance(transaction.connection, Connection)
+        transaction.begin_writes()
         if not self.inbox.record(transaction.connection, [row]):
             return None  # taken effect already
         return proceed()
@@ -192,6 +193,7 @@ class DeduplicationInterceptor(Interceptor):
                 self._undefer(transaction, row)
                 raise
         assert isinstance(transaction.connection, AsyncConnection)
+        await transaction.abegin_writes()
         if not await self.inbox.arecord(transaction.connection, [row]):
             return None
         return await proceed()

@@ -13,8 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import Connection, NestedTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
 from busway.channels.base import BatchRollback
@@ -36,10 +36,26 @@ class Transaction:
     before_commit: list[Callable[[], Any]] = field(default_factory=list)
     """Run by a SQL channel just before it acknowledges a batch; may return an awaitable."""
     pending: dict[object, list[dict[str, Any]]] = field(default_factory=dict)
+    savepoints: list[Savepoint] = field(default_factory=list)
+    """Savepoints promised to the handlers running in this transaction, outermost first."""
 
     @property
     def is_async(self) -> bool:
         return isinstance(self.connection, AsyncConnection)
+
+    def begin_writes(self) -> None:
+        """Begin the savepoints promised and not begun yet: call before writing through
+        ``connection``. A handler that never writes costs no savepoint."""
+        for savepoint in self.savepoints:
+            if savepoint.nested is None:
+                assert isinstance(self.connection, Connection)
+                savepoint.nested = self.connection.begin_nested()
+
+    async def abegin_writes(self) -> None:
+        for savepoint in self.savepoints:
+            if savepoint.nested is None:
+                assert isinstance(self.connection, AsyncConnection)
+                savepoint.nested = await self.connection.begin_nested()
 
     def sync_session(self) -> Session:
         if self.session is None:
@@ -54,6 +70,46 @@ class Transaction:
             self.session = AsyncSession(bind=self.connection, join_transaction_mode="rollback_only")
         assert isinstance(self.session, AsyncSession)
         return self.session
+
+
+@dataclass(eq=False, slots=True)
+class Savepoint:
+    """A savepoint around one handler, begun on its first write (``begin_writes``)."""
+
+    nested: NestedTransaction | AsyncTransaction | None = None
+
+
+@contextmanager
+def savepoint(transaction: Transaction) -> Iterator[None]:
+    """Undo what the block writes through ``transaction`` if it raises, and only that."""
+    promised = Savepoint()
+    transaction.savepoints.append(promised)
+    try:
+        yield
+    except BaseException:
+        transaction.savepoints.pop()
+        if isinstance(promised.nested, NestedTransaction):
+            promised.nested.rollback()
+        raise
+    transaction.savepoints.pop()
+    if isinstance(promised.nested, NestedTransaction):
+        promised.nested.commit()
+
+
+@asynccontextmanager
+async def asavepoint(transaction: Transaction) -> AsyncIterator[None]:
+    promised = Savepoint()
+    transaction.savepoints.append(promised)
+    try:
+        yield
+    except BaseException:
+        transaction.savepoints.pop()
+        if isinstance(promised.nested, AsyncTransaction):
+            await promised.nested.rollback()
+        raise
+    transaction.savepoints.pop()
+    if isinstance(promised.nested, AsyncTransaction):
+        await promised.nested.commit()
 
 
 current_transaction: ContextVar[Transaction | None] = ContextVar("busway_transaction", default=None)
@@ -124,7 +180,9 @@ class TransactionInterceptor(Interceptor):
     Command handlers open one by default, other handlers when they ask for a Session or a
     Connection; ``transactional=`` on the handler marker decides otherwise. Any handler called
     while a transaction is open (a nested send, or a message claimed from a SQL channel)
-    joins it, under a savepoint so that its failure undoes only its own writes. In a SQL
+    joins it, under a savepoint so that its failure undoes only its own writes; the savepoint
+    begins only once the handler writes (asks for a Session or Connection, sends through an
+    outbox), so a handler that never touches the database costs no round trip. In a SQL
     channel's batch, savepoints are skipped until a handler fails: then the batch is rolled
     back and handled again with them.
     """
@@ -155,7 +213,7 @@ class TransactionInterceptor(Interceptor):
                     return self._call(invocation, joined, proceed)
                 except Exception as error:
                     raise BatchRollback(str(error)) from error
-            with joined.connection.begin_nested():
+            with savepoint(joined):
                 return self._call(invocation, joined, proceed)
         if not self._opens_transaction(invocation.handler):
             return proceed()
@@ -181,6 +239,8 @@ class TransactionInterceptor(Interceptor):
                 sessions.append(Session(bind=connection, join_transaction_mode="rollback_only"))
             return sessions[0]
 
+        if invocation.handler.name in self.wants_database:
+            transaction.begin_writes()
         invocation.resources[Connection] = connection
         invocation.resources[Session] = session
         try:
@@ -200,6 +260,7 @@ class TransactionInterceptor(Interceptor):
             if joined is None:
                 return self.around(invocation, blocking(proceed))
             assert isinstance(joined.connection, AsyncConnection)
+            await joined.abegin_writes()  # its writes go through another Transaction object
             return await joined.connection.run_sync(
                 lambda connection: self._through(connection, invocation, proceed)
             )
@@ -213,7 +274,7 @@ class TransactionInterceptor(Interceptor):
                     return await self._acall(invocation, joined, proceed)
                 except Exception as error:
                     raise BatchRollback(str(error)) from error
-            async with joined.connection.begin_nested():
+            async with asavepoint(joined):
                 return await self._acall(invocation, joined, proceed)
         if not self._opens_transaction(invocation.handler):
             return await proceed()
@@ -257,7 +318,7 @@ class TransactionInterceptor(Interceptor):
                 return await proceed()
             except Exception as error:
                 raise BatchRollback(str(error)) from error
-        with connection.begin_nested():
+        with savepoint(joined):
             return await proceed()
 
     async def _acall(
@@ -277,6 +338,8 @@ class TransactionInterceptor(Interceptor):
                 )
             return sessions[0]
 
+        if invocation.handler.name in self.wants_database:
+            await transaction.abegin_writes()
         invocation.resources[AsyncConnection] = connection
         invocation.resources[AsyncSession] = session
         try:
