@@ -308,7 +308,7 @@ def drain(label: str, url: str, count: int, redo_batches: bool = False) -> Resul
         _fill(messaging, count)
         best_raw = max(best_raw, _drain_raw(url, count))
     messaging.close()
-    mode = "redo_batches" if redo_batches else "a savepoint per handler"
+    mode = "redo_batches" if redo_batches else "default mode"
     return Result(
         f"{label}: drain {count:,} messages, one worker, no-op handler, {mode}",
         best_busway,

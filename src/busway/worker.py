@@ -33,7 +33,9 @@ class Limits:
     """Stop once the process's peak resident memory passes this many bytes."""
     until_empty: bool = True
     stop_on_failure: bool = False
-    batch_size: int = 100
+    batch_size: int = 1000
+    """The most messages one pass over a channel hands out; each channel takes at most its
+    own ``batch_size`` at a time within that."""
     poll_interval: float = 1.0
 
 

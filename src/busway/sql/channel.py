@@ -71,6 +71,10 @@ _BUSY_PAUSE = 0.05
 _KEPT_BACK_PAUSE = 1.0
 """Seconds a message whose send failed waits before it is tried again; doubled each time."""
 _LONGEST_KEPT_BACK_PAUSE = 60.0
+_RELAY_BATCH_FACTOR = 5
+"""After a full batch of messages that were all only sent on (a relay's), the next claim takes
+up to this many times ``batch_size``: such a batch has no handler to run again, and fewer,
+larger batches keep more of a broker's confirms in flight."""
 
 
 class SqlChannel(Channel):
@@ -103,6 +107,7 @@ class SqlChannel(Channel):
         self._wakeup = threading.Condition()
         self._listener: Any = None
         self._alistener: Any = None
+        self._relaying = False
 
     def __repr__(self) -> str:
         return f"SqlChannel({self.name!r}, mode={self.mode!r})"
@@ -232,6 +237,9 @@ class SqlChannel(Channel):
         now = int(self._clock() * 1000)
         return self._by_key(update(self.table).values(available_at=now), seqs)
 
+    def _claim_size(self) -> int:
+        return self.batch_size * _RELAY_BATCH_FACTOR if self._relaying else self.batch_size
+
     def _kept_back(
         self, unsent: Unsent | None, rows: Sequence[Row[Any]], done: list[int]
     ) -> list[Row[Any]]:
@@ -285,10 +293,10 @@ class SqlChannel(Channel):
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         take = self._consume_leased if self.mode == "lease" else self._consume_in_transaction
-        handled = take(handle, min(max_messages, self.batch_size))
+        handled = take(handle, min(max_messages, self._claim_size()))
         if handled == 0 and wait > 0:
             self._wait(wait)
-            handled = take(handle, min(max_messages, self.batch_size))
+            handled = take(handle, min(max_messages, self._claim_size()))
         return handled
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
@@ -348,6 +356,7 @@ class SqlChannel(Channel):
                 finally:
                     current_batch.reset(batch_token)
                     current_transaction.reset(token)
+                self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
                 kept = self._kept_back(unsent, rows, done)
                 if done:
                     connection.execute(*self._ack(done))
@@ -384,10 +393,10 @@ class SqlChannel(Channel):
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         take = self._aconsume_leased if self.mode == "lease" else self._aconsume_in_transaction
-        handled = await take(handle, min(max_messages, self.batch_size))
+        handled = await take(handle, min(max_messages, self._claim_size()))
         if handled == 0 and wait > 0:
             await self._await(wait)
-            handled = await take(handle, min(max_messages, self.batch_size))
+            handled = await take(handle, min(max_messages, self._claim_size()))
         return handled
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
@@ -447,6 +456,7 @@ class SqlChannel(Channel):
                 finally:
                     current_batch.reset(batch_token)
                     current_transaction.reset(token)
+                self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
                 kept = self._kept_back(unsent, rows, done)
                 if done:
                     await connection.execute(*self._ack(done))
