@@ -373,6 +373,25 @@ def test_an_unknown_stream_is_reported_with_its_fix(streams: Callable[[], str]) 
         missing.close()
 
 
+def test_a_send_to_a_missing_stream_is_reported_with_its_fix(streams: Callable[[], str]) -> None:
+    missing = nats_channel("jobs", streams(), timeout=1.0)
+    Messaging(channels=[missing])
+
+    async def send_from_asyncio() -> None:
+        try:
+            await missing.asend(envelope(2))
+        finally:
+            await missing.aclose()
+
+    try:
+        with pytest.raises(ConfigurationError, match=r"does not exist.*setup"):
+            missing.send(envelope(1))
+        with pytest.raises(ConfigurationError, match=r"does not exist.*setup"):
+            run_async(send_from_asyncio())
+    finally:
+        missing.close()
+
+
 # -- outbox to NATS --------------------------------------------------------------------------
 
 

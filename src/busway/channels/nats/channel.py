@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
@@ -32,7 +34,6 @@ from busway.channels.nats.confirmations import Confirmations
 from busway.channels.nats.hand import Hand
 from busway.channels.nats.headers import HEADERS, encode_headers
 from busway.channels.nats.link import (
-    TRANSIENT,
     Link,
     Unavailable,
     close_link,
@@ -114,15 +115,22 @@ class NatsChannel(Channel):
         run_coroutine(self.asetup())
 
     def send(self, envelope: Envelope) -> None:
-        batch = current_batch.get()
-        if batch is None:
-            run_coroutine(self._publish(envelope))
-            return
         link = self._sync_link
         if link is None or link.client.is_closed:
             link = self._sync_link = run_coroutine(self._link(check=False))
-        confirmations = self._confirmations_for(batch, link)
-        link.queued.put(partial(confirmations.publish, envelope, batch.current))
+        batch = current_batch.get()
+        if batch is not None:
+            confirmations = self._confirmations_for(batch, link)
+            link.queued.put(partial(confirmations.publish, envelope, batch.current))
+            return
+        if threading.get_ident() == link.thread:  # waiting here would stop the loop
+            run_coroutine(self._publish(envelope))  # which refuses, saying what to do
+            return
+        # A first try without a task on the loop; on any trouble, the tries of asend.
+        headers = {HEADERS: encode_headers(envelope.headers, self.name)}
+        error = link.acks.publish_from_thread(self.subject, envelope.body, headers, self.timeout)
+        if error is not None:
+            run_coroutine(self._publish(envelope, error))
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         link, messages = run_coroutine(self._fetch(min(max_messages, self.batch_size), wait))
@@ -233,8 +241,9 @@ class NatsChannel(Channel):
             ) from error
         link.checked = True
 
-    async def _publish(self, envelope: Envelope) -> None:
-        """Publish and wait for JetStream's ack, trying again while the server is away.
+    async def _publish(self, envelope: Envelope, failed: BaseException | None = None) -> None:
+        """Publish and wait for JetStream's ack, trying again while the server is away;
+        ``failed`` is the error of a first try already made.
 
         A publish whose ack was lost may be stored twice: the consumer's inbox absorbs it
         (a ``Nats-Msg-Id`` header would let the server drop it, but costs about 8 % of the
@@ -244,22 +253,34 @@ class NatsChannel(Channel):
         headers = {HEADERS: encode_headers(envelope.headers, self.name)}
         deadline = time.monotonic() + self.reconnect_timeout
         pause = 0.05
-        while True:
-            try:
-                await link.js.publish(self.subject, envelope.body, headers=headers)
-                return
-            except TRANSIENT as error:
-                if not transient(error):
-                    raise failure(self, error) from error
-                if time.monotonic() + pause > deadline:
-                    raise ConnectionError(
-                        f"NATS channel {self.name!r}: no publish ack from {self.url} within "
-                        f"{self.reconnect_timeout:g}s: {type(error).__name__} {error}"
-                    ) from error
-                if isinstance(error, nats.js.errors.NoStreamResponseError):
-                    await require_stream(link.js, self)
+        error = failed or await self._publish_once(link, envelope.body, headers)
+        while error is not None:
+            if not transient(error):
+                raise failure(self, error)
+            if time.monotonic() + pause > deadline:
+                raise ConnectionError(
+                    f"NATS channel {self.name!r}: no publish ack from {self.url} within "
+                    f"{self.reconnect_timeout:g}s: {type(error).__name__} {error}"
+                ) from error
+            if isinstance(error, nats.js.errors.NoStreamResponseError):
+                await require_stream(link.js, self)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
+            error = await self._publish_once(link, envelope.body, headers)
+
+    async def _publish_once(
+        self, link: Link, body: bytes, headers: dict[str, str]
+    ) -> BaseException | None:
+        """``None`` once JetStream stored the message, else what went wrong."""
+        ack = await link.acks.publish(self.subject, body, headers)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await ack
+        except TimeoutError:
+            return nats.errors.TimeoutError()
+        except Exception as error:
+            return error
+        return None
 
     def _confirmations_for(self, batch: Batch, link: Link) -> Confirmations:
         """In a batch (a relay's, say), publish acks are awaited once, before its own acks."""

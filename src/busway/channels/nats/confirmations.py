@@ -48,7 +48,7 @@ class _Publish:
         if self.ack is None:
             return self.error
         if not self.ack.done():
-            self.ack.cancel()  # frees its place among nats-py's pending publishes
+            self.ack.cancel()  # no longer awaited
         if self.ack.cancelled():
             return nats.errors.TimeoutError()
         return self.ack.exception()
@@ -98,13 +98,10 @@ class Confirmations:
             raise batch.unsent(failures)
 
     async def _send(self, publish: _Publish) -> None:
-        publish.ack, publish.error = None, None
-        try:
-            publish.ack = await self.link.publish(
-                self.channel.subject, publish.body, publish.headers
-            )
-        except Exception as error:
-            publish.error = error
+        publish.error = None
+        publish.ack = await self.link.acks.publish(
+            self.channel.subject, publish.body, publish.headers
+        )
 
     async def _confirm(self, sent: list[_Publish]) -> None:
         """Leave in each publish of ``sent`` the error it failed with for good, if any."""

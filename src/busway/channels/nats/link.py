@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -18,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from busway.channels.nats.acks import Acks
 from busway.channels.nats.queued import Queued
 from busway.errors import ConfigurationError
 
@@ -64,11 +66,10 @@ class Link:
     pulling: asyncio.Lock = field(default_factory=asyncio.Lock)
     requests: int = 0
     reconnects: int = 0
-    acks: str = ""
-    """The inbox JetStream sends the acks of ``publish`` to, one subject each."""
-    awaiting: dict[str, asyncio.Future[None]] = field(default_factory=dict)
-    published: int = 0
     queued: Queued = field(init=False)
+    acks: Acks = field(init=False)
+    thread: int = field(default_factory=threading.get_ident)
+    """The thread of the loop: made there, by ``connect``."""
 
     def __post_init__(self) -> None:
         self.up.set()
@@ -99,31 +100,6 @@ class Link:
             self.up.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.up.wait(), 0.25)
-
-    async def publish(
-        self, subject: str, body: bytes, headers: dict[str, str]
-    ) -> asyncio.Future[None]:
-        """Publish to JetStream without waiting: the future its ack (or refusal) settles."""
-        self.published += 1
-        token = str(self.published)
-        ack = self.loop.create_future()
-        self.awaiting[token] = ack
-        ack.add_done_callback(lambda _ack: self.awaiting.pop(token, None))
-        try:
-            await self.client.publish(subject, body, f"{self.acks}.{token}", headers)
-        except BaseException:
-            ack.cancel()
-            raise
-        return ack
-
-    async def on_ack(self, reply: Msg) -> None:
-        ack = self.awaiting.get(reply.subject[len(self.acks) + 1 :])
-        if ack is not None and not ack.done():
-            error = _refusal(reply)
-            if error is None:
-                ack.set_result(None)
-            else:
-                ack.set_exception(error)
 
     async def pull(self, count: int, expires: float | None) -> list[Msg]:
         """One pull request: ``count`` at most, at once (``expires`` None) or within it.
@@ -170,21 +146,6 @@ class Link:
             await message.nak()
 
 
-def _refusal(reply: Msg) -> Exception | None:
-    """The error a publish's reply reports, if any: as ``js.publish`` would raise it."""
-    if (reply.headers or {}).get("Status") == "503":
-        return nats.js.errors.NoStreamResponseError()
-    try:
-        response = json.loads(reply.data)
-        if "error" in response:
-            nats.js.errors.APIError.from_error(response["error"])  # raises the fitting class
-    except nats.js.errors.APIError as error:
-        return error
-    except ValueError as error:
-        return nats.js.errors.APIError(description=f"unreadable publish ack: {error}")
-    return None
-
-
 def transient(error: BaseException) -> bool:
     """Whether a retry after reconnecting can cure ``error``; a full stream refuses with 503
     too, but stays full until consumers make room."""
@@ -229,8 +190,8 @@ async def connect(channel: NatsChannel, loop: asyncio.AbstractEventLoop) -> Link
     link.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{channel.stream}.{channel.durable}"
     link.inbox = link.client.new_inbox()
     await link.client.subscribe(f"{link.inbox}.*", cb=link.on_message)
-    link.acks = link.client.new_inbox()
-    await link.client.subscribe(f"{link.acks}.*", cb=link.on_ack)
+    link.acks = Acks(link.client, loop, link.queued)
+    await link.acks.subscribe()
     return link
 
 
