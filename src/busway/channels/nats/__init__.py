@@ -5,10 +5,11 @@ sync methods run the same coroutines on busway's helper loop, through one connec
 there, and call the handler in the caller's thread. Delays: a message fetched before its
 time is given back with ``nak(delay)``, and JetStream hands it out again when it is due.
 
-``channel`` holds ``NatsChannel``; ``link`` one connection with its pull inbox; ``queued``
-the work other threads hand to a connection's loop; ``hand`` a fetched batch handed out;
-``confirmations`` the publish acks a batch awaits at its end; ``streams`` the stream and
-consumer ``setup`` declares; ``headers`` how busway's headers travel.
+``channel`` holds ``NatsChannel``; ``link`` one connection with its pull inbox; ``acks``
+the publish acks it awaits; ``queued`` the work other threads hand to a connection's loop;
+``hand`` a fetched batch handed out; ``confirmations`` the publish acks a batch awaits at
+its end; ``streams`` the stream and consumer ``setup`` declares; ``headers`` how busway's
+headers travel.
 """
 
 from busway.errors import extra_required
