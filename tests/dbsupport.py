@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, MetaData, create_engine, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 
 SERVERS = {
@@ -157,3 +160,18 @@ def create_tables(url: str | URL, metadata: MetaData) -> None:
         metadata.create_all(engine)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def statements_sent() -> Iterator[list[str]]:
+    """Every SQL statement the engines of this process send while the block runs."""
+    sent: list[str] = []
+
+    def note(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement.lstrip().upper())
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        yield sent
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, event, insert
 from sqlalchemy.orm import Session
 
 from busway import (
@@ -171,7 +171,8 @@ def _pause_at_acknowledgement(messaging: Messaging, jobs: Jobs, pause: Pause) ->
         ):
             pause.hold(jobs.handled or "")
 
-    event.listen(messaging.database_engine, "before_cursor_execute", before_execute)
+    # On every engine of the process: workers claim through an engine of their own.
+    event.listen(Engine, "before_cursor_execute", before_execute)
 
 
 def _from_environment() -> Messaging:

@@ -13,7 +13,6 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
-    event,
     insert,
     select,
 )
@@ -31,7 +30,7 @@ from busway import (
     event_handler,
 )
 from busway.testing import FakeClock
-from dbsupport import create_tables, sync_url
+from dbsupport import create_tables, statements_sent, sync_url
 
 
 @dataclass
@@ -453,18 +452,6 @@ def test_with_redo_batches_a_neighbours_failure_runs_a_handler_again_but_counts_
 # -- savepoints only for handlers that write ---------------------------------------------------
 
 
-def savepoints_taken(messaging):
-    """A list that grows by one for every SAVEPOINT the messaging's engine sends."""
-    taken = []
-
-    def count(connection, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("SAVEPOINT"):
-            taken.append(statement)
-
-    event.listen(messaging.database_engine, "before_cursor_execute", count)
-    return taken
-
-
 class Notifier:
     """A handler that never touches the database (but runs in the claim's transaction)."""
 
@@ -488,20 +475,21 @@ class FollowUps:
 def test_a_handler_that_never_writes_takes_no_savepoint(make_messaging, database_url, tables):
     quiet, writer = Notifier(), Worker()
     messaging = make_messaging([quiet], [SqlChannel("jobs")])
-    taken = savepoints_taken(messaging)
     for job in "abcde":
         messaging.gateway(JobBus).send(Job(job))
 
-    assert messaging.run("jobs").handled == 5
+    with statements_sent() as sent:
+        assert messaging.run("jobs").handled == 5
     assert quiet.notified == list("abcde")
-    assert taken == []
+    assert [statement for statement in sent if statement.startswith("SAVEPOINT")] == []
 
     messaging = jobs(make_messaging, writer)
-    taken = savepoints_taken(messaging)
     for job in "abcde":
         messaging.gateway(JobBus).send(Job(job))
-    assert messaging.run("jobs").handled == 5
-    assert len(taken) == 5  # one per handler that asked for the Session
+    with statements_sent() as sent:
+        assert messaging.run("jobs").handled == 5
+    # one per handler that asked for the Session
+    assert len([statement for statement in sent if statement.startswith("SAVEPOINT")]) == 5
 
 
 class AsyncRelay:
@@ -529,3 +517,48 @@ async def test_an_async_handler_that_fails_takes_back_what_it_sent(make_messagin
     await messaging.arun("outbox")
 
     assert notifier.followed_up == ["ok", "ok too"]
+
+
+# -- connections broken under a worker ----------------------------------------------------------
+
+
+def drop_other_connections(url):
+    """Close, from the server's side, every other connection to the test's database."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return
+            ids = connection.exec_driver_sql(
+                "SELECT id FROM information_schema.processlist "
+                "WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            ).scalars()
+            for connection_id in list(ids):
+                connection.exec_driver_sql(f"KILL {int(connection_id)}")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+async def test_a_worker_claims_again_on_a_new_connection_when_its_pooled_one_broke(
+    make_messaging, database_url, tables
+):
+    worker = Worker()
+    messaging = jobs(make_messaging, worker)
+    bus = messaging.gateway(JobBus)
+    bus.send(Job("a"))
+    assert messaging.run("jobs").handled == 1
+    await bus.asend(Job("b"))
+    assert (await messaging.arun("jobs")).handled == 1
+
+    drop_other_connections(database_url)  # a server restart, as the pools see it
+    bus.send(Job("c"))
+    assert messaging.run("jobs").handled == 1
+    await bus.asend(Job("d"))
+    assert (await messaging.arun("jobs")).handled == 1
+
+    assert worker.done == ["a", "b", "c", "d"]

@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, create_engine, event, insert, select
+from sqlalchemy import Column, MetaData, String, Table, create_engine, insert, select
 from sqlalchemy.orm import Session
 
 from busway import EventBus, SqlChannel, asynchronous, event_handler
 from busway.channels.base import Channel, Envelope, current_batch
 from busway.message import ID
 from busway.testing import FakeClock
-from dbsupport import create_tables, sync_url
+from dbsupport import create_tables, statements_sent, sync_url
 
 
 @dataclass
@@ -186,14 +186,10 @@ def test_a_relay_takes_bigger_batches_while_it_only_sends_on(make_messaging):
     far = FarChannel()
     messaging = make_messaging([], [SqlChannel("outbox", batch_size=10), far])
     publish(messaging, 250)
-    batches = []
 
-    def count(connection, cursor, statement, *args):
-        if statement.lstrip().upper().startswith("DELETE FROM BUSWAY_MESSAGES"):
-            batches.append(statement)
-
-    event.listen(messaging.database_engine, "before_cursor_execute", count)
-    assert messaging.run("outbox").handled == 250
+    with statements_sent() as sent:
+        assert messaging.run("outbox").handled == 250
 
     assert len(orders(far.received)) == 250
+    batches = [statement for statement in sent if statement.startswith("DELETE FROM BUSWAY")]
     assert len(batches) == 6  # 10, then 50 at a time: 10 + 4 x 50 + 40

@@ -22,7 +22,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import msgspec
@@ -38,6 +40,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -63,6 +66,10 @@ from busway.sql.transactions import Transaction, current_transaction, open_trans
 Mode = Literal["transaction", "lease"]
 
 log = logging.getLogger("busway.sql")
+
+_UNKNOWN = object()
+_next_due: ContextVar[Any] = ContextVar("busway_sql_next_due", default=_UNKNOWN)
+"""What the last empty claim in this context found: the channel's earliest ``available_at``."""
 
 _decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
@@ -185,9 +192,16 @@ class SqlChannel(Channel):
             transaction.connection.execute(insert(self.table), row)
             transaction.after_commit.append(self._wake_local)
             return
-        with self.database.engine.begin() as connection:
+        with self._autocommit() as connection:
             connection.execute(insert(self.table), row)
         self._wake_local()
+
+    def _autocommit(self) -> AbstractContextManager[Connection]:
+        """A connection for one statement that commits by itself: on PostgreSQL, without
+        the round trips of BEGIN and COMMIT."""
+        if self.database.backend == "postgresql":
+            return self.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self.database.engine.begin()
 
     async def asend(self, envelope: Envelope) -> None:
         row = self._row(envelope)
@@ -293,10 +307,10 @@ class SqlChannel(Channel):
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         take = self._consume_leased if self.mode == "lease" else self._consume_in_transaction
-        handled = take(handle, min(max_messages, self._claim_size()))
+        handled = _once_more_if_stale(take, handle, min(max_messages, self._claim_size()))
         if handled == 0 and wait > 0:
             self._wait(wait)
-            handled = take(handle, min(max_messages, self._claim_size()))
+            handled = _once_more_if_stale(take, handle, min(max_messages, self._claim_size()))
         return handled
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
@@ -322,11 +336,12 @@ class SqlChannel(Channel):
         failures: dict[int, BaseException],
         handed: set[int],
     ) -> int:
-        with self.database.engine.connect() as connection:
+        with self.database.worker_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             with connection.begin():
                 rows = connection.execute(self._claim(limit)).all()
                 if not rows:
+                    _next_due.set(connection.execute(self._next_due()).scalar())
                     return 0
                 # A lone message has no neighbour to run again: no savepoint needed.
                 isolated = isolated and (len(rows) > 1 or bool(handed))
@@ -369,7 +384,7 @@ class SqlChannel(Channel):
         return len(done)
 
     def _consume_leased(self, handle: Handle, limit: int) -> int:
-        engine = self.database.engine
+        engine = self.database.worker_engine
         with engine.begin() as connection:
             rows = connection.execute(self._claim(limit)).all()
             if rows:
@@ -393,10 +408,12 @@ class SqlChannel(Channel):
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         take = self._aconsume_leased if self.mode == "lease" else self._aconsume_in_transaction
-        handled = await take(handle, min(max_messages, self._claim_size()))
+        handled = await _aonce_more_if_stale(take, handle, min(max_messages, self._claim_size()))
         if handled == 0 and wait > 0:
             await self._await(wait)
-            handled = await take(handle, min(max_messages, self._claim_size()))
+            handled = await _aonce_more_if_stale(
+                take, handle, min(max_messages, self._claim_size())
+            )
         return handled
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
@@ -422,11 +439,12 @@ class SqlChannel(Channel):
         failures: dict[int, BaseException],
         handed: set[int],
     ) -> int:
-        async with self.database.async_engine.connect() as connection:
+        async with self.database.worker_async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             async with connection.begin():
                 rows = (await connection.execute(self._claim(limit))).all()
                 if not rows:
+                    _next_due.set((await connection.execute(self._next_due())).scalar())
                     return 0
                 # A lone message has no neighbour to run again: no savepoint needed.
                 isolated = isolated and (len(rows) > 1 or bool(handed))
@@ -469,7 +487,7 @@ class SqlChannel(Channel):
         return len(done)
 
     async def _aconsume_leased(self, handle: AsyncHandle, limit: int) -> int:
-        engine = self.database.async_engine
+        engine = self.database.worker_async_engine
         async with engine.begin() as connection:
             rows = (await connection.execute(self._claim(limit))).all()
             if rows:
@@ -493,12 +511,17 @@ class SqlChannel(Channel):
 
     # -- waiting ---------------------------------------------------------------------------
 
+    def _next_due(self) -> Any:
+        return select(func.min(self.table.c.available_at)).where(self.table.c.channel == self.name)
+
     def _seconds_until_due(self, limit: float) -> float:
-        """How long until the next delayed message is due, at most ``limit``."""
-        with self.database.engine.connect() as connection:
-            due = connection.execute(
-                select(func.min(self.table.c.available_at)).where(self.table.c.channel == self.name)
-            ).scalar()
+        """How long until the next delayed message is due, at most ``limit``: as an empty
+        claim just found it, or asked now."""
+        due = _next_due.get()
+        _next_due.set(_UNKNOWN)
+        if due is _UNKNOWN:
+            with self.database.worker_engine.connect() as connection:
+                due = connection.execute(self._next_due()).scalar()
         if due is None:
             return limit
         return max(0.0, min(limit, float(due) / 1000 - self._clock()))
@@ -527,7 +550,10 @@ class SqlChannel(Channel):
                 break
 
     async def _await(self, wait: float) -> None:
-        timeout = await asyncio.to_thread(self._seconds_until_due, wait)
+        if _next_due.get() is _UNKNOWN:
+            timeout = await asyncio.to_thread(self._seconds_until_due, wait)
+        else:
+            timeout = self._seconds_until_due(wait)
         timeout = timeout or min(wait, _BUSY_PAUSE)
         if self.database.backend == "postgresql":
             await self._alisten(timeout)
@@ -578,12 +604,39 @@ class SqlChannel(Channel):
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        if self._own_database is not None:
+            self._own_database.dispose()
 
     async def aclose(self) -> None:
-        self.close()
         listener, self._alistener = self._alistener, None
         if listener is not None:
             await listener.close()
+        if self._own_database is not None:
+            await self._own_database.adispose()
+        self.close()
+
+
+def _once_more_if_stale(take: Callable[[Handle, int], int], handle: Handle, limit: int) -> int:
+    """``take``, again once if a connection broken since it was pooled failed it."""
+    try:
+        return take(handle, limit)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("a pooled database connection was broken (%s); claiming on a new one", error)
+        return take(handle, limit)
+
+
+async def _aonce_more_if_stale(
+    take: Callable[[AsyncHandle, int], Awaitable[int]], handle: AsyncHandle, limit: int
+) -> int:
+    try:
+        return await take(handle, limit)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("a pooled database connection was broken (%s); claiming on a new one", error)
+        return await take(handle, limit)
 
 
 def _kept_back_pause(deliveries: int) -> float:

@@ -59,6 +59,9 @@ class Database:
         self.key = DatabaseKey.of(url)
         self.backend = self.key.backend
         self._owned = engine is None or async_engine is None
+        self._from_url = engine is None and async_engine is None
+        self._worker_engine: Engine | None = None
+        self._worker_async_engine: AsyncEngine | None = None
 
     @classmethod
     def of(cls, database: Any) -> Database:
@@ -97,17 +100,48 @@ class Database:
         return self._async_engine
 
     @property
+    def worker_engine(self) -> Engine:
+        """The engine workers claim messages with.
+
+        Made from a URL on a database server, it skips the ping that ``engine`` sends at every
+        checkout to find connections a server restart broke: a worker claims often and
+        retries a claim that failed on such a connection (``DBAPIError.connection_invalidated``).
+        """
+        if not self._from_url or self.backend == "sqlite":
+            return self.engine
+        if self._worker_engine is None:
+            url = _with_driver(self.url, _SYNC_DRIVERS)
+            engine = _create(url, asynchronous=False, pre_ping=False)
+            assert isinstance(engine, Engine)
+            self._worker_engine = engine
+        return self._worker_engine
+
+    @property
+    def worker_async_engine(self) -> AsyncEngine:
+        """``worker_engine`` for asyncio workers."""
+        if not self._from_url or self.backend == "sqlite":
+            return self.async_engine
+        if self._worker_async_engine is None:
+            url = _with_driver(self.url, _ASYNC_DRIVERS)
+            engine = _create(url, asynchronous=True, pre_ping=False)
+            assert isinstance(engine, AsyncEngine)
+            self._worker_async_engine = engine
+        return self._worker_async_engine
+
+    @property
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
 
     def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in (self._engine, self._worker_engine):
+            if engine is not None:
+                engine.dispose()
 
     async def adispose(self) -> None:
         """Close the AsyncEngine's pooled connections; call it on the loop that made them."""
-        if self._async_engine is not None:
-            await self._async_engine.dispose()
+        for engine in (self._async_engine, self._worker_async_engine):
+            if engine is not None:
+                await engine.dispose()
         self.dispose()
 
     def __repr__(self) -> str:
@@ -121,13 +155,13 @@ def _with_driver(url: URL, drivers: dict[str, str]) -> URL:
     return url
 
 
-def _create(url: URL, *, asynchronous: bool) -> Engine | AsyncEngine:
+def _create(url: URL, *, asynchronous: bool, pre_ping: bool = True) -> Engine | AsyncEngine:
     backend = url.get_backend_name()
     options: dict[str, Any] = {}
     if backend == "sqlite":
         options["connect_args"] = {"timeout": 30}
     else:
-        options["pool_pre_ping"] = True
+        options["pool_pre_ping"] = pre_ping
     try:
         if asynchronous:
             async_engine = create_async_engine(url, **options)
