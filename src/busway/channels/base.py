@@ -48,6 +48,10 @@ class Unsent(Exception):
         self.message_ids = frozenset(message_ids)
         self.error = error
 
+    def merge(self, other: Unsent) -> Unsent:
+        """Both errors' messages, under the first error."""
+        return Unsent(self.message_ids | other.message_ids, self.error)
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -106,6 +110,31 @@ class Batch:
     (see ``Unsent``); a sending channel tags its deferred sends with it."""
     forwarded: set[str] = field(default_factory=set)
     """The ids of the messages whose handling was only a send to the next channel."""
+
+    def run_before_ack(self) -> Unsent | None:
+        """Run the ``before_ack`` callbacks (in sync code); the messages they could not send.
+
+        Any other error propagates: nothing of the batch may then be acknowledged.
+        """
+        unsent: Unsent | None = None
+        for callback in self.before_ack:
+            try:
+                callback()
+            except Unsent as error:
+                unsent = error if unsent is None else unsent.merge(error)
+        return unsent
+
+    async def arun_before_ack(self) -> Unsent | None:
+        """``run_before_ack`` on an event loop, awaiting what the callbacks return."""
+        unsent: Unsent | None = None
+        for callback in self.before_ack:
+            try:
+                pending = callback()
+                if pending is not None:
+                    await pending
+            except Unsent as error:
+                unsent = error if unsent is None else unsent.merge(error)
+        return unsent
 
     def unsent(self, failures: Collection[tuple[str | None, BaseException]]) -> BaseException:
         """The error to raise for sends that failed, each tagged with the ``current`` id it was

@@ -367,7 +367,7 @@ class SqlChannel(Channel):
                             raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
                         handed.add(row.seq)
-                    unsent = _before_commit(transaction.before_commit)
+                    unsent = batch.run_before_ack()
                 finally:
                     current_batch.reset(batch_token)
                     current_transaction.reset(token)
@@ -470,7 +470,7 @@ class SqlChannel(Channel):
                             raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
                         done.append(row.seq)
                         handed.add(row.seq)
-                    unsent = await _abefore_commit(transaction.before_commit)
+                    unsent = await batch.arun_before_ack()
                 finally:
                     current_batch.reset(batch_token)
                     current_transaction.reset(token)
@@ -641,35 +641,6 @@ async def _aonce_more_if_stale(
 
 def _kept_back_pause(deliveries: int) -> float:
     return min(_KEPT_BACK_PAUSE * float(2 ** min(deliveries, 16)), _LONGEST_KEPT_BACK_PAUSE)
-
-
-def _before_commit(callbacks: list[Callable[[], Any]]) -> Unsent | None:
-    """Run a batch's ``before_ack`` callbacks; the messages they could not send, if any."""
-    unsent: Unsent | None = None
-    for callback in callbacks:
-        try:
-            callback()
-        except Unsent as error:
-            unsent = _together(unsent, error)
-    return unsent
-
-
-async def _abefore_commit(callbacks: list[Callable[[], Any]]) -> Unsent | None:
-    unsent: Unsent | None = None
-    for callback in callbacks:
-        try:
-            pending = callback()
-            if pending is not None:
-                await pending
-        except Unsent as error:
-            unsent = _together(unsent, error)
-    return unsent
-
-
-def _together(first: Unsent | None, second: Unsent) -> Unsent:
-    if first is None:
-        return second
-    return Unsent(first.message_ids | second.message_ids, first.error)
 
 
 class _HandlerFailed(Exception):

@@ -61,25 +61,10 @@ class Hand:
 
     def before_ack(self) -> None:
         """Run the batch's ``before_ack`` callbacks; note the messages they could not send."""
-        for callback in self.batch.before_ack:
-            try:
-                callback()
-            except Unsent as unsent:
-                self._note(unsent)
+        self.unsent = self.batch.run_before_ack()
 
     async def abefore_ack(self) -> None:
-        for callback in self.batch.before_ack:
-            try:
-                pending = callback()
-                if pending is not None:
-                    await pending
-            except Unsent as unsent:
-                self._note(unsent)
-
-    def _note(self, unsent: Unsent) -> None:
-        if self.unsent is not None:
-            unsent = Unsent(self.unsent.message_ids | unsent.message_ids, self.unsent.error)
-        self.unsent = unsent
+        self.unsent = await self.batch.arun_before_ack()
 
     def give_back(self) -> None:
         """Nothing is acknowledged: hold every entry for a later delivery."""
