@@ -88,6 +88,8 @@ class Worker:
         self._stopped.set()
         for loop, event in self._wake_on_stop:
             loop.call_soon_threadsafe(event.set)
+        for channel in self.channels:
+            channel.interrupt()
 
     @property
     def stopping(self) -> bool:

@@ -562,3 +562,40 @@ async def test_a_worker_claims_again_on_a_new_connection_when_its_pooled_one_bro
     assert (await messaging.arun("jobs")).handled == 1
 
     assert worker.done == ["a", "b", "c", "d"]
+
+
+# -- reading while a worker writes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_inspecting_a_sqlite_channel_never_waits_for_the_write_lock(make_messaging, tmp_path):
+    messaging = make_messaging(
+        [Worker()], [SqlChannel("jobs")], database=f"sqlite:///{tmp_path / 'r.db'}"
+    )
+    bus = messaging.gateway(JobBus)
+    bus.send(Job("committed"))
+    holding, done = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def hold_the_write_lock() -> None:
+        with messaging.transaction():
+            bus.send(Job("not yet"))  # the transaction holds SQLite's write lock
+            holding.set()
+            done.wait(30)
+
+    writer = threading.Thread(target=hold_the_write_lock)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        channel = messaging.channel("jobs")
+        seen["depth"] = channel.depth()
+        seen["age"] = channel.oldest_age()
+        seen["letters"] = messaging.dead_letters.list()
+    finally:
+        done.set()
+        writer.join()
+
+    assert seen["depth"] == 1  # the committed message; the other is not yet
+    assert seen["age"] is not None
+    assert seen["letters"] == []
+    assert messaging.channel("jobs").depth() == 2

@@ -2,6 +2,7 @@
 commits, on SQLite, PostgreSQL and MariaDB, through the sync and the asyncio front doors."""
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -379,3 +380,37 @@ async def test_publishing_without_await_in_an_asyncio_transaction_is_refused(
 
     assert order_ids(database_url) == []
     assert committed_messages(database_url) == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_local_worker_wakes_when_the_owner_of_a_joined_session_commits(
+    make_messaging, database_url, tables
+):
+    """SQLite has no NOTIFY: a worker of this process is woken when a message commits, even
+    when the commit is the application's own, inside the block or after it; and at once
+    when it is told to stop."""
+    shop = Shop()
+    messaging = make_messaging([shop], [SqlChannel("outbox", poll_interval=600)])
+    events = messaging.gateway(OutboxEventBus)
+    engine = create_engine(sync_url(database_url))
+    worker = messaging.worker("outbox", until_empty=False, poll_interval=600)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        with Session(engine) as session:
+            with messaging.transaction(session):
+                events.publish(OrderWasPlaced("inside"))
+                session.commit()
+            with messaging.transaction(session):
+                events.publish(OrderWasPlaced("after"))
+            session.commit()
+        deadline = time.monotonic() + 30  # far less than the 600 s poll
+        while len(shop.seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.stop()
+        thread.join(30)
+        engine.dispose()
+
+    assert shop.seen == ["inside", "after"]
+    assert not thread.is_alive()

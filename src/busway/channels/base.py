@@ -201,6 +201,11 @@ class Channel(ABC):
             "run it with messaging.run() instead of arun()"
         )
 
+    def interrupt(self) -> None:  # noqa: B027 - optional hook
+        """Wake this process's consumers waiting in ``consume`` for a message, so that a
+        stopping worker returns at once; called from any thread. Without it, a wait ends
+        at its timeout."""
+
     def depth(self) -> int | None:
         """How many messages wait on the channel, if the transport can tell cheaply."""
         return None

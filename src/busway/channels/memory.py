@@ -139,6 +139,10 @@ class InMemoryChannel(Channel):
                 self._release_due()
             return self._ready.popleft() if self._ready else None
 
+    def interrupt(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
     def _give_back(self, stored: _Stored) -> None:
         with self._condition:
             self._ready.appendleft(stored)

@@ -574,6 +574,9 @@ class SqlChannel(Channel):
             if notify.payload == self.name:
                 break
 
+    def interrupt(self) -> None:
+        self._wake_local()  # a PostgreSQL listener's wait ends at its timeout
+
     def _wake_local(self) -> None:
         with self._wakeup:
             self._wakeup.notify_all()
@@ -581,7 +584,7 @@ class SqlChannel(Channel):
     # -- inspection ------------------------------------------------------------------------
 
     def depth(self) -> int:
-        with self.database.engine.connect() as connection:
+        with self.database.reading() as connection:
             count = connection.execute(
                 select(func.count()).where(self.table.c.channel == self.name)
             ).scalar()
@@ -591,7 +594,7 @@ class SqlChannel(Channel):
         """Seconds since the oldest message due on the channel was first due: how far its
         consumers (an outbox's relay) are behind. Retries kept back do not reset it."""
         now = self._clock()
-        with self.database.engine.connect() as connection:
+        with self.database.reading() as connection:
             oldest = connection.execute(
                 select(func.min(self.table.c.queued_at)).where(
                     self.table.c.channel == self.name,

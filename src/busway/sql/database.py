@@ -9,7 +9,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -99,6 +99,14 @@ class Database:
             self._async_engine = engine
         return self._async_engine
 
+    def reading(self) -> Connection:
+        """A connection for reads only (``with database.reading() as connection:``).
+
+        On SQLite its transactions begin DEFERRED, so reading never waits for a worker's
+        write lock; elsewhere it is a plain connection.
+        """
+        return self.engine.connect().execution_options(**{_READ_ONLY: True})
+
     @property
     def worker_engine(self) -> Engine:
         """The engine workers claim messages with.
@@ -177,6 +185,7 @@ def _create(url: URL, *, asynchronous: bool, pre_ping: bool = True) -> Engine | 
 
 
 _prepared: weakref.WeakSet[Engine] = weakref.WeakSet()
+_READ_ONLY = "busway_read_only"
 
 
 def _prepare_sqlite(engine: Engine) -> None:
@@ -201,7 +210,9 @@ def _prepare_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
-        if connection.dialect.is_async:
+        if connection.get_execution_options().get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN DEFERRED")  # reads wait for no write lock
+        elif connection.dialect.is_async:
             connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits in the driver's thread
         else:
             _begin_immediate(connection.connection.dbapi_connection)

@@ -73,11 +73,11 @@ class SqlDeadLetterStore:
             query = query.where(self.table.c.channel == channel)
         if handler is not None:
             query = query.where(self.table.c.handler == handler)
-        with self.database.engine.connect() as connection:
+        with self.database.reading() as connection:
             return [_letter(row) for row in connection.execute(query)]
 
     def get(self, letter_id: str) -> DeadLetter | None:
-        with self.database.engine.connect() as connection:
+        with self.database.reading() as connection:
             row = connection.execute(select(self.table).where(self.table.c.id == letter_id)).first()
         return None if row is None else _letter(row)
 

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, NestedTransaction
+from sqlalchemy import Connection, NestedTransaction, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
@@ -128,16 +128,46 @@ def _run_after_commit(transaction: Transaction) -> None:
         callback()
 
 
+class _AfterItsCommit:
+    """Runs a joined transaction's after-commit callbacks when the session's owner commits it,
+    inside the block or after it."""
+
+    def __init__(self, session: Session, transaction: Transaction) -> None:
+        self.session = session
+        self.transaction = transaction
+        self.armed = False
+        self.arm()
+
+    def arm(self) -> None:
+        if not self.armed:
+            self.armed = True
+            event.listen(self.session, "after_commit", self.fire, once=True)
+
+    def fire(self, _session: Session) -> None:
+        self.armed = False
+        callbacks = list(self.transaction.after_commit)
+        self.transaction.after_commit.clear()
+        for callback in callbacks:
+            callback()
+
+    def block_ended(self) -> None:
+        """Callbacks added since the last commit wait for the next one."""
+        if self.transaction.after_commit:
+            self.arm()
+
+
 @contextmanager
 def transaction_scope(database: Database, session: Session | None = None) -> Iterator[Session]:
     """Join ``session``'s transaction, or open one (committed on success) if none is given."""
     if session is not None:
         transaction = Transaction(database.key, session.connection(), session)
+        after_commit = _AfterItsCommit(session, transaction)
         token = current_transaction.set(transaction)
         try:
             yield session
         finally:
             current_transaction.reset(token)
+        after_commit.block_ended()
         return
     with database.engine.connect() as connection, connection.begin():
         transaction = Transaction(database.key, connection)
@@ -157,11 +187,13 @@ async def atransaction_scope(
     """``transaction_scope`` for asyncio code and ``AsyncSession``."""
     if session is not None:
         transaction = Transaction(database.key, await session.connection(), session)
+        after_commit = _AfterItsCommit(session.sync_session, transaction)
         token = current_transaction.set(transaction)
         try:
             yield session
         finally:
             current_transaction.reset(token)
+        after_commit.block_ended()
         return
     async with database.async_engine.connect() as connection, connection.begin():
         transaction = Transaction(database.key, connection)
