@@ -1,9 +1,15 @@
 """A worker process for the Redis tests, and the application it runs.
 
-Run as ``python -c "import redis_worker; redis_worker.main()" REDIS_URL STREAM DATABASE_URL
-NAME [options]`` with this folder on ``PYTHONPATH``: it consumes the ``work`` channel on
-``STREAM``. Each ``Record`` command inserts a row under a unique constraint on the record's
-id, through the handler's Session; the database's inbox records each message it handled.
+Run as ``python -c "import redis_worker; redis_worker.main()" ROLE REDIS_URL STREAM
+DATABASE_URL NAME [options]`` with this folder on ``PYTHONPATH``. Role ``consume`` consumes
+the ``work`` channel on ``STREAM``; role ``relay`` runs the ``outbox`` channel, which forwards
+to it. Each ``Record`` command inserts a row under a unique constraint on the record's id,
+through the handler's Session; the database's inbox records each message it handled, and
+must absorb every message delivered twice.
+
+``--block-at N`` makes the process stop for good at the Nth message (consumer: inside the
+handler, nothing written yet; relay: once the batch of its Nth send is on Redis, before the
+outbox rows are deleted), after writing ``--marker``: the test kills it there.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlalchemy.orm import Session
 
-from busway import CommandBus, Messaging, RetryPolicy, asynchronous, command_handler
+from busway import CommandBus, Messaging, RetryPolicy, SqlChannel, asynchronous, command_handler
+from busway.channels.base import Envelope, current_batch
 from busway.redis import RedisChannel
 
 
@@ -30,6 +38,11 @@ class WorkBus(CommandBus):
     """Commands sent here wait on the ``work`` channel, a Redis stream."""
 
 
+@asynchronous("outbox", "work")
+class OutboxWorkBus(CommandBus):
+    """Commands committed to the outbox, then relayed to the ``work`` stream."""
+
+
 metadata = MetaData()
 handled = Table(
     "test_redis_handled",
@@ -37,6 +50,13 @@ handled = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("worker", String(50), nullable=False),
 )
+
+
+def _block(marker: Path | None, text: str) -> None:
+    assert marker is not None
+    marker.write_text(text)
+    while True:
+        time.sleep(60)
 
 
 class Recorder:
@@ -50,12 +70,27 @@ class Recorder:
     def record(self, command: Record, session: Session) -> None:
         self.calls += 1
         if self.calls == self.block_at:
-            # Mid-handler, nothing written yet: stay here until killed.
-            assert self.marker is not None
-            self.marker.write_text(str(command.id))
-            while True:
-                time.sleep(60)
+            _block(self.marker, str(command.id))  # mid-handler, nothing written yet
         session.execute(insert(handled).values(id=command.id, worker=self.worker))
+
+
+class BlockingRelayChannel(RedisChannel):
+    """Stops for good once the batch of its Nth send is on Redis, before the outbox commits."""
+
+    def __init__(self, *args: Any, block_at: int, marker: Path | None, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.block_at = block_at
+        self.marker = marker
+        self.sends = 0
+
+    def send(self, envelope: Envelope) -> None:
+        super().send(envelope)
+        self.sends += 1
+        if self.sends == self.block_at:
+            batch = current_batch.get()
+            assert batch is not None, "a relay sends within the batch of the outbox"
+            # After the channel's own callback, which sends the batch's pipeline to Redis.
+            batch.before_ack.append(lambda: _block(self.marker, "sent"))
 
 
 def build(
@@ -67,14 +102,18 @@ def build(
     batch_size: int = 100,
     claim_idle: float = 30.0,
     block_at: int | None = None,
+    relay_block_at: int | None = None,
     marker: Path | None = None,
 ) -> Messaging:
-    channel = RedisChannel(
-        "work", redis_url, stream=stream, batch_size=batch_size, claim_idle=claim_idle
+    options: dict[str, Any] = {"stream": stream, "batch_size": batch_size, "claim_idle": claim_idle}
+    channel = (
+        BlockingRelayChannel("work", redis_url, block_at=relay_block_at, marker=marker, **options)
+        if relay_block_at is not None
+        else RedisChannel("work", redis_url, **options)
     )
     return Messaging(
         handlers=[Recorder(worker, block_at, marker)],
-        channels=[channel],
+        channels=[SqlChannel("outbox"), channel],
         database=database_url,
         retry=RetryPolicy(retries=0),  # a duplicate would fail on the unique id: keep it
     )
@@ -82,6 +121,7 @@ def build(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["consume", "relay"])
     parser.add_argument("redis_url")
     parser.add_argument("stream")
     parser.add_argument("database_url")
@@ -91,14 +131,16 @@ def main() -> None:
     parser.add_argument("--marker", type=Path)
     args = parser.parse_args()
 
+    relay = args.role == "relay"
     messaging = build(
         args.redis_url,
         args.stream,
         args.database_url,
         args.worker,
         batch_size=args.batch_size,
-        block_at=args.block_at,
+        block_at=None if relay else args.block_at,
+        relay_block_at=args.block_at if relay else None,
         marker=args.marker,
     )
-    messaging.run("work")
+    messaging.run("outbox" if relay else "work")
     messaging.close()

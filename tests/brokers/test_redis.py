@@ -721,49 +721,118 @@ async def test_an_asyncio_redis_consumer_that_relays_acknowledges_what_it_sent_o
         relay.close()
 
 
-# -- a consumer killed mid-handler ---------------------------------------------------------
+# -- worker processes killed mid-relay and mid-handler -------------------------------------
 
 
-def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
-    client: redis.Redis, stream: str, tmp_path: Path
-) -> None:
-    total, batch, block_at = 20, 5, 7
-    database = f"sqlite:///{tmp_path / 'effects.db'}"
-    sender = redis_worker.build(REDIS_URL, stream, database)
-    sender.setup()
-    with sender.database_engine.begin() as connection:
-        redis_worker.metadata.create_all(connection)
-    bus = sender.gateway(redis_worker.WorkBus)
-    for number in range(total):
-        bus.send(redis_worker.Record(number))
-    sender.close()
-
-    marker = tmp_path / "mid-handler"
+def start_worker(role: str, stream: str, database: str, name: str, *options: str) -> Any:
+    """A worker process of ``redis_worker`` in ``role``, named ``name``."""
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [
             *(sys.executable, "-c", "import redis_worker; redis_worker.main()"),
-            *(REDIS_URL, stream, database, "killed", "--batch-size", str(batch)),
-            *("--block-at", str(block_at), "--marker", str(marker)),
+            *(role, REDIS_URL, stream, database, name, *options),
         ],
         env=environment,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def kill_when(marker: Path, worker: Any, timeout: float = 30) -> str:
+    """Wait for the worker to write ``marker``, then kill it with SIGKILL; what it wrote."""
+    deadline = time.monotonic() + timeout
     try:
-        deadline = time.monotonic() + 30
         while not marker.exists():
             if worker.poll() is not None:
                 _, errors = worker.communicate()
-                pytest.fail(f"the worker exited ({worker.returncode}):\n{errors}")
+                pytest.fail(f"the worker exited ({worker.returncode}) too early:\n{errors}")
             if time.monotonic() > deadline:
-                pytest.fail("the worker never reached the handler it blocks in")
+                pytest.fail(f"timed out waiting for the worker to write {marker.name}")
             time.sleep(0.01)
     finally:
         os.kill(worker.pid, signal.SIGKILL)
         worker.communicate(timeout=30)
     assert worker.returncode == -signal.SIGKILL
-    in_hand = int(marker.read_text())
+    return marker.read_text()
+
+
+@pytest.fixture
+def application(stream: str, tmp_path: Path) -> Iterator[tuple[str, Messaging]]:
+    """A SQLite database shared with worker processes, and their application."""
+    database = f"sqlite:///{tmp_path / 'effects.db'}"
+    messaging = redis_worker.build(REDIS_URL, stream, database, "final", claim_idle=0.3)
+    messaging.setup()
+    with messaging.database_engine.begin() as connection:
+        redis_worker.metadata.create_all(connection)
+    yield database, messaging
+    messaging.close()
+
+
+def handled_by(database: str) -> dict[int, str]:
+    """Which worker handled each record."""
+    engine = create_engine(database)
+    try:
+        with engine.connect() as connection:
+            table = redis_worker.handled
+            return dict(connection.execute(select(table.c.id, table.c.worker)).all())
+    finally:
+        engine.dispose()
+
+
+def records_on(client: redis.Redis, stream: str) -> list[int]:
+    """The ids of the records on ``stream``, in order, repeats included."""
+    decode = msgspec.json.Decoder(redis_worker.Record).decode
+    return [decode(fields[b"body"]).id for _, fields in client.xrange(stream)]
+
+
+def test_a_relay_killed_between_send_and_delete_loses_nothing(
+    application: tuple[str, Messaging], client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    database, messaging = application
+    total = 40
+    outbox = messaging.channel("outbox")
+    bus = messaging.gateway(redis_worker.OutboxWorkBus)
+    with messaging.transaction():
+        for number in range(total):
+            bus.send(redis_worker.Record(number))
+
+    marker = tmp_path / "sent"
+    relay = start_worker(
+        "relay", stream, database, "relay", "--block-at", "1", "--marker", str(marker)
+    )
+    kill_when(marker, relay)
+
+    # The batch's pipeline reached Redis whole; the outbox never deleted the batch.
+    assert records_on(client, stream) == list(range(total))
+    assert outbox.depth() == total
+
+    assert messaging.run("outbox").handled == total
+    assert outbox.depth() == 0
+    assert records_on(client, stream) == [*range(total), *range(total)]  # the inbox absorbs it
+
+    assert messaging.run("work").failed == 0
+
+    assert handled_by(database) == {number: "final" for number in range(total)}
+    assert client.xlen(stream) == 0
+    assert client.xpending(stream, "busway")["pending"] == 0
+    assert messaging.dead_letters.list() == []
+
+
+def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
+    application: tuple[str, Messaging], client: redis.Redis, stream: str, tmp_path: Path
+) -> None:
+    database, messaging = application
+    total, batch, block_at = 20, 5, 7
+    bus = messaging.gateway(redis_worker.WorkBus)
+    for number in range(total):
+        bus.send(redis_worker.Record(number))
+
+    marker = tmp_path / "mid-handler"
+    worker = start_worker(
+        "consume", stream, database, "killed", "--batch-size", str(batch),
+        "--block-at", str(block_at), "--marker", str(marker),
+    )  # fmt: skip
+    in_hand = int(kill_when(marker, worker))
 
     # The first batch was acknowledged; the second is pending for the dead consumer, one of
     # its messages handled (its row and inbox record committed), one in hand.
@@ -771,24 +840,13 @@ def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
     assert client.xpending(stream, "busway")["pending"] == batch
     assert in_hand == block_at - 1
 
-    final = redis_worker.build(REDIS_URL, stream, database, "final", claim_idle=0.3)
-    try:
-        result = final.run("work", until_empty=False, limit=total - batch, time_limit=30)
-        assert result.handled == total - batch
-        assert final.dead_letters.list() == []
-        assert final.channel("work").depth() == 0
-    finally:
-        final.close()
+    result = messaging.run("work", until_empty=False, limit=total - batch, time_limit=30)
+    assert result.handled == total - batch
+    assert messaging.dead_letters.list() == []
+    assert messaging.channel("work").depth() == 0
     assert client.xpending(stream, "busway")["pending"] == 0
 
-    engine = create_engine(database)
-    with engine.connect() as connection:
-        rows = dict(
-            connection.execute(
-                select(redis_worker.handled.c.id, redis_worker.handled.c.worker)
-            ).all()
-        )
-    engine.dispose()
+    rows = handled_by(database)
     assert sorted(rows) == list(range(total))  # each once: the primary key allows no more
     assert rows[in_hand - 1] == "killed"  # handled before the kill, not again after
     assert rows[in_hand] == "final"
