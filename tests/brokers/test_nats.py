@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -679,37 +680,108 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> 
         time.sleep(0.01)
 
 
-def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
-    tmp_path: Path, streams: Callable[[], str]
-) -> None:
-    total, block_at = 6, 3
-    stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
+def _application(stream: str, database: str) -> Messaging:
+    """The application of the worker processes, its stream and tables set up."""
     messaging = nats_worker.build(URL, stream, database)
     messaging.setup()
     with messaging.database_engine.begin() as connection:
         nats_worker.metadata.create_all(connection)
-    bus = messaging.gateway(nats_worker.WorkBus)
-    for number in range(total):
-        bus.send(nats_worker.Record(number))
+    return messaging
 
-    marker = tmp_path / "marker"
+
+def _start_worker(role: str, stream: str, database: str, *options: str) -> Any:
+    """A worker process of ``nats_worker`` in ``role``."""
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [
             *(sys.executable, "-c", "import nats_worker; nats_worker.main()"),
-            *(URL, stream, database, "--block-at", str(block_at), "--marker", str(marker)),
+            *(role, URL, stream, database, *options),
         ],
         env=environment,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _kill_when(marker: Path, worker: Any) -> str:
+    """Wait for the worker to write ``marker``, then kill it with SIGKILL; what it wrote."""
     try:
-        _wait_for(lambda: marker.exists() or worker.poll() is not None, "the handler to block")
-        assert worker.poll() is None, worker.communicate()[1]
+        written = f"the worker to write {marker.name}"
+        _wait_for(lambda: marker.exists() or worker.poll() is not None, written)
     finally:
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.communicate(timeout=30)
-    in_hand = int(marker.read_text())
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)
+        _, errors = worker.communicate(timeout=30)
+    assert worker.returncode == -signal.SIGKILL, f"the worker exited too early:\n{errors}"
+    return marker.read_text()
+
+
+async def _records(stream: str) -> list[int]:
+    """The ids of the records stored in ``stream``, in order, repeats included."""
+    client = await nats.connect(URL)
+    try:
+        js = client.jetstream()
+        state = (await js.stream_info(stream)).state
+        ids: list[int] = []
+        for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+            message = await js.get_msg(stream, seq)
+            assert message.data is not None
+            ids.append(json.loads(message.data)["id"])
+        return ids
+    finally:
+        await client.close()
+
+
+def test_a_relay_killed_between_publish_and_delete_loses_nothing(
+    tmp_path: Path, streams: Callable[[], str]
+) -> None:
+    total = 40
+    stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
+    messaging = _application(stream, database)
+    outbox = messaging.channel("outbox")
+    bus = messaging.gateway(nats_worker.OutboxWorkBus)
+    try:
+        with messaging.transaction():
+            for number in range(total):
+                bus.send(nats_worker.Record(number))
+
+        marker = tmp_path / "acknowledged"
+        relay = _start_worker("relay", stream, database, "--block-at", "1", "--marker", str(marker))
+        _kill_when(marker, relay)
+
+        # JetStream acknowledged the whole batch; the outbox never deleted it.
+        assert run_async(_records(stream)) == list(range(total))
+        assert outbox.depth() == total
+
+        assert messaging.run("outbox").handled == total
+        assert outbox.depth() == 0
+        assert run_async(_records(stream)) == [*range(total), *range(total)]  # the inbox absorbs it
+
+        assert messaging.run("work").failed == 0
+
+        assert _effects(database) == list(range(total))  # each once: the id is unique
+        assert messaging.dead_letters.list() == []
+        assert depth_settles_at(messaging.channel("work"), 0)
+        _wait_for(lambda: run_async(_stored(stream)) == 0, "the acks to empty the stream")
+    finally:
+        messaging.close()
+
+
+def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
+    tmp_path: Path, streams: Callable[[], str]
+) -> None:
+    total, block_at = 6, 3
+    stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
+    messaging = _application(stream, database)
+    bus = messaging.gateway(nats_worker.WorkBus)
+    for number in range(total):
+        bus.send(nats_worker.Record(number))
+
+    marker = tmp_path / "marker"
+    worker = _start_worker(
+        "consume", stream, database, "--block-at", str(block_at), "--marker", str(marker)
+    )
+    in_hand = int(_kill_when(marker, worker))
     assert _effects(database) == list(range(block_at - 1))  # the one in hand did not commit
 
     deadline = time.monotonic() + 30

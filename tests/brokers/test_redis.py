@@ -750,8 +750,9 @@ def kill_when(marker: Path, worker: Any, timeout: float = 30) -> str:
                 pytest.fail(f"timed out waiting for the worker to write {marker.name}")
             time.sleep(0.01)
     finally:
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.communicate(timeout=30)
+        if worker.poll() is None:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.communicate(timeout=30)
     assert worker.returncode == -signal.SIGKILL
     return marker.read_text()
 
