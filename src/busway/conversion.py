@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from busway.errors import ConversionError
+from busway.message import qualified_name
 
 JSON = "application/json"
 
@@ -38,7 +39,7 @@ def type_name(cls: type[Any]) -> str:
     name = cls.__dict__.get("__busway_name__")
     if isinstance(name, str):
         return name
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return qualified_name(cls)
 
 
 def named(name: str) -> Callable[[type[Any]], type[Any]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from random import getrandbits
 from typing import Generic, TypeVar
@@ -154,3 +156,28 @@ class Message(Generic[T]):
     @property
     def id(self) -> str:
         return self.headers.id
+
+
+def qualified_name(thing: type[object] | Callable[..., object]) -> str:
+    """``module.QualName`` of a class or function, as another process importing it sees it.
+
+    Defined in a script run as ``python orders.py`` (or ``python -m shop.orders``), a class's
+    module is ``__main__``; a worker that imports the script knows it as ``orders`` (or
+    ``shop.orders``). Both name it after the script, so messages and handlers match.
+    """
+    module = thing.__module__
+    if module == "__main__":
+        module = _main_module_name()
+    return f"{module}.{thing.__qualname__}"
+
+
+def _main_module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name and name != "__main__":
+        return name.removesuffix(".__main__")
+    path = getattr(main, "__file__", None)
+    if isinstance(path, str) and path.endswith(".py"):
+        return os.path.basename(path)[: -len(".py")]
+    return "__main__"

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from busway.message import HeaderValue, uuid7
+from busway.message import HeaderValue, qualified_name, uuid7
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,16 @@ class RetryPolicy:
             )
         if not 0 <= self.jitter <= 1:
             raise ValueError("RetryPolicy.jitter is a fraction between 0 and 1")
+        retry_on = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        retry_on = tuple(retry_on)  # a list is as good as a tuple
+        if not all(isinstance(cls, type) and issubclass(cls, BaseException) for cls in retry_on):
+            raise TypeError(
+                f"RetryPolicy.retry_on takes exception classes, not {self.retry_on!r}; "
+                "pass e.g. retry_on=(TimeoutError, ConnectionError)"
+            )
+        object.__setattr__(self, "retry_on", retry_on)
         if not self.retry_on_names:
             names = tuple(_qualified(cls) for cls in self.retry_on)
             object.__setattr__(self, "retry_on_names", names)
@@ -124,7 +134,7 @@ class _PolicyHeader(msgspec.Struct):
 
 
 def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return qualified_name(cls)
 
 
 RETRY_MARK = "__busway_retry__"

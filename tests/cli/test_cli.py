@@ -693,3 +693,73 @@ def test_parse_duration(text: str, seconds: float) -> None:
 def test_parse_size_rejects_nonsense(text: str) -> None:
     with pytest.raises(ValueError, match="is not a size"):
         parse_size(text)
+
+
+# -- a script sends, a worker that imports it handles -----------------------------------------
+
+SCRIPT = """
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from busway import (
+    CommandBus, Messaging, RetryPolicy, SqlChannel, asynchronous, command_handler, retry_policy,
+)
+
+HERE = Path(__file__).parent
+
+
+class Unlucky(Exception):
+    pass
+
+
+@dataclass
+class PlaceOrder:
+    order_id: str
+
+
+@asynchronous("jobs")
+class Jobs(CommandBus):
+    pass
+
+
+@command_handler
+@retry_policy(RetryPolicy(retries=1, initial_delay=0, jitter=0, retry_on=[Unlucky]))
+def place(command: PlaceOrder) -> None:
+    tries = HERE / "tries.txt"
+    tries.write_text(tries.read_text() + "x" if tries.exists() else "x")
+    if tries.read_text() == "x":
+        raise Unlucky("the first try fails")
+    (HERE / "placed.txt").write_text(command.order_id)
+
+
+messaging = Messaging(
+    handlers=[place], channels=[SqlChannel("jobs")], database=f"sqlite:///{HERE / 'shop.db'}"
+)
+
+if __name__ == "__main__":
+    messaging.setup()
+    messaging.gateway(Jobs).send(PlaceOrder(sys.argv[1]))
+"""
+
+
+def test_what_a_script_sends_is_handled_by_a_worker_that_imports_the_script(
+    tmp_path: Path,
+) -> None:
+    """Run as ``python orders.py``, the script's classes live in ``__main__``; the worker
+    imports it as ``orders``. Types and handlers travel under the script's name in both."""
+    (tmp_path / "orders.py").write_text(textwrap.dedent(SCRIPT))
+    sent = subprocess.run(
+        [sys.executable, "orders.py", "o-7"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    done = busway(tmp_path, "run", "jobs", "--until-empty", "--app", "orders:messaging")
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "placed.txt").read_text() == "o-7"
+    assert (tmp_path / "tries.txt").read_text() == "xx"  # retried by the handler's own policy
+    letters = sqlite3.connect(tmp_path / "shop.db").execute(
+        "SELECT COUNT(*) FROM busway_dead_letters"
+    )
+    assert letters.fetchone() == (0,)

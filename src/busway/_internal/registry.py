@@ -11,7 +11,7 @@ from busway.conversion import Conversion, type_name
 from busway.gateways import Gateway
 from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
 from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation
-from busway.message import Headers, Message
+from busway.message import Headers, Message, qualified_name
 from busway.recovery import marked_policy
 
 Resolver = Callable[[Invocation], Any]
@@ -242,7 +242,7 @@ def _has_marked_methods(cls: type[Any]) -> bool:
 
 
 def _handler_name(function: Callable[..., Any]) -> str:
-    return f"{function.__module__}.{function.__qualname__}"
+    return qualified_name(function)
 
 
 def _describe(entry: Any) -> str:
