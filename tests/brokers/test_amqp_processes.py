@@ -60,8 +60,9 @@ def kill_when(marker: Path, process: Any, timeout: float = 30) -> str:
                 pytest.fail(f"timed out waiting for {marker.name}")
             time.sleep(0.01)
     finally:
-        os.kill(process.pid, signal.SIGKILL)
-        process.communicate(timeout=30)
+        if process.poll() is None:  # a worker that exited early is reported as such
+            os.kill(process.pid, signal.SIGKILL)
+            process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL
     return marker.read_text()
 
