@@ -115,6 +115,7 @@ class SqlChannel(Channel):
         self._listener: Any = None
         self._alistener: Any = None
         self._relaying = False
+        self._inserts: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
     def __repr__(self) -> str:
         return f"SqlChannel({self.name!r}, mode={self.mode!r})"
@@ -177,6 +178,18 @@ class SqlChannel(Channel):
             "deliveries": 0,
         }
 
+    def _insert(self, connection: Connection | AsyncConnection, row: dict[str, Any]) -> Any:
+        """The INSERT of ``row`` as the driver's SQL and parameters, compiled once per dialect:
+        sending is the outbox's hot path, and compiling each time costs more than the insert."""
+        dialect = connection.dialect
+        compiled = self._inserts.get(dialect)
+        if compiled is None:
+            statement = insert(self.table).inline().compile(dialect=dialect, column_keys=list(row))
+            positions = tuple(statement.positiontup or ())
+            compiled = self._inserts[dialect] = (statement.string, positions)
+        sql, positions = compiled
+        return sql, tuple(row[key] for key in positions) if positions else row
+
     def send(self, envelope: Envelope) -> None:
         row = self._row(envelope)
         transaction = open_transaction(self.database.key, asynchronous=False)
@@ -189,11 +202,11 @@ class SqlChannel(Channel):
         if transaction is not None:
             assert isinstance(transaction.connection, Connection)
             transaction.begin_writes()
-            transaction.connection.execute(insert(self.table), row)
+            transaction.connection.exec_driver_sql(*self._insert(transaction.connection, row))
             transaction.after_commit.append(self._wake_local)
             return
         with self._autocommit() as connection:
-            connection.execute(insert(self.table), row)
+            connection.exec_driver_sql(*self._insert(connection, row))
         self._wake_local()
 
     def _autocommit(self) -> AbstractContextManager[Connection]:
@@ -209,7 +222,7 @@ class SqlChannel(Channel):
         if transaction is not None:
             assert isinstance(transaction.connection, AsyncConnection)
             await transaction.abegin_writes()
-            await transaction.connection.execute(insert(self.table), row)
+            await transaction.connection.exec_driver_sql(*self._insert(transaction.connection, row))
             transaction.after_commit.append(self._wake_local)
             return
         if open_transaction(self.database.key, asynchronous=False) is not None:
@@ -217,7 +230,7 @@ class SqlChannel(Channel):
             self.send(envelope)
             return
         async with self.database.async_engine.begin() as connection:
-            await connection.execute(insert(self.table), row)
+            await connection.exec_driver_sql(*self._insert(connection, row))
         self._wake_local()
 
     # -- consuming -------------------------------------------------------------------------
