@@ -19,6 +19,7 @@ handlers whose effects all live in the database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -235,19 +236,20 @@ class SqlChannel(Channel):
 
     # -- consuming -------------------------------------------------------------------------
 
-    def _claim(self, limit: int) -> Any:
-        now = int(self._clock() * 1000)
+    def _claim(self, limit: int) -> tuple[Any, dict[str, int]]:
+        """The claim of up to ``limit`` messages due now, and its parameters."""
+        return self._claim_statement, {"now": int(self._clock() * 1000), "limit": limit}
+
+    @functools.cached_property
+    def _claim_statement(self) -> Any:
+        table = self.table
         query = (
             select(
-                self.table.c.seq,
-                self.table.c.message_id,
-                self.table.c.headers,
-                self.table.c.body,
-                self.table.c.deliveries,
+                table.c.seq, table.c.message_id, table.c.headers, table.c.body, table.c.deliveries
             )
-            .where(self.table.c.channel == self.name, self.table.c.available_at <= now)
-            .order_by(self.table.c.available_at, self.table.c.seq)
-            .limit(limit)
+            .where(table.c.channel == self.name, table.c.available_at <= bindparam("now"))
+            .order_by(table.c.available_at, table.c.seq)
+            .limit(bindparam("limit"))
         )
         if self.database.backend != "sqlite":
             query = query.with_for_update(skip_locked=True)
@@ -298,7 +300,13 @@ class SqlChannel(Channel):
         ]
 
     def _ack(self, seqs: list[int]) -> tuple[Any, Any]:
-        return self._by_key(delete(self.table), seqs)
+        if self.database.backend == "mysql":
+            return self._by_key(delete(self.table), seqs)
+        return self._ack_statement, {"seqs": seqs}
+
+    @functools.cached_property
+    def _ack_statement(self) -> Any:
+        return delete(self.table).where(self.table.c.seq.in_(bindparam("seqs", expanding=True)))
 
     def _by_key(self, statement: Any, seqs: list[int]) -> tuple[Any, Any]:
         """``statement`` for the rows ``seqs``, and its parameters: ``execute(*...)``."""
@@ -352,7 +360,7 @@ class SqlChannel(Channel):
         with self.database.worker_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             with connection.begin():
-                rows = connection.execute(self._claim(limit)).all()
+                rows = connection.execute(*self._claim(limit)).all()
                 if not rows:
                     _next_due.set(connection.execute(self._next_due()).scalar())
                     return 0
@@ -399,7 +407,7 @@ class SqlChannel(Channel):
     def _consume_leased(self, handle: Handle, limit: int) -> int:
         engine = self.database.worker_engine
         with engine.begin() as connection:
-            rows = connection.execute(self._claim(limit)).all()
+            rows = connection.execute(*self._claim(limit)).all()
             if rows:
                 connection.execute(*self._lease([row.seq for row in rows]))
         done: list[int] = []
@@ -455,7 +463,7 @@ class SqlChannel(Channel):
         async with self.database.worker_async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             async with connection.begin():
-                rows = (await connection.execute(self._claim(limit))).all()
+                rows = (await connection.execute(*self._claim(limit))).all()
                 if not rows:
                     _next_due.set((await connection.execute(self._next_due())).scalar())
                     return 0
@@ -502,7 +510,7 @@ class SqlChannel(Channel):
     async def _aconsume_leased(self, handle: AsyncHandle, limit: int) -> int:
         engine = self.database.worker_async_engine
         async with engine.begin() as connection:
-            rows = (await connection.execute(self._claim(limit))).all()
+            rows = (await connection.execute(*self._claim(limit))).all()
             if rows:
                 await connection.execute(*self._lease([row.seq for row in rows]))
         done: list[int] = []

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, delete, select
+from sqlalchemy import Connection, MetaData, Table, bindparam, delete, select
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,7 +28,7 @@ from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import ID, Message
 from busway.sql.database import Database
 from busway.sql.schema import inbox_table
-from busway.sql.transactions import Transaction, blocking, current_transaction
+from busway.sql.transactions import Transaction, blocking, open_transaction
 
 KeyFunction = Callable[[Message[Any]], str | None]
 KEY_LENGTH = 200
@@ -146,14 +146,7 @@ class DeduplicationInterceptor(Interceptor):
         }
 
     def _transaction(self, asynchronous: bool) -> Transaction | None:
-        transaction = current_transaction.get()
-        if (
-            transaction is None
-            or transaction.key != self.inbox.database.key
-            or transaction.is_async != asynchronous
-        ):
-            return None
-        return transaction
+        return open_transaction(self.inbox.database.key, asynchronous)
 
     def around(self, invocation: Invocation, proceed: Callable[[], Any]) -> Any:
         row = self._row(invocation)
@@ -217,12 +210,16 @@ class DeduplicationInterceptor(Interceptor):
             transaction.connection is getattr(claimed, "sync_connection", None)
         )
 
-    def _known_query(self) -> Any:
+    def _known_query(self) -> tuple[Any, dict[str, list[str]]]:
         batch = current_batch.get()
         assert batch is not None
+        return self._known_statement, {"keys": batch.message_ids}
+
+    @functools.cached_property
+    def _known_statement(self) -> Any:
         table = self.inbox.table
         return select(table.c.message_key, table.c.handler).where(
-            table.c.message_key.in_(batch.message_ids)
+            table.c.message_key.in_(bindparam("keys", expanding=True))
         )
 
     def _known(self, connection: Connection) -> set[tuple[str, str]]:
@@ -231,7 +228,7 @@ class DeduplicationInterceptor(Interceptor):
         assert batch is not None
         known = self._prefetched.get(batch)
         if known is None:
-            rows = connection.execute(self._known_query()).all()
+            rows = connection.execute(*self._known_query()).all()
             known = self._prefetched[batch] = {(row[0], row[1]) for row in rows}
         return known
 
@@ -240,7 +237,7 @@ class DeduplicationInterceptor(Interceptor):
         assert batch is not None
         known = self._prefetched.get(batch)
         if known is None:
-            rows = (await connection.execute(self._known_query())).all()
+            rows = (await connection.execute(*self._known_query())).all()
             known = self._prefetched[batch] = {(row[0], row[1]) for row in rows}
         return known
 

@@ -79,37 +79,41 @@ class Savepoint:
     nested: NestedTransaction | AsyncTransaction | None = None
 
 
-@contextmanager
-def savepoint(transaction: Transaction) -> Iterator[None]:
-    """Undo what the block writes through ``transaction`` if it raises, and only that."""
-    promised = Savepoint()
-    transaction.savepoints.append(promised)
-    try:
-        yield
-    except BaseException:
-        transaction.savepoints.pop()
-        if isinstance(promised.nested, NestedTransaction):
-            promised.nested.rollback()
-        raise
-    transaction.savepoints.pop()
-    if isinstance(promised.nested, NestedTransaction):
-        promised.nested.commit()
+class savepoint:
+    """Undo what the block writes through ``transaction`` if it raises, and only that.
 
+    The savepoint is promised on entry and begun by the first write (``begin_writes``).
+    """
 
-@asynccontextmanager
-async def asavepoint(transaction: Transaction) -> AsyncIterator[None]:
-    promised = Savepoint()
-    transaction.savepoints.append(promised)
-    try:
-        yield
-    except BaseException:
-        transaction.savepoints.pop()
-        if isinstance(promised.nested, AsyncTransaction):
-            await promised.nested.rollback()
-        raise
-    transaction.savepoints.pop()
-    if isinstance(promised.nested, AsyncTransaction):
-        await promised.nested.commit()
+    __slots__ = ("promised", "transaction")
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
+        self.promised = Savepoint()
+
+    def __enter__(self) -> None:
+        self.transaction.savepoints.append(self.promised)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.transaction.savepoints.pop()
+        nested = self.promised.nested
+        if isinstance(nested, NestedTransaction):
+            if kind is None:
+                nested.commit()
+            else:
+                nested.rollback()
+
+    async def __aenter__(self) -> None:
+        self.transaction.savepoints.append(self.promised)
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.transaction.savepoints.pop()
+        nested = self.promised.nested
+        if isinstance(nested, AsyncTransaction):
+            if kind is None:
+                await nested.commit()
+            else:
+                await nested.rollback()
 
 
 current_transaction: ContextVar[Transaction | None] = ContextVar("busway_transaction", default=None)
@@ -118,7 +122,11 @@ current_transaction: ContextVar[Transaction | None] = ContextVar("busway_transac
 def open_transaction(key: DatabaseKey, asynchronous: bool) -> Transaction | None:
     """The open transaction on database ``key`` usable from sync or asyncio code."""
     transaction = current_transaction.get()
-    if transaction is not None and transaction.key == key and transaction.is_async == asynchronous:
+    if (
+        transaction is not None
+        and (transaction.key is key or transaction.key == key)
+        and transaction.is_async == asynchronous
+    ):
         return transaction
     return None
 
@@ -306,7 +314,7 @@ class TransactionInterceptor(Interceptor):
                     return await self._acall(invocation, joined, proceed)
                 except Exception as error:
                     raise BatchRollback(str(error)) from error
-            async with asavepoint(joined):
+            async with savepoint(joined):
                 return await self._acall(invocation, joined, proceed)
         if not self._opens_transaction(invocation.handler):
             return await proceed()
