@@ -1,14 +1,15 @@
 """The worker's side of the pipeline: what to do with a delivery, and with a failure.
 
-Deciding (``prepare``, ``policy_for``, ``decide_failure``) is shared; ``receive`` and
-``areceive`` are the two I/O edges.
+What to do with a delivery is written once, as a generator that yields each piece of I/O
+(``Call``, ``Send``, ``Bury``); ``receive`` and ``areceive`` are the two edges that carry it
+out, one blocking, one awaiting.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback as traceback_module
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,33 @@ class Run:
 
 
 Prepared = Forward | Reject | Drop | Run
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """I/O for an edge: run a handler's pipeline."""
+
+    definition: HandlerDefinition
+    message: Message[Any]
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """I/O for an edge: send an envelope to a channel."""
+
+    channel: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    """I/O for an edge: put a message in the dead letter store."""
+
+    letter: DeadLetter
+
+
+Effect = Call | Send | Bury
 
 POISON = (ConversionError, MalformedMessageError)
 
@@ -218,18 +246,19 @@ class Consumer:
             failed_at=self.runtime.clock(),
         )
 
-    # -- the two edges ---------------------------------------------------------------------
+    # -- the steps of a delivery, written once ----------------------------------------------
 
-    def receive(self, delivery: Delivery) -> bool:
-        """Handle one delivery; True when every handler succeeded."""
-        runtime = self.runtime
+    def _receiving(self, delivery: Delivery) -> Generator[Effect, Any, bool]:
+        """Handle one delivery, yielding each piece of I/O for an edge to carry out: the
+        result comes back from the ``yield``, an error is raised there. True when every
+        handler succeeded."""
         prepared = self.prepare(delivery)
         if isinstance(prepared, Forward):
             _note_forwarded()
-            runtime.send(prepared.channel, prepared.envelope)
+            yield Send(prepared.channel, prepared.envelope)
             return True
         if isinstance(prepared, Reject):
-            runtime.dead_letters.add(prepared.letter)
+            yield Bury(prepared.letter)
             return False
         if isinstance(prepared, Drop):
             log.warning(
@@ -240,21 +269,18 @@ class Consumer:
         ok = True
         for step in prepared.steps:
             if isinstance(step, Enqueue):
-                runtime.send(step.channel, _rehop(delivery.envelope, step.headers))
+                yield Send(step.channel, _rehop(delivery.envelope, step.headers))
                 continue
-            error = self._run(step.definition, delivery, prepared.headers)
+            error = yield from self._running(step.definition, delivery, prepared.headers)
             if error is not None:
                 ok = False
                 outcome = self.decide_failure(delivery, step.definition, error)
-                if isinstance(outcome, DeadLetter):
-                    runtime.dead_letters.add(outcome)
-                else:
-                    runtime.send(*outcome)
+                yield Bury(outcome) if isinstance(outcome, DeadLetter) else Send(*outcome)
         return ok
 
-    def _run(
+    def _running(
         self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
-    ) -> BaseException | None:
+    ) -> Generator[Effect, Any, BaseException | None]:
         """Run one handler, with its instant retries; the last error, or None."""
         tries = 0
         while True:
@@ -263,7 +289,7 @@ class Consumer:
                     error, delivery.known_failure = delivery.known_failure, None
                     raise error
                 message = self.message_for(definition, delivery, headers)
-                self.runtime.invoke(definition, message, delivery)
+                yield Call(definition, message, delivery)
                 return None
             except BatchRollback:
                 raise
@@ -273,56 +299,54 @@ class Consumer:
                     return error
                 delivery.isolated = True  # each instant retry in a fresh savepoint
 
-    async def areceive(self, delivery: Delivery) -> bool:
-        runtime = self.runtime
-        prepared = self.prepare(delivery)
-        if isinstance(prepared, Forward):
-            _note_forwarded()
-            await runtime.asend(prepared.channel, prepared.envelope)
-            return True
-        if isinstance(prepared, Reject):
-            await runtime.dead_letters.aadd(prepared.letter)
-            return False
-        if isinstance(prepared, Drop):
-            log.warning(
-                "message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason
-            )
-            return True
-        _isolate_siblings(delivery, prepared.steps)
-        ok = True
-        for step in prepared.steps:
-            if isinstance(step, Enqueue):
-                await runtime.asend(step.channel, _rehop(delivery.envelope, step.headers))
-                continue
-            error = await self._arun(step.definition, delivery, prepared.headers)
-            if error is not None:
-                ok = False
-                outcome = self.decide_failure(delivery, step.definition, error)
-                if isinstance(outcome, DeadLetter):
-                    await runtime.dead_letters.aadd(outcome)
-                else:
-                    await runtime.asend(*outcome)
-        return ok
+    # -- the two edges ---------------------------------------------------------------------
 
-    async def _arun(
-        self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
-    ) -> BaseException | None:
-        tries = 0
+    def receive(self, delivery: Delivery) -> bool:
+        """Handle one delivery; True when every handler succeeded."""
+        steps = self._receiving(delivery)
+        outcome: Any = None
+        failure: BaseException | None = None
         while True:
             try:
-                if delivery.known_failure is not None:
-                    error, delivery.known_failure = delivery.known_failure, None
-                    raise error
-                message = self.message_for(definition, delivery, headers)
-                await self.runtime.ainvoke(definition, message, delivery)
-                return None
-            except BatchRollback:
-                raise
-            except Exception as error:
-                tries += 1
-                if not self.retries_instantly(definition, delivery, error, tries):
-                    return error
-                delivery.isolated = True
+                effect = steps.send(outcome) if failure is None else steps.throw(failure)
+            except StopIteration as done:
+                return bool(done.value)
+            outcome = failure = None
+            try:
+                outcome = self._carry_out(effect)
+            except BaseException as error:
+                failure = error
+
+    async def areceive(self, delivery: Delivery) -> bool:
+        steps = self._receiving(delivery)
+        outcome: Any = None
+        failure: BaseException | None = None
+        while True:
+            try:
+                effect = steps.send(outcome) if failure is None else steps.throw(failure)
+            except StopIteration as done:
+                return bool(done.value)
+            outcome = failure = None
+            try:
+                outcome = await self._acarry_out(effect)
+            except BaseException as error:
+                failure = error
+
+    def _carry_out(self, effect: Effect) -> Any:
+        runtime = self.runtime
+        if isinstance(effect, Call):
+            return runtime.invoke(effect.definition, effect.message, effect.delivery)
+        if isinstance(effect, Send):
+            return runtime.send(effect.channel, effect.envelope)
+        return runtime.dead_letters.add(effect.letter)
+
+    async def _acarry_out(self, effect: Effect) -> Any:
+        runtime = self.runtime
+        if isinstance(effect, Call):
+            return await runtime.ainvoke(effect.definition, effect.message, effect.delivery)
+        if isinstance(effect, Send):
+            return await runtime.asend(effect.channel, effect.envelope)
+        return await runtime.dead_letters.aadd(effect.letter)
 
 
 MAX_ATTEMPTS = 1_000_000
