@@ -17,6 +17,7 @@ import msgspec
 
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import Enqueue, Invoke, Runtime, Step, attempt_of, kind_of
+from busway._internal.steps import adrive, drive
 from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
 from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
 from busway.message import (
@@ -303,34 +304,10 @@ class Consumer:
 
     def receive(self, delivery: Delivery) -> bool:
         """Handle one delivery; True when every handler succeeded."""
-        steps = self._receiving(delivery)
-        outcome: Any = None
-        failure: BaseException | None = None
-        while True:
-            try:
-                effect = steps.send(outcome) if failure is None else steps.throw(failure)
-            except StopIteration as done:
-                return bool(done.value)
-            outcome = failure = None
-            try:
-                outcome = self._carry_out(effect)
-            except BaseException as error:
-                failure = error
+        return drive(self._receiving(delivery), self._carry_out)
 
     async def areceive(self, delivery: Delivery) -> bool:
-        steps = self._receiving(delivery)
-        outcome: Any = None
-        failure: BaseException | None = None
-        while True:
-            try:
-                effect = steps.send(outcome) if failure is None else steps.throw(failure)
-            except StopIteration as done:
-                return bool(done.value)
-            outcome = failure = None
-            try:
-                outcome = await self._acarry_out(effect)
-            except BaseException as error:
-                failure = error
+        return await adrive(self._receiving(delivery), self._acarry_out)
 
     def _carry_out(self, effect: Effect) -> Any:
         runtime = self.runtime

@@ -23,9 +23,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -45,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from busway._internal.steps import adrive, drive
 from busway.channels.base import (
     AsyncHandle,
     Batch,
@@ -360,49 +362,60 @@ class SqlChannel(Channel):
         with self.database.worker_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             with connection.begin():
-                rows = connection.execute(*self._claim(limit)).all()
-                if not rows:
-                    _next_due.set(connection.execute(self._next_due()).scalar())
-                    return 0
-                # A lone message has no neighbour to run again: no savepoint needed.
-                isolated = isolated and (len(rows) > 1 or bool(handed))
-                done: list[int] = []
-                token = current_transaction.set(transaction)
-                batch = Batch(
-                    transaction.before_commit,
-                    redone=bool(handed or failures),
-                    message_ids=[row.message_id for row in rows],
-                )
-                batch_token = current_batch.set(batch)
+                steps = self._batch(transaction, limit, isolated, failures, handed)
+                handled, unsent = drive(steps, functools.partial(_carry_out, connection, handle))
+        return _after_commit(transaction, handled, unsent)
+
+    def _batch(
+        self,
+        transaction: Transaction,
+        limit: int,
+        isolated: bool,
+        failures: dict[int, BaseException],
+        handed: set[int],
+    ) -> Generator[_Io, Any, tuple[int, Unsent | None]]:
+        """Claim a batch, hand it out and acknowledge it, in the open ``transaction``: the
+        I/O is yielded for the sync or asyncio edge to carry out. Returns how many messages
+        were handled and the sends the batch could not make."""
+        rows = (yield _Execute(*self._claim(limit))).all()
+        if not rows:
+            _next_due.set((yield _Execute(self._next_due())).scalar())
+            return 0, None
+        # A lone message has no neighbour to run again: no savepoint needed.
+        isolated = isolated and (len(rows) > 1 or bool(handed))
+        done: list[int] = []
+        token = current_transaction.set(transaction)
+        batch = Batch(
+            transaction.before_commit,
+            redone=bool(handed or failures),
+            message_ids=[row.message_id for row in rows],
+        )
+        batch_token = current_batch.set(batch)
+        try:
+            for row in rows:
+                batch.current = row.message_id
+                delivery = self._delivery(row, transaction.connection, isolated)
+                delivery.known_failure = failures.get(row.seq)
+                delivery.repeated = row.seq in handed
                 try:
-                    for row in rows:
-                        batch.current = row.message_id
-                        delivery = self._delivery(row, connection, isolated)
-                        delivery.known_failure = failures.get(row.seq)
-                        delivery.repeated = row.seq in handed
-                        try:
-                            handle(delivery)
-                        except MessageReturned:
-                            break
-                        except BatchRollback as rollback:
-                            raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
-                        done.append(row.seq)
-                        handed.add(row.seq)
-                    unsent = batch.run_before_ack()
-                finally:
-                    current_batch.reset(batch_token)
-                    current_transaction.reset(token)
-                self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
-                kept = self._kept_back(unsent, rows, done)
-                if done:
-                    connection.execute(*self._ack(done))
-                if kept:
-                    connection.execute(*self._keep_back(kept))
-        for callback in transaction.after_commit:
-            callback()
-        if unsent is not None:
-            raise unsent.error
-        return len(done)
+                    yield _Hand(delivery)
+                except MessageReturned:
+                    break
+                except BatchRollback as rollback:
+                    raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
+                done.append(row.seq)
+                handed.add(row.seq)
+            unsent = yield _BeforeAck(batch)
+        finally:
+            current_batch.reset(batch_token)
+            current_transaction.reset(token)
+        self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
+        kept = self._kept_back(unsent, rows, done)
+        if done:
+            yield _Execute(*self._ack(done))
+        if kept:
+            yield _Execute(*self._keep_back(kept))
+        return len(done), unsent
 
     def _consume_leased(self, handle: Handle, limit: int) -> int:
         engine = self.database.worker_engine
@@ -463,49 +476,10 @@ class SqlChannel(Channel):
         async with self.database.worker_async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             async with connection.begin():
-                rows = (await connection.execute(*self._claim(limit))).all()
-                if not rows:
-                    _next_due.set((await connection.execute(self._next_due())).scalar())
-                    return 0
-                # A lone message has no neighbour to run again: no savepoint needed.
-                isolated = isolated and (len(rows) > 1 or bool(handed))
-                done: list[int] = []
-                token = current_transaction.set(transaction)
-                batch = Batch(
-                    transaction.before_commit,
-                    redone=bool(handed or failures),
-                    message_ids=[row.message_id for row in rows],
-                )
-                batch_token = current_batch.set(batch)
-                try:
-                    for row in rows:
-                        batch.current = row.message_id
-                        delivery = self._delivery(row, connection, isolated)
-                        delivery.known_failure = failures.get(row.seq)
-                        delivery.repeated = row.seq in handed
-                        try:
-                            await handle(delivery)
-                        except MessageReturned:
-                            break
-                        except BatchRollback as rollback:
-                            raise _HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
-                        done.append(row.seq)
-                        handed.add(row.seq)
-                    unsent = await batch.arun_before_ack()
-                finally:
-                    current_batch.reset(batch_token)
-                    current_transaction.reset(token)
-                self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
-                kept = self._kept_back(unsent, rows, done)
-                if done:
-                    await connection.execute(*self._ack(done))
-                if kept:
-                    await connection.execute(*self._keep_back(kept))
-        for callback in transaction.after_commit:
-            callback()
-        if unsent is not None:
-            raise unsent.error
-        return len(done)
+                steps = self._batch(transaction, limit, isolated, failures, handed)
+                carry_out = functools.partial(_acarry_out, connection, handle)
+                handled, unsent = await adrive(steps, carry_out)
+        return _after_commit(transaction, handled, unsent)
 
     async def _aconsume_leased(self, handle: AsyncHandle, limit: int) -> int:
         engine = self.database.worker_async_engine
@@ -661,6 +635,55 @@ async def _aonce_more_if_stale(
             raise
         log.info("a pooled database connection was broken (%s); claiming on a new one", error)
         return await take(handle, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class _Execute:
+    """I/O of a batch: run a statement on the batch's connection; its result comes back."""
+
+    statement: Any
+    parameters: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Hand:
+    """I/O of a batch: hand a delivery to the consumer."""
+
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class _BeforeAck:
+    """I/O of a batch: run its ``before_ack`` callbacks; what they could not send comes back."""
+
+    batch: Batch
+
+
+_Io = _Execute | _Hand | _BeforeAck
+
+
+def _carry_out(connection: Connection, handle: Handle, io: _Io) -> Any:
+    if isinstance(io, _Execute):
+        return connection.execute(io.statement, io.parameters)
+    if isinstance(io, _Hand):
+        return handle(io.delivery)
+    return io.batch.run_before_ack()
+
+
+async def _acarry_out(connection: AsyncConnection, handle: AsyncHandle, io: _Io) -> Any:
+    if isinstance(io, _Execute):
+        return await connection.execute(io.statement, io.parameters)
+    if isinstance(io, _Hand):
+        return await handle(io.delivery)
+    return await io.batch.arun_before_ack()
+
+
+def _after_commit(transaction: Transaction, handled: int, unsent: Unsent | None) -> int:
+    for callback in transaction.after_commit:
+        callback()
+    if unsent is not None:
+        raise unsent.error
+    return handled
 
 
 def _kept_back_pause(deliveries: int) -> float:
