@@ -16,7 +16,18 @@ from typing import Any
 import msgspec
 
 from busway._internal.registry import HandlerDefinition
-from busway._internal.runtime import Enqueue, Invoke, Runtime, Step, attempt_of, kind_of
+from busway._internal.runtime import (
+    Bury,
+    Call,
+    Enqueue,
+    Invoke,
+    Io,
+    Runtime,
+    Send,
+    Step,
+    attempt_of,
+    kind_of,
+)
 from busway._internal.steps import adrive, drive
 from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
 from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
@@ -69,32 +80,6 @@ class Run:
 
 Prepared = Forward | Reject | Drop | Run
 
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """I/O for an edge: run a handler's pipeline."""
-
-    definition: HandlerDefinition
-    message: Message[Any]
-    delivery: Delivery
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """I/O for an edge: send an envelope to a channel."""
-
-    channel: str
-    envelope: Envelope
-
-
-@dataclass(frozen=True, slots=True)
-class Bury:
-    """I/O for an edge: put a message in the dead letter store."""
-
-    letter: DeadLetter
-
-
-Effect = Call | Send | Bury
 
 POISON = (ConversionError, MalformedMessageError)
 
@@ -249,7 +234,7 @@ class Consumer:
 
     # -- the steps of a delivery, written once ----------------------------------------------
 
-    def _receiving(self, delivery: Delivery) -> Generator[Effect, Any, bool]:
+    def _receiving(self, delivery: Delivery) -> Generator[Io, Any, bool]:
         """Handle one delivery, yielding each piece of I/O for an edge to carry out: the
         result comes back from the ``yield``, an error is raised there. True when every
         handler succeeded."""
@@ -281,7 +266,7 @@ class Consumer:
 
     def _running(
         self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
-    ) -> Generator[Effect, Any, BaseException | None]:
+    ) -> Generator[Io, Any, BaseException | None]:
         """Run one handler, with its instant retries; the last error, or None."""
         tries = 0
         while True:
@@ -304,26 +289,10 @@ class Consumer:
 
     def receive(self, delivery: Delivery) -> bool:
         """Handle one delivery; True when every handler succeeded."""
-        return drive(self._receiving(delivery), self._carry_out)
+        return drive(self._receiving(delivery), self.runtime.carry_out)
 
     async def areceive(self, delivery: Delivery) -> bool:
-        return await adrive(self._receiving(delivery), self._acarry_out)
-
-    def _carry_out(self, effect: Effect) -> Any:
-        runtime = self.runtime
-        if isinstance(effect, Call):
-            return runtime.invoke(effect.definition, effect.message, effect.delivery)
-        if isinstance(effect, Send):
-            return runtime.send(effect.channel, effect.envelope)
-        return runtime.dead_letters.add(effect.letter)
-
-    async def _acarry_out(self, effect: Effect) -> Any:
-        runtime = self.runtime
-        if isinstance(effect, Call):
-            return await runtime.ainvoke(effect.definition, effect.message, effect.delivery)
-        if isinstance(effect, Send):
-            return await runtime.asend(effect.channel, effect.envelope)
-        return await runtime.dead_letters.aadd(effect.letter)
+        return await adrive(self._receiving(delivery), self.runtime.acarry_out)
 
 
 MAX_ATTEMPTS = 1_000_000

@@ -7,7 +7,7 @@ sync and an asyncio version. The worker's side lives in ``consuming``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from busway._context import current_message
 from busway._internal.bridge import run_coroutine
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
+from busway._internal.steps import adrive, drive
 from busway.channels.base import Channel, Delivery, Envelope
 from busway.conversion import JSON, Conversion, type_name
 from busway.errors import MalformedMessageError, NoHandlerError
@@ -41,7 +42,7 @@ from busway.message import (
     Message,
     uuid7,
 )
-from busway.recovery import DeadLetterStore, RetryPolicy
+from busway.recovery import DeadLetter, DeadLetterStore, RetryPolicy
 
 if TYPE_CHECKING:
     from busway.gateways import Gateway
@@ -61,6 +62,37 @@ class Enqueue:
 
 
 Step = Invoke | Enqueue
+
+
+# The I/O a message's steps yield for a front door, or a worker's edge, to carry out
+# (see ``busway._internal.steps``).
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run a handler's pipeline with a message; what the handler returns comes back."""
+
+    definition: HandlerDefinition
+    message: Message[Any]
+    delivery: Delivery | None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send an envelope to a channel."""
+
+    channel: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    """Put a message in the dead letter store."""
+
+    letter: DeadLetter
+
+
+Io = Call | Send | Bury
 
 
 class Observer:
@@ -225,22 +257,8 @@ class Runtime:
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
     ) -> Any:
-        message = self.new_message(kind, payload, key, headers, delay, retry, ttl)
-        for observer in self.observers:
-            observer.sent(gateway, message)
-        steps = self.gateway_plan(channels) if channels else self.plan(kind, type(payload), key)
-        result = None
-        for step in steps:
-            if isinstance(step, Enqueue):
-                self.send(step.channel, self.envelope(message, step.headers))
-                continue
-            try:
-                result = self.invoke(step.definition, message)
-            except Exception:
-                if self.command_failures is not None and kind is Kind.COMMAND:
-                    self.send(self.command_failures, self._failed(message, step.definition))
-                raise
-        return result
+        steps = self._dispatching(gateway, kind, payload, key, headers, delay, channels, retry, ttl)
+        return drive(steps, self.carry_out)
 
     async def adispatch(
         self,
@@ -254,6 +272,23 @@ class Runtime:
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
     ) -> Any:
+        steps = self._dispatching(gateway, kind, payload, key, headers, delay, channels, retry, ttl)
+        return await adrive(steps, self.acarry_out)
+
+    def _dispatching(
+        self,
+        gateway: type[Gateway],
+        kind: Kind,
+        payload: Any,
+        key: str | None,
+        headers: Mapping[str, HeaderValue] | None,
+        delay: float | timedelta | None,
+        channels: tuple[str, ...],
+        retry: RetryPolicy | None,
+        ttl: float | timedelta | None,
+    ) -> Generator[Io, Any, Any]:
+        """A message sent through a gateway, yielding the I/O for a front door to carry out;
+        returns what the last handler returned."""
         message = self.new_message(kind, payload, key, headers, delay, retry, ttl)
         for observer in self.observers:
             observer.sent(gateway, message)
@@ -261,15 +296,31 @@ class Runtime:
         result = None
         for step in steps:
             if isinstance(step, Enqueue):
-                await self.asend(step.channel, self.envelope(message, step.headers))
+                yield Send(step.channel, self.envelope(message, step.headers))
                 continue
             try:
-                result = await self.ainvoke(step.definition, message)
+                result = yield Call(step.definition, message, None)
             except Exception:
                 if self.command_failures is not None and kind is Kind.COMMAND:
-                    await self.asend(self.command_failures, self._failed(message, step.definition))
+                    yield Send(self.command_failures, self._failed(message, step.definition))
                 raise
         return result
+
+    def carry_out(self, io: Io) -> Any:
+        """Carry out one piece of I/O a message's steps yield, blocking."""
+        if isinstance(io, Call):
+            return self.invoke(io.definition, io.message, io.delivery)
+        if isinstance(io, Send):
+            return self.send(io.channel, io.envelope)
+        return self.dead_letters.add(io.letter)
+
+    async def acarry_out(self, io: Io) -> Any:
+        """Carry out one piece of I/O a message's steps yield, on the event loop."""
+        if isinstance(io, Call):
+            return await self.ainvoke(io.definition, io.message, io.delivery)
+        if isinstance(io, Send):
+            return await self.asend(io.channel, io.envelope)
+        return await self.dead_letters.aadd(io.letter)
 
     # -- I/O edges -------------------------------------------------------------------------
 
