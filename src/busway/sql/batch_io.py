@@ -1,0 +1,119 @@
+"""The I/O of a ``SqlChannel`` batch as its generator yields it, and how the sync and the
+asyncio edge carry it out; what a batch keeps back when its sends on fail; and the one retry
+of a claim on a connection found broken."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from busway.channels.base import AsyncHandle, Batch, Delivery, Handle, Unsent
+from busway.sql.transactions import Transaction
+
+log = logging.getLogger("busway.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """I/O of a batch: run a statement on the batch's connection; its result comes back."""
+
+    statement: Any
+    parameters: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hand:
+    """I/O of a batch: hand a delivery to the consumer."""
+
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class BeforeAck:
+    """I/O of a batch: run its ``before_ack`` callbacks; what they could not send comes back."""
+
+    batch: Batch
+
+
+Io = Execute | Hand | BeforeAck
+
+
+class HandlerFailed(Exception):
+    """The handler of the message ``seq`` failed in a batch run without savepoints: the batch
+    is rolled back and redone, that message dealt with at once."""
+
+    def __init__(self, seq: int, error: BaseException) -> None:
+        super().__init__(seq)
+        self.seq = seq
+        self.error = error
+
+
+def carry_out(connection: Connection, handle: Handle, io: Io) -> Any:
+    if isinstance(io, Execute):
+        return connection.execute(io.statement, io.parameters)
+    if isinstance(io, Hand):
+        return handle(io.delivery)
+    return io.batch.run_before_ack()
+
+
+async def acarry_out(connection: AsyncConnection, handle: AsyncHandle, io: Io) -> Any:
+    if isinstance(io, Execute):
+        return await connection.execute(io.statement, io.parameters)
+    if isinstance(io, Hand):
+        return await handle(io.delivery)
+    return await io.batch.arun_before_ack()
+
+
+def after_commit(transaction: Transaction, handled: int, unsent: Unsent | None) -> int:
+    for callback in transaction.after_commit:
+        callback()
+    if unsent is not None:
+        raise unsent.error
+    return handled
+
+
+def kept_back(
+    channel: str, unsent: Unsent | None, rows: Sequence[Row[Any]], done: list[int]
+) -> list[Row[Any]]:
+    """The rows of the messages ``unsent`` names, taken out of ``done``."""
+    if unsent is None:
+        return []
+    kept = [row for row in rows if row.message_id in unsent.message_ids]
+    seqs = {row.seq for row in kept}
+    done[:] = [seq for seq in done if seq not in seqs]
+    log.warning(
+        "channel %r: %d message(s) not sent on, kept back for a later try: %s",
+        channel,
+        len(kept),
+        unsent.error,
+    )
+    return kept
+
+
+def once_more_if_stale(take: Callable[[Handle, int], int], handle: Handle, limit: int) -> int:
+    """``take``, again once if a connection broken since it was pooled failed it."""
+    try:
+        return take(handle, limit)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("a pooled database connection was broken (%s); claiming on a new one", error)
+        return take(handle, limit)
+
+
+async def aonce_more_if_stale(
+    take: Callable[[AsyncHandle, int], Awaitable[int]], handle: AsyncHandle, limit: int
+) -> int:
+    try:
+        return await take(handle, limit)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        log.info("a pooled database connection was broken (%s); claiming on a new one", error)
+        return await take(handle, limit)

@@ -1,0 +1,149 @@
+"""The SQL one ``SqlChannel`` runs on its table, free of any I/O: the claim, the lease, the
+release, the acknowledgement and the keep-back, each with its parameters (``execute(*...)``),
+the INSERT compiled once per dialect, the queries of the next due time, the depth and the age,
+and the DDL with PostgreSQL's NOTIFY trigger.
+
+Times come in as seconds since the epoch; the table keeps milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+NOTIFY_CHANNEL = "busway_messages"
+"""The PostgreSQL notification channel the trigger tells of every message inserted."""
+
+_KEPT_BACK_PAUSE = 1.0
+"""Seconds a message whose send failed waits before it is tried again; doubled each time."""
+_LONGEST_KEPT_BACK_PAUSE = 60.0
+
+
+class Statements:
+    """The statements of the channel ``name`` in ``table`` on a ``backend``."""
+
+    def __init__(self, table: Table, name: str, backend: str) -> None:
+        self.table = table
+        self.name = name
+        self.backend = backend
+        self._inserts: dict[Dialect, tuple[str, tuple[str, ...]]] = {}
+        claim = (
+            select(
+                table.c.seq, table.c.message_id, table.c.headers, table.c.body, table.c.deliveries
+            )
+            .where(table.c.channel == name, table.c.available_at <= bindparam("now"))
+            .order_by(table.c.available_at, table.c.seq)
+            .limit(bindparam("limit"))
+        )
+        if backend != "sqlite":
+            claim = claim.with_for_update(skip_locked=True)
+        self._claim = claim
+        self._ack = delete(table).where(table.c.seq.in_(bindparam("seqs", expanding=True)))
+        self._next_due = select(func.min(table.c.available_at)).where(table.c.channel == name)
+
+    def ddl(self, dialect: Dialect) -> list[str]:
+        statements = [str(CreateTable(self.table, if_not_exists=True).compile(dialect=dialect))]
+        statements += [
+            str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+            for index in self.table.indexes
+        ]
+        if self.backend == "postgresql":
+            statements += self.notify_trigger()
+        return [statement.strip() for statement in statements]
+
+    def notify_trigger(self) -> list[str]:
+        table = self.table.name
+        return [
+            f"""CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{NOTIFY_CHANNEL}', NEW.channel);
+    RETURN NULL;
+END $$ LANGUAGE plpgsql""",
+            f"""CREATE OR REPLACE TRIGGER {table}_notify AFTER INSERT ON {table}
+    FOR EACH ROW EXECUTE FUNCTION {table}_notify()""",
+        ]
+
+    def insert(self, connection: Connection | AsyncConnection, row: dict[str, Any]) -> Any:
+        """The INSERT of ``row`` as the driver's SQL and parameters, compiled once per dialect:
+        sending is the outbox's hot path, and compiling each time costs more than the insert."""
+        dialect = connection.dialect
+        compiled = self._inserts.get(dialect)
+        if compiled is None:
+            statement = insert(self.table).inline().compile(dialect=dialect, column_keys=list(row))
+            positions = tuple(statement.positiontup or ())
+            compiled = self._inserts[dialect] = (statement.string, positions)
+        sql, positions = compiled
+        return sql, tuple(row[key] for key in positions) if positions else row
+
+    def claim(self, limit: int, now: float) -> tuple[Any, dict[str, int]]:
+        """The claim of up to ``limit`` messages due ``now``, and its parameters."""
+        return self._claim, {"now": int(now * 1000), "limit": limit}
+
+    def lease(self, seqs: list[int], until: float) -> tuple[Any, Any]:
+        table = self.table
+        statement = update(table).values(
+            available_at=int(until * 1000), deliveries=table.c.deliveries + 1
+        )
+        return self._by_key(statement, seqs)
+
+    def release(self, seqs: list[int], now: float) -> tuple[Any, Any]:
+        return self._by_key(update(self.table).values(available_at=int(now * 1000)), seqs)
+
+    def ack(self, seqs: list[int]) -> tuple[Any, Any]:
+        if self.backend == "mysql":
+            return self._by_key(delete(self.table), seqs)
+        return self._ack, {"seqs": seqs}
+
+    def keep_back(self, rows: Sequence[Row[Any]], now: float) -> tuple[Any, Any]:
+        """Make ``rows`` available again later, each after a pause doubled at every try."""
+        statement = (
+            update(self.table)
+            .where(self.table.c.seq == bindparam("key"))
+            .values(available_at=bindparam("until"), deliveries=self.table.c.deliveries + 1)
+        )
+        return statement, [
+            {"key": row.seq, "until": int((now + _kept_back_pause(row.deliveries)) * 1000)}
+            for row in rows
+        ]
+
+    def next_due(self) -> Any:
+        """When the channel's earliest message is due (``available_at``), or NULL."""
+        return self._next_due
+
+    def depth(self) -> Any:
+        return select(func.count()).where(self.table.c.channel == self.name)
+
+    def first_queued(self, now: float) -> Any:
+        """When the oldest message due ``now`` was first due (``queued_at``), or NULL."""
+        table = self.table
+        return select(func.min(table.c.queued_at)).where(
+            table.c.channel == self.name, table.c.queued_at <= int(now * 1000)
+        )
+
+    def _by_key(self, statement: Any, seqs: list[int]) -> tuple[Any, Any]:
+        """``statement`` for the rows ``seqs``, and its parameters: ``execute(*...)``."""
+        if self.backend == "mysql":
+            # MariaDB/MySQL may read ``seq IN (...)`` by a scan that locks rows other workers
+            # have claimed, and workers deadlock: there, go by the key, one row at a time.
+            keyed = statement.where(self.table.c.seq == bindparam("key"))
+            return keyed, [{"key": seq} for seq in seqs]
+        return statement.where(self.table.c.seq.in_(seqs)), None
+
+
+def _kept_back_pause(deliveries: int) -> float:
+    return min(_KEPT_BACK_PAUSE * float(2 ** min(deliveries, 16)), _LONGEST_KEPT_BACK_PAUSE)
