@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,52 +14,13 @@ from amqp_support import queues as queues
 from amqp_support import rabbitmq_in_use as rabbitmq_in_use
 
 from busway import Messaging
+from workers import finish, kill_when, start_worker
 
 HERE = Path(__file__).parent
 
 
 def start(role: str, database: str, amqp_url: str, queue: str, *options: str) -> Any:
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import amqp_worker; amqp_worker.main()",
-            role,
-            database,
-            amqp_url,
-            queue,
-            *options,
-        ],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(process: Any, timeout: float = 60) -> None:
-    _, err = process.communicate(timeout=timeout)
-    assert process.returncode == 0, err
-
-
-def kill_when(marker: Path, process: Any, timeout: float = 30) -> str:
-    """Wait for the process to write ``marker``, then kill it with SIGKILL."""
-    deadline = time.monotonic() + timeout
-    try:
-        while not marker.exists():
-            if process.poll() is not None:
-                _, err = process.communicate()
-                pytest.fail(f"the worker exited ({process.returncode}) too early:\n{err}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {marker.name}")
-            time.sleep(0.01)
-    finally:
-        if process.poll() is None:  # a worker that exited early is reported as such
-            os.kill(process.pid, signal.SIGKILL)
-            process.communicate(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    return marker.read_text()
+    return start_worker(HERE, "amqp_worker", role, database, amqp_url, queue, *options)
 
 
 @pytest.fixture

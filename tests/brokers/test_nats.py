@@ -49,6 +49,7 @@ from busway.message import DELIVER_AT
 from busway.nats import NatsChannel
 from busway.testing import ChannelContract, FakeClock
 from busway.testing.conformance import ChannelFactory
+from workers import kill_when, start_worker
 
 URL = os.environ.get("BUSWAY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 PREFIX = "test_busway_"
@@ -691,29 +692,7 @@ def _application(stream: str, database: str) -> Messaging:
 
 def _start_worker(role: str, stream: str, database: str, *options: str) -> Any:
     """A worker process of ``nats_worker`` in ``role``."""
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-c", "import nats_worker; nats_worker.main()"),
-            *(role, URL, stream, database, *options),
-        ],
-        env=environment,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _kill_when(marker: Path, worker: Any) -> str:
-    """Wait for the worker to write ``marker``, then kill it with SIGKILL; what it wrote."""
-    try:
-        written = f"the worker to write {marker.name}"
-        _wait_for(lambda: marker.exists() or worker.poll() is not None, written)
-    finally:
-        if worker.poll() is None:
-            os.kill(worker.pid, signal.SIGKILL)
-        _, errors = worker.communicate(timeout=30)
-    assert worker.returncode == -signal.SIGKILL, f"the worker exited too early:\n{errors}"
-    return marker.read_text()
+    return start_worker(HERE, "nats_worker", role, URL, stream, database, *options)
 
 
 async def _records(stream: str) -> list[int]:
@@ -747,7 +726,7 @@ def test_a_relay_killed_between_publish_and_delete_loses_nothing(
 
         marker = tmp_path / "acknowledged"
         relay = _start_worker("relay", stream, database, "--block-at", "1", "--marker", str(marker))
-        _kill_when(marker, relay)
+        kill_when(marker, relay)
 
         # JetStream acknowledged the whole batch; the outbox never deleted it.
         assert run_async(_records(stream)) == list(range(total))
@@ -781,7 +760,7 @@ def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
     worker = _start_worker(
         "consume", stream, database, "--block-at", str(block_at), "--marker", str(marker)
     )
-    in_hand = int(_kill_when(marker, worker))
+    in_hand = int(kill_when(marker, worker))
     assert _effects(database) == list(range(block_at - 1))  # the one in hand did not commit
 
     deadline = time.monotonic() + 30

@@ -12,7 +12,6 @@ import asyncio
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from busway.message import DELIVER_AT
 from busway.redis import RedisChannel
 from busway.testing import ChannelContract, FakeClock
 from busway.testing.conformance import ChannelFactory
+from workers import kill_when, start_worker
 
 REDIS_URL = os.environ.get("BUSWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HERE = Path(__file__).parent
@@ -724,37 +724,9 @@ async def test_an_asyncio_redis_consumer_that_relays_acknowledges_what_it_sent_o
 # -- worker processes killed mid-relay and mid-handler -------------------------------------
 
 
-def start_worker(role: str, stream: str, database: str, name: str, *options: str) -> Any:
+def start_redis_worker(role: str, stream: str, database: str, name: str, *options: str) -> Any:
     """A worker process of ``redis_worker`` in ``role``, named ``name``."""
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-c", "import redis_worker; redis_worker.main()"),
-            *(role, REDIS_URL, stream, database, name, *options),
-        ],
-        env=environment,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def kill_when(marker: Path, worker: Any, timeout: float = 30) -> str:
-    """Wait for the worker to write ``marker``, then kill it with SIGKILL; what it wrote."""
-    deadline = time.monotonic() + timeout
-    try:
-        while not marker.exists():
-            if worker.poll() is not None:
-                _, errors = worker.communicate()
-                pytest.fail(f"the worker exited ({worker.returncode}) too early:\n{errors}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for the worker to write {marker.name}")
-            time.sleep(0.01)
-    finally:
-        if worker.poll() is None:
-            os.kill(worker.pid, signal.SIGKILL)
-            worker.communicate(timeout=30)
-    assert worker.returncode == -signal.SIGKILL
-    return marker.read_text()
+    return start_worker(HERE, "redis_worker", role, REDIS_URL, stream, database, name, *options)
 
 
 @pytest.fixture
@@ -798,7 +770,7 @@ def test_a_relay_killed_between_send_and_delete_loses_nothing(
             bus.send(redis_worker.Record(number))
 
     marker = tmp_path / "sent"
-    relay = start_worker(
+    relay = start_redis_worker(
         "relay", stream, database, "relay", "--block-at", "1", "--marker", str(marker)
     )
     kill_when(marker, relay)
@@ -829,7 +801,7 @@ def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
         bus.send(redis_worker.Record(number))
 
     marker = tmp_path / "mid-handler"
-    worker = start_worker(
+    worker = start_redis_worker(
         "consume", stream, database, "killed", "--batch-size", str(batch),
         "--block-at", str(block_at), "--marker", str(marker),
     )  # fmt: skip
