@@ -20,7 +20,7 @@ from amqp_support import rabbitmq_in_use as rabbitmq_in_use
 
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
 from busway.amqp import AmqpChannel
-from busway.errors import BuswayError
+from busway.errors import BuswayError, ConversionError
 from busway.testing import FakeClock
 
 
@@ -165,6 +165,26 @@ def test_a_relay_keeps_back_only_the_messages_rabbitmq_refused(
     assert messaging.channel("outbox").depth() == 0
     assert _queued(broker, _queue_of(messaging, "rabbit-b")) == to_second
     assert broker.count(_queue_of(messaging, "rabbit")) == 0  # nothing sent twice
+
+
+def test_a_message_that_cannot_be_an_amqp_message_is_kept_back_alone(
+    two_queue_relay: tuple[Messaging, FakeClock], broker: Broker
+) -> None:
+    """The outbox takes any JSON header; AMQP has no integer wider than 64 bits. That one
+    message stays in the outbox; its neighbours go out once."""
+    messaging, _ = two_queue_relay
+    events = messaging.gateway(OutboxEvents)
+    with messaging.transaction():
+        events.publish(OrderWasPlaced("o-0"))
+        events.publish(OrderWasPlaced("o-1"), headers={"too-big": 2**70})
+        events.publish(OrderWasPlaced("o-2"))
+
+    with pytest.raises(ConversionError, match="cannot be an AMQP header"):
+        messaging.run("outbox")
+
+    assert messaging.run("outbox").handled == 0  # kept back, the others gone
+    assert messaging.channel("outbox").depth() == 1
+    assert _queued(broker, _queue_of(messaging, "rabbit")) == ["o-0", "o-2"]
 
 
 async def test_an_asyncio_relay_keeps_back_only_the_messages_rabbitmq_refused(

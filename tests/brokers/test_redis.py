@@ -672,7 +672,8 @@ def test_a_relay_that_cannot_reach_redis_keeps_back_what_it_sent_there(
 def test_a_redis_consumer_that_relays_acknowledges_what_it_sent_on(
     client: redis.Redis, stream: str, tmp_path: Path
 ) -> None:
-    relay = _split_relay(client, stream, RedisChannel("jobs", REDIS_URL, stream=stream), tmp_path)
+    jobs_channel = RedisChannel("jobs", REDIS_URL, stream=stream, claim_idle=0.2)
+    relay = _split_relay(client, stream, jobs_channel, tmp_path)
     jobs = relay.messaging.channel("jobs")
     try:
         relay.messaging.setup()
@@ -683,11 +684,13 @@ def test_a_redis_consumer_that_relays_acknowledges_what_it_sent_on(
             relay.messaging.run("jobs")
 
         assert jobs.depth() == 4
-        assert client.xpending(stream, "busway")["pending"] == 4  # held by this consumer
+        assert client.xpending(stream, "busway")["pending"] == 4  # left pending, unacknowledged
         assert relay.orders(relay.a) == ["a-0", "a-1", "a-2", "a-3"]
 
         relay.repair_b()
-        assert relay.messaging.run("jobs").handled == 4
+        # Left pending, not held: claimed again once idle for claim_idle.
+        again = relay.messaging.run("jobs", until_empty=False, limit=4, time_limit=30)
+        assert again.handled == 4
 
         assert jobs.depth() == 0
         assert relay.orders(relay.a) + relay.orders(relay.b) == sent
@@ -698,7 +701,8 @@ def test_a_redis_consumer_that_relays_acknowledges_what_it_sent_on(
 async def test_an_asyncio_redis_consumer_that_relays_acknowledges_what_it_sent_on(
     client: redis.Redis, stream: str, tmp_path: Path
 ) -> None:
-    relay = _split_relay(client, stream, RedisChannel("jobs", REDIS_URL, stream=stream), tmp_path)
+    jobs_channel = RedisChannel("jobs", REDIS_URL, stream=stream, claim_idle=0.2)
+    relay = _split_relay(client, stream, jobs_channel, tmp_path)
     jobs = relay.messaging.channel("jobs")
     try:
         await relay.messaging.asetup()
@@ -712,7 +716,8 @@ async def test_an_asyncio_redis_consumer_that_relays_acknowledges_what_it_sent_o
         assert relay.orders(relay.a) == ["a-0", "a-1", "a-2", "a-3"]
 
         relay.repair_b()
-        assert (await relay.messaging.arun("jobs")).handled == 4
+        again = await relay.messaging.arun("jobs", until_empty=False, limit=4, time_limit=30)
+        assert again.handled == 4
         await relay.messaging.aclose()
 
         assert jobs.depth() == 0

@@ -42,8 +42,8 @@ class FarChannel(Channel):
     """Takes a batch's sends when the batch is about to be acknowledged, and refuses those
     of the orders in ``refuse``."""
 
-    def __init__(self) -> None:
-        self.name = "far"
+    def __init__(self, name: str = "far") -> None:
+        self.name = name
         self.received: list[str] = []
         self.refuse: set[str] = set()
 
@@ -193,3 +193,38 @@ def test_a_relay_takes_bigger_batches_while_it_only_sends_on(make_messaging):
     assert len(orders(far.received)) == 250
     batches = [statement for statement in sent if statement.startswith("DELETE FROM BUSWAY")]
     assert len(batches) == 6  # 10, then 50 at a time: 10 + 4 x 50 + 40
+
+
+class Subscribers:
+    """Two subscribers of one event, each handled on the far side of its own relay."""
+
+    @event_handler
+    @asynchronous("outbox", "far")
+    def on_the_far_side(self, event: OrderWasPlaced) -> None: ...
+
+    @event_handler
+    @asynchronous("outbox", "farther")
+    def farther_still(self, event: OrderWasPlaced) -> None: ...
+
+
+def test_rows_of_one_message_are_kept_back_each_on_its_own(make_messaging):
+    """An event for two asynchronous subscribers is two outbox rows with one message id:
+    the row whose send failed stays, the other is deleted, and nothing is sent twice."""
+    far, farther = FarChannel("far"), FarChannel("farther")
+    clock = FakeClock()
+    messaging = make_messaging([Subscribers()], [SqlChannel("outbox"), far, farther], clock=clock)
+    with messaging.transaction():
+        messaging.event_bus.publish(OrderWasPlaced("o-1"))
+    assert messaging.channel("outbox").depth() == 2
+    far.refuse = {"o-1"}
+
+    with pytest.raises(Refused):
+        messaging.run("outbox")
+
+    assert messaging.channel("outbox").depth() == 1
+    assert orders(farther.received) == ["o-1"]
+    far.refuse = set()
+    clock.advance(1)
+    assert messaging.run("outbox").handled == 1
+    assert orders(far.received) == ["o-1"]
+    assert orders(farther.received) == ["o-1"]  # not sent again

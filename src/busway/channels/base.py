@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,18 +39,19 @@ class Unsent(Exception):
     """Raised by a batch's ``before_ack`` callback: the sends of some messages failed for good.
 
     Every one of those messages was only forwarded (``Batch.forwarded``): nothing else of
-    theirs needs undoing. The consuming channel acknowledges the rest of the batch, keeps
-    ``message_ids`` for a later delivery, then raises ``error``.
+    theirs needs undoing. The consuming channel acknowledges the rest of the batch, keeps the
+    messages of ``keys`` (the ``Batch.current`` keys they were handed out under) for a later
+    delivery, then raises ``error``.
     """
 
-    def __init__(self, message_ids: Collection[str], error: BaseException) -> None:
-        super().__init__(f"{len(message_ids)} message(s) not sent: {error}")
-        self.message_ids = frozenset(message_ids)
+    def __init__(self, keys: Collection[Hashable], error: BaseException) -> None:
+        super().__init__(f"{len(keys)} message(s) not sent: {error}")
+        self.keys = frozenset(keys)
         self.error = error
 
     def merge(self, other: Unsent) -> Unsent:
         """Both errors' messages, under the first error."""
-        return Unsent(self.message_ids | other.message_ids, self.error)
+        return Unsent(self.keys | other.keys, self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +106,13 @@ class Batch:
     """The channel is handling the batch again after rolling it back."""
     message_ids: list[str] = field(default_factory=list)
     """The ids of the batch's messages, when the channel knows them before handing them out."""
-    current: str | None = None
-    """The id of the message in hand, set by a channel that can keep single messages back
-    (see ``Unsent``); a sending channel tags its deferred sends with it."""
-    forwarded: set[str] = field(default_factory=set)
-    """The ids of the messages whose handling was only a send to the next channel."""
+    current: Hashable | None = None
+    """A key for the message in hand, unique within the batch (not its id: several messages
+    of a batch may share one, an event's copies for several subscribers do), set by a channel
+    that can keep single messages back (see ``Unsent``); a sending channel tags its deferred
+    sends with it."""
+    forwarded: set[Hashable] = field(default_factory=set)
+    """The keys of the messages whose handling was only a send to the next channel."""
 
     def run_before_ack(self) -> Unsent | None:
         """Run the ``before_ack`` callbacks (in sync code); the messages they could not send.
@@ -136,9 +139,9 @@ class Batch:
                 unsent = error if unsent is None else unsent.merge(error)
         return unsent
 
-    def unsent(self, failures: Collection[tuple[str | None, BaseException]]) -> BaseException:
-        """The error to raise for sends that failed, each tagged with the ``current`` id it was
-        sent under: ``Unsent`` when each one's message can be kept back on its own."""
+    def unsent(self, failures: Collection[tuple[Hashable | None, BaseException]]) -> BaseException:
+        """The error to raise for sends that failed, each tagged with the ``current`` key it
+        was sent under: ``Unsent`` when each one's message can be kept back on its own."""
         sources = {source for source, _ in failures}
         first = next(iter(failures))[1]
         if None in sources or not sources <= self.forwarded:

@@ -84,7 +84,7 @@ def kept_back(
     """The rows of the messages ``unsent`` names, taken out of ``done``."""
     if unsent is None:
         return []
-    kept = [row for row in rows if row.message_id in unsent.message_ids]
+    kept = [row for row in rows if row.seq in unsent.keys]
     seqs = {row.seq for row in kept}
     done[:] = [seq for seq in done if seq not in seqs]
     log.warning(

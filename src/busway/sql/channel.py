@@ -288,7 +288,7 @@ class SqlChannel(Channel):
         batch_token = current_batch.set(batch)
         try:
             for row in rows:
-                batch.current = row.message_id
+                batch.current = row.seq
                 delivery = self._delivery(row, transaction.connection, isolated)
                 delivery.known_failure = failures.get(row.seq)
                 delivery.repeated = row.seq in handed

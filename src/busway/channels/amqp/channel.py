@@ -13,6 +13,7 @@ from weakref import WeakKeyDictionary
 from yarl import URL
 
 from busway._internal.bridge import run_coroutine
+from busway.channels.amqp.confirms import _Confirms
 from busway.channels.amqp.consuming import _ConsumingLink, _Received
 from busway.channels.amqp.wire import _outgoing
 from busway.channels.base import (
@@ -25,6 +26,7 @@ from busway.channels.base import (
     MessageReturned,
     current_batch,
 )
+from busway.errors import ConversionError
 
 __all__ = ["AmqpChannel"]
 
@@ -119,13 +121,12 @@ class AmqpChannel(Channel):
         run_coroutine(self._sync_link().declare())
 
     def send(self, envelope: Envelope) -> None:
-        message = _outgoing(envelope, self.name)
         link = self._sync_link()
         batch = current_batch.get()
         if batch is None:
-            run_coroutine(link.publish([message]))
+            run_coroutine(link.publish([_outgoing(envelope, self.name)]))
         else:
-            link.confirms(batch).add(message)
+            _defer(link.confirms(batch), envelope, self.name)
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:
@@ -168,13 +169,12 @@ class AmqpChannel(Channel):
         await (await self._loop_link()).declare()
 
     async def asend(self, envelope: Envelope) -> None:
-        message = _outgoing(envelope, self.name)
         link = await self._loop_link()
         batch = current_batch.get()
         if batch is None:
-            await link.publish([message])
+            await link.publish([_outgoing(envelope, self.name)])
         else:
-            link.confirms(batch).add(message)
+            _defer(link.confirms(batch), envelope, self.name)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:
@@ -217,3 +217,14 @@ class AmqpChannel(Channel):
 
     def _delivery(self, received: _Received) -> Delivery:
         return Delivery(received.envelope, self.name, redelivered=received.redelivered)
+
+
+def _defer(confirms: _Confirms, envelope: Envelope, channel: str) -> None:
+    """Publish ``envelope`` within a batch; one that cannot become an AMQP message fails on
+    its own at the batch's end, instead of failing the whole batch now."""
+    try:
+        message = _outgoing(envelope, channel)
+    except ConversionError as error:
+        confirms.refuse(error)
+        return
+    confirms.add(message)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Hashable
 from typing import TYPE_CHECKING
 
 from busway.channels.amqp.wire import _Outgoing
@@ -22,10 +22,11 @@ class _Confirms:
         self.link = link
         self._batch = weakref.ref(batch)  # the link's map of batches holds them weakly
         self._lock = threading.Lock()
-        self._queued: list[tuple[_Outgoing, str | None]] = []
+        self._queued: list[tuple[_Outgoing, Hashable | None]] = []
         self._scheduled = False
-        self._in_flight: list[tuple[_Outgoing, str | None, asyncio.Task[None]]] = []
+        self._in_flight: list[tuple[_Outgoing, Hashable | None, asyncio.Task[None]]] = []
         self._deadline: float | None = None
+        self._refused: list[tuple[Hashable | None, BaseException]] = []
 
     @property
     def batch(self) -> Batch:
@@ -45,6 +46,12 @@ class _Confirms:
                 return
             self._scheduled = True
         self.link.call_soon(self._start)
+
+    def refuse(self, error: BaseException) -> None:
+        """The batch's message in hand cannot be published at all (a header RabbitMQ cannot
+        carry): count it as failed at ``settle``, so that only it is kept back."""
+        with self._lock:
+            self._refused.append((self.batch.current, error))
 
     def _start(self) -> None:
         with self._lock:
@@ -68,8 +75,11 @@ class _Confirms:
         failures = await self.link.publish_all(
             [message for message, *_ in in_flight], self._deadline, results
         )
-        if failures:
-            raise self.batch.unsent([(sources[id(message)], error) for message, error in failures])
+        with self._lock:
+            refused, self._refused = self._refused, []
+        failed = refused + [(sources[id(message)], error) for message, error in failures]
+        if failed:
+            raise self.batch.unsent(failed)
 
     def settle_callback(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: waits here in sync code, else returns an

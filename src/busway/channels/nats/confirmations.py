@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ class _Publish:
 
     body: bytes
     headers: dict[str, str]
-    source: str | None
+    source: Hashable | None
     ack: asyncio.Future[None] | None = None
     error: BaseException | None = None
     """The error of the latest try; once settled, the reason it failed for good."""
@@ -63,7 +63,7 @@ class Confirmations:
         self._batch = weakref.ref(batch)  # the channel's map of batches holds them weakly
         self.sent: list[_Publish] = []
 
-    async def publish(self, envelope: Envelope, source: str | None) -> None:
+    async def publish(self, envelope: Envelope, source: Hashable | None) -> None:
         """Publish without waiting for the ack; ``source`` is the batch's message in hand."""
         try:
             headers = {HEADERS: encode_headers(envelope.headers, self.channel.name)}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Hashable
 from typing import Any
 
 from busway.channels.base import Batch
 from busway.channels.redis.link import Link
 from busway.channels.redis.stream import Command
 
-Send = tuple[str | None, Command]
+Send = tuple[Hashable | None, Command]
 """A command, tagged with the batch's message in hand when it was sent (``Batch.current``)."""
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import msgspec
 
 from busway.channels.base import Batch, Delivery, Envelope, Unsent
 from busway.channels.redis.stream import Entry, Stream
-from busway.message import ID
 
 log = logging.getLogger("busway.redis")
 
@@ -35,20 +34,19 @@ class Hand:
         self.handled = 0
         self.failure: BaseException | None = None
         self.unsent: Unsent | None = None
-        self._sources: list[str | None] = []
+        self._sources: list[Hashable] = []
         self._touch_every = stream.claim_idle / 3
         self._touch_at = time.monotonic() + self._touch_every
 
     def __iter__(self) -> Iterator[Delivery]:
         batch, sources = self.batch, self._sources
-        for _, headers, body, redelivered in self.entries:
+        for entry_id, headers, body, redelivered in self.entries:
             try:
                 decoded = _decode_headers(headers)
             except msgspec.DecodeError:
                 decoded = {}  # not a busway message: the core sends it to the dead letter store
-            source = decoded.get(ID)
-            batch.current = source if isinstance(source, str) else None
-            sources.append(batch.current)
+            batch.current = entry_id
+            sources.append(entry_id)
             yield Delivery(Envelope(body, decoded), self.channel, redelivered=redelivered)
 
     def slow(self) -> bool:
@@ -75,17 +73,20 @@ class Hand:
         done, rest = self.entries[: self.handled], self.entries[self.handled :]
         kept: list[Entry] = []
         if self.unsent is not None:
-            unsent = self.unsent.message_ids
+            unsent = self.unsent.keys
             tagged = list(zip(done, self._sources[: self.handled], strict=True))
             kept = [entry for entry, source in tagged if source in unsent]
             done = [entry for entry, source in tagged if source not in unsent]
             log.warning(
-                "channel %r: %d message(s) not sent on, kept back for a later try: %s",
+                "channel %r: %d message(s) not sent on, left pending for a later try: %s",
                 self.channel,
                 len(kept),
                 self.unsent.error,
             )
-        self.stream.hold(kept + rest, len(kept) + (self.failure is not None))
+        # What could not be sent on stays pending, unacknowledged and not held here: it is
+        # claimed again once idle for ``claim_idle``, a pause before the next try, while the
+        # messages behind it flow on.
+        self.stream.hold(rest, 1 if self.failure is not None else 0)
         return done
 
     def raise_failure(self) -> None:
