@@ -176,7 +176,7 @@ def _main_module_name() -> str:
     spec = getattr(main, "__spec__", None)
     name = getattr(spec, "name", None)
     if isinstance(name, str) and name and name != "__main__":
-        return name.removesuffix(".__main__")
+        return name
     path = getattr(main, "__file__", None)
     if isinstance(path, str) and path.endswith(".py"):
         return os.path.basename(path)[: -len(".py")]

@@ -67,6 +67,9 @@ class Messaging:
             else None
         )
         providers: list[ParameterProvider] = list(extension.providers) if extension else []
+        interceptors = list(interceptors)
+        if extension is not None:
+            extension.see_interceptors(interceptors)
         all_interceptors = [*interceptors, *(extension.interceptors if extension else ())]
         if dead_letters is None:
             dead_letters = extension.dead_letters if extension else InMemoryDeadLetterStore()

@@ -17,7 +17,7 @@ from recovery_support import (
 )
 from sqlalchemy import create_engine, text
 
-from busway import InMemoryChannel, SqlChannel
+from busway import InMemoryChannel, SqlChannel, command_handler
 from busway.testing import record
 from dbsupport import sync_url
 
@@ -246,3 +246,44 @@ def test_a_key_longer_than_its_column_still_deduplicates(make_messaging, databas
 
     assert (result.handled, result.failed) == (3, 0)
     assert effect_counts(database_url) == {"a" * 300: 1, "a" * 299 + "b": 1}
+
+
+@pytest.mark.parametrize("kind", ["transaction", "lease"])
+async def test_a_def_handler_under_arun_takes_effect_once(make_messaging, database_url, kind):
+    """A plain def handler on the asyncio path works through the claim's sync connection."""
+    make_tables(database_url)
+    messaging = make_messaging([Jobs()], [channel_of(kind)])
+    channel = messaging.channel("jobs")
+
+    first = send(messaging, Job("a"))
+    channel.send(first)  # twice in one batch
+    assert (await messaging.arun("jobs")).failed == 0
+    channel.send(first)  # and again, alone
+    assert (await messaging.arun("jobs")).failed == 0
+
+    assert effect_counts(database_url) == {"a": 1}
+    assert inbox_size(database_url) == 1
+
+
+class AsyncJobs:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @command_handler
+    async def work(self, job: Job) -> None:
+        self.calls.append(job.id)
+
+
+def test_an_async_handler_in_a_sync_worker_takes_effect_once(make_messaging, database_url):
+    jobs = AsyncJobs()
+    messaging = make_messaging([jobs], [SqlChannel("jobs")])
+    channel = messaging.channel("jobs")
+
+    first = send(messaging, Job("a"))
+    channel.send(first)  # twice in one batch
+    messaging.run("jobs")
+    channel.send(first)  # and again, alone
+    messaging.run("jobs")
+
+    assert jobs.calls == ["a"]
+    assert inbox_size(database_url) == 1

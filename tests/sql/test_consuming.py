@@ -2,7 +2,9 @@
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import pytest
@@ -29,6 +31,7 @@ from busway import (
     command_handler,
     event_handler,
 )
+from busway.interceptors import Interceptor, Invocation
 from busway.testing import FakeClock
 from dbsupport import create_tables, statements_sent, sync_url
 
@@ -599,3 +602,39 @@ def test_inspecting_a_sqlite_channel_never_waits_for_the_write_lock(make_messagi
     assert seen["age"] is not None
     assert seen["letters"] == []
     assert messaging.channel("jobs").depth() == 2
+
+
+# -- an interceptor that writes inside the transaction ------------------------------------------
+
+
+class Audit(Interceptor):
+    """Runs inside the transaction (after 800) and writes through the handler's Session."""
+
+    order = 850
+
+    def around(self, invocation: Invocation, proceed: Callable[[], Any]) -> Any:
+        session = invocation.resources[Session]()
+        session.execute(insert(effects).values(job=invocation.message.payload.id, handler="audit"))
+        return proceed()
+
+
+class Picky:
+    """A command handler that never touches the database itself."""
+
+    @command_handler
+    def work(self, job: Job) -> None:
+        if job.fail:
+            raise Refused(job.id)
+
+
+def test_what_an_inner_interceptor_writes_is_undone_with_its_failed_handler(
+    make_messaging, database_url, tables
+):
+    messaging = make_messaging([Picky()], [], interceptors=[Audit()])
+
+    with messaging.transaction():
+        messaging.command_bus.send(Job("kept"))
+        with pytest.raises(Refused):
+            messaging.command_bus.send(Job("undone", fail=True))
+
+    assert effect_rows(database_url) == [("kept", "audit")]

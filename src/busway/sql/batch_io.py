@@ -96,14 +96,17 @@ def kept_back(
     return kept
 
 
+class StaleClaim(Exception):
+    """The claim failed on a pooled connection a server restart broke: nothing was handed
+    out, so the claim can be made again at once on a new connection."""
+
+
 def once_more_if_stale(take: Callable[[Handle, int], int], handle: Handle, limit: int) -> int:
-    """``take``, again once if a connection broken since it was pooled failed it."""
+    """``take``, again once if its claim failed on a broken pooled connection."""
     try:
         return take(handle, limit)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        log.info("a pooled database connection was broken (%s); claiming on a new one", error)
+    except StaleClaim as stale:
+        log.info("a pooled database connection was broken (%s); claiming on a new one", stale)
         return take(handle, limit)
 
 
@@ -111,6 +114,9 @@ async def aonce_more_if_stale(
     take: Callable[[AsyncHandle, int], Awaitable[int]], handle: AsyncHandle, limit: int
 ) -> int:
     try:
+        return await take(handle, limit)
+    except StaleClaim as stale:
+        log.info("a pooled database connection was broken (%s); claiming on a new one", stale)
         return await take(handle, limit)
     except DBAPIError as error:
         if not error.connection_invalidated:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, MetaData, Row, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from busway._internal.steps import adrive, drive
@@ -51,6 +52,7 @@ from busway.sql.batch_io import (
     Hand,
     HandlerFailed,
     Io,
+    StaleClaim,
     acarry_out,
     after_commit,
     aonce_more_if_stale,
@@ -272,9 +274,14 @@ class SqlChannel(Channel):
         """Claim a batch, hand it out and acknowledge it, in the open ``transaction``: the
         I/O is yielded for the sync or asyncio edge to carry out. Returns how many messages
         were handled and the sends the batch could not make."""
-        rows = (yield Execute(*self._sql.claim(limit, self._clock()))).all()
+        try:
+            rows = (yield Execute(*self._sql.claim(limit, self._clock()))).all()
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise StaleClaim(error) from error
+            raise
         if not rows:
-            next_due.set((yield Execute(self._sql.next_due())).scalar())
+            next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
             return 0, None
         # A lone message has no neighbour to run again: no savepoint needed.
         isolated = isolated and (len(rows) > 1 or bool(handed))

@@ -24,16 +24,21 @@ class SqlExtension:
         parameters = DatabaseParameters()
         self.providers = [parameters]
         self.inbox = Inbox(database)
-        self.interceptors: list[Interceptor] = [
-            TransactionInterceptor(
-                database, parameters.wants_database, parameters.wants_async_database
-            ),
-        ]
+        self.transactions = TransactionInterceptor(
+            database, parameters.wants_database, parameters.wants_async_database
+        )
+        self.interceptors: list[Interceptor] = [self.transactions]
         if deduplication:
             self.interceptors.append(
                 DeduplicationInterceptor(self.inbox, key_function(deduplicate_by))
             )
         self.dead_letters = SqlDeadLetterStore(database)
+
+    def see_interceptors(self, interceptors: list[Interceptor]) -> None:
+        """The application's own interceptors: one that runs inside the transaction may write
+        through its Session or Connection, so every handler's savepoint then begins at once."""
+        inside = [i for i in interceptors if i.order > self.transactions.order]
+        self.transactions.eager_savepoints = bool(inside)
 
     @classmethod
     def from_database(

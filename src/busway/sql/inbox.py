@@ -174,6 +174,13 @@ class DeduplicationInterceptor(Interceptor):
         if row is None or transaction is None:
             if row is not None and not invocation.handler.is_coroutine:
                 return self.around(invocation, blocking(proceed))
+            joined = self._transaction(asynchronous=False) if row else None
+            if row is not None and joined is not None:
+                # An async def handler run by a sync worker, in the worker's transaction.
+                assert isinstance(joined.connection, Connection)
+                joined.begin_writes()
+                if not self.inbox.record(joined.connection, [row]):
+                    return None
             return await proceed()
         if self._deferrable(invocation, transaction):
             assert isinstance(transaction.connection, AsyncConnection)
@@ -205,10 +212,9 @@ class DeduplicationInterceptor(Interceptor):
             or not batch.message_ids
         ):
             return False
-        claimed = delivery.transaction
-        return transaction.connection is claimed or (
-            transaction.connection is getattr(claimed, "sync_connection", None)
-        )
+        # The batch's own transaction, whose flush writes the records: not the sync view of an
+        # asyncio claim that a def handler works in, which records at once instead.
+        return transaction.connection is delivery.transaction
 
     def _known_query(self) -> tuple[Any, dict[str, list[str]]]:
         batch = current_batch.get()

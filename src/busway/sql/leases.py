@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def consume_leased(channel: SqlChannel, handle: Handle, limit: int) -> int:
-    sql, engine = channel._sql, channel.database.worker_engine
+    sql, engine = channel._sql, channel.database.engine
     with engine.begin() as connection:
         rows = connection.execute(*sql.claim(limit, channel._clock())).all()
         if rows:
@@ -40,7 +40,7 @@ def consume_leased(channel: SqlChannel, handle: Handle, limit: int) -> int:
 
 
 async def aconsume_leased(channel: SqlChannel, handle: AsyncHandle, limit: int) -> int:
-    sql, engine = channel._sql, channel.database.worker_async_engine
+    sql, engine = channel._sql, channel.database.async_engine
     async with engine.begin() as connection:
         rows = (await connection.execute(*sql.claim(limit, channel._clock()))).all()
         if rows:

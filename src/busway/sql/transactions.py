@@ -95,7 +95,7 @@ class savepoint:
         self.transaction.savepoints.append(self.promised)
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self.transaction.savepoints.pop()
+        self.transaction.savepoints.remove(self.promised)
         nested = self.promised.nested
         if isinstance(nested, NestedTransaction):
             if kind is None:
@@ -107,7 +107,7 @@ class savepoint:
         self.transaction.savepoints.append(self.promised)
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self.transaction.savepoints.pop()
+        self.transaction.savepoints.remove(self.promised)
         nested = self.promised.nested
         if isinstance(nested, AsyncTransaction):
             if kind is None:
@@ -136,46 +136,39 @@ def _run_after_commit(transaction: Transaction) -> None:
         callback()
 
 
-class _AfterItsCommit:
-    """Runs a joined transaction's after-commit callbacks when the session's owner commits it,
-    inside the block or after it."""
+_AFTER_COMMIT = "busway_after_commit"
 
-    def __init__(self, session: Session, transaction: Transaction) -> None:
-        self.session = session
-        self.transaction = transaction
-        self.armed = False
-        self.arm()
 
-    def arm(self) -> None:
-        if not self.armed:
-            self.armed = True
-            event.listen(self.session, "after_commit", self.fire, once=True)
+def _after_its_commit(session: Session) -> list[Callable[[], None]]:
+    """The after-commit callbacks of transactions joined to ``session``: run, then forgotten,
+    each time its owner commits it, inside a ``transaction(session)`` block or after it. One
+    listener per session, however many blocks join it."""
+    callbacks: list[Callable[[], None]] | None = session.info.get(_AFTER_COMMIT)
+    if callbacks is None:
+        callbacks = session.info[_AFTER_COMMIT] = []
+        event.listen(session, "after_commit", _run_after_its_commit)
+    return callbacks
 
-    def fire(self, _session: Session) -> None:
-        self.armed = False
-        callbacks = list(self.transaction.after_commit)
-        self.transaction.after_commit.clear()
-        for callback in callbacks:
-            callback()
 
-    def block_ended(self) -> None:
-        """Callbacks added since the last commit wait for the next one."""
-        if self.transaction.after_commit:
-            self.arm()
+def _run_after_its_commit(session: Session) -> None:
+    callbacks: list[Callable[[], None]] = session.info[_AFTER_COMMIT]
+    due, callbacks[:] = list(callbacks), []
+    for callback in due:
+        callback()
 
 
 @contextmanager
 def transaction_scope(database: Database, session: Session | None = None) -> Iterator[Session]:
     """Join ``session``'s transaction, or open one (committed on success) if none is given."""
     if session is not None:
-        transaction = Transaction(database.key, session.connection(), session)
-        after_commit = _AfterItsCommit(session, transaction)
+        transaction = Transaction(
+            database.key, session.connection(), session, after_commit=_after_its_commit(session)
+        )
         token = current_transaction.set(transaction)
         try:
             yield session
         finally:
             current_transaction.reset(token)
-        after_commit.block_ended()
         return
     with database.engine.connect() as connection, connection.begin():
         transaction = Transaction(database.key, connection)
@@ -194,14 +187,17 @@ async def atransaction_scope(
 ) -> AsyncIterator[AsyncSession]:
     """``transaction_scope`` for asyncio code and ``AsyncSession``."""
     if session is not None:
-        transaction = Transaction(database.key, await session.connection(), session)
-        after_commit = _AfterItsCommit(session.sync_session, transaction)
+        transaction = Transaction(
+            database.key,
+            await session.connection(),
+            session,
+            after_commit=_after_its_commit(session.sync_session),
+        )
         token = current_transaction.set(transaction)
         try:
             yield session
         finally:
             current_transaction.reset(token)
-        after_commit.block_ended()
         return
     async with database.async_engine.connect() as connection, connection.begin():
         transaction = Transaction(database.key, connection)
@@ -235,6 +231,9 @@ class TransactionInterceptor(Interceptor):
         self.database = database
         self.wants_database = wants_database
         self.wants_async_database = wants_async_database
+        self.eager_savepoints = False
+        """Begin each handler's savepoint at once, not at its first write (an interceptor
+        inside this one may write through the transaction)."""
 
     def applies_to(self, handler: HandlerInfo) -> bool:
         return handler.transactional is not False
@@ -276,10 +275,11 @@ class TransactionInterceptor(Interceptor):
 
         def session() -> Session:
             if not sessions:
+                transaction.begin_writes()
                 sessions.append(Session(bind=connection, join_transaction_mode="rollback_only"))
             return sessions[0]
 
-        if invocation.handler.name in self.wants_database:
+        if self.eager_savepoints or invocation.handler.name in self.wants_database:
             transaction.begin_writes()
         invocation.resources[Connection] = connection
         invocation.resources[Session] = session
@@ -378,7 +378,7 @@ class TransactionInterceptor(Interceptor):
                 )
             return sessions[0]
 
-        if invocation.handler.name in self.wants_database:
+        if self.eager_savepoints or invocation.handler.name in self.wants_database:
             await transaction.abegin_writes()
         invocation.resources[AsyncConnection] = connection
         invocation.resources[AsyncSession] = session

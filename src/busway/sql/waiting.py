@@ -16,7 +16,8 @@ from busway.sql.statements import NOTIFY_CHANNEL
 
 _UNKNOWN = object()
 next_due: ContextVar[Any] = ContextVar("busway_sql_next_due", default=_UNKNOWN)
-"""What the last empty claim in this context found: the channel's earliest ``available_at``."""
+"""What the last empty claim in this context found: its channel, and that channel's earliest
+``available_at``."""
 
 _BUSY_PAUSE = 0.05
 
@@ -42,7 +43,8 @@ class Waiting:
     ) -> None:
         """Wait at most ``wait`` seconds; ``due`` is the query of the next due time."""
         # A message due now but not taken is locked by another worker: wait a moment for it.
-        timeout = _seconds_until_due(wait, database, due, clock) or min(wait, _BUSY_PAUSE)
+        timeout = _seconds_until_due(wait, self.channel, database, due, clock)
+        timeout = timeout or min(wait, _BUSY_PAUSE)
         if database.backend == "postgresql":
             self._listen(database, timeout)
             return
@@ -73,10 +75,12 @@ class Waiting:
         poll_interval: float,
     ) -> None:
         """``wait`` on an event loop."""
-        if next_due.get() is _UNKNOWN:
-            timeout = await asyncio.to_thread(_seconds_until_due, wait, database, due, clock)
+        if _found(self.channel) is _UNKNOWN:
+            timeout = await asyncio.to_thread(
+                _seconds_until_due, wait, self.channel, database, due, clock
+            )
         else:
-            timeout = _seconds_until_due(wait, database, due, clock)
+            timeout = _seconds_until_due(wait, self.channel, database, due, clock)
         timeout = timeout or min(wait, _BUSY_PAUSE)
         if database.backend == "postgresql":
             await self._alisten(database, timeout)
@@ -114,12 +118,18 @@ class Waiting:
             await listener.close()
 
 
+def _found(channel: str) -> Any:
+    """The next due time the last empty claim of ``channel`` in this context found."""
+    found = next_due.get()
+    return found[1] if found is not _UNKNOWN and found[0] == channel else _UNKNOWN
+
+
 def _seconds_until_due(
-    limit: float, database: Database, due: Any, clock: Callable[[], float]
+    limit: float, channel: str, database: Database, due: Any, clock: Callable[[], float]
 ) -> float:
     """How long until the next delayed message is due, at most ``limit``: as an empty claim
-    just found it, or asked now with the query ``due``."""
-    found = next_due.get()
+    of ``channel`` just found it, or asked now with the query ``due``."""
+    found = _found(channel)
     next_due.set(_UNKNOWN)
     if found is _UNKNOWN:
         with database.worker_engine.connect() as connection:
