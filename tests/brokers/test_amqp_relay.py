@@ -20,7 +20,7 @@ from amqp_support import rabbitmq_in_use as rabbitmq_in_use
 
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
 from busway.amqp import AmqpChannel
-from busway.errors import BuswayError, ConversionError
+from busway.errors import BuswayError
 from busway.testing import FakeClock
 
 
@@ -167,11 +167,11 @@ def test_a_relay_keeps_back_only_the_messages_rabbitmq_refused(
     assert broker.count(_queue_of(messaging, "rabbit")) == 0  # nothing sent twice
 
 
-def test_a_message_that_cannot_be_an_amqp_message_is_kept_back_alone(
+def test_a_message_that_cannot_be_an_amqp_message_goes_to_the_dead_letters(
     two_queue_relay: tuple[Messaging, FakeClock], broker: Broker
 ) -> None:
-    """The outbox takes any JSON header; AMQP has no integer wider than 64 bits. That one
-    message stays in the outbox; its neighbours go out once."""
+    """The outbox takes any JSON header; AMQP has no integer wider than 64 bits. That message
+    can never be relayed: it is dead-lettered with the reason, its neighbours go out once."""
     messaging, _ = two_queue_relay
     events = messaging.gateway(OutboxEvents)
     with messaging.transaction():
@@ -179,12 +179,14 @@ def test_a_message_that_cannot_be_an_amqp_message_is_kept_back_alone(
         events.publish(OrderWasPlaced("o-1"), headers={"too-big": 2**70})
         events.publish(OrderWasPlaced("o-2"))
 
-    with pytest.raises(ConversionError, match="cannot be an AMQP header"):
-        messaging.run("outbox")
+    result = messaging.run("outbox")
 
-    assert messaging.run("outbox").handled == 0  # kept back, the others gone
-    assert messaging.channel("outbox").depth() == 1
+    assert (result.handled, result.failed) == (3, 1)
+    assert messaging.channel("outbox").depth() == 0
     assert _queued(broker, _queue_of(messaging, "rabbit")) == ["o-0", "o-2"]
+    (letter,) = messaging.dead_letters.list()
+    assert letter.error_type == "busway.errors.ConversionError"
+    assert "cannot be an AMQP header" in letter.error_message
 
 
 async def test_an_asyncio_relay_keeps_back_only_the_messages_rabbitmq_refused(

@@ -241,7 +241,11 @@ class Consumer:
         prepared = self.prepare(delivery)
         if isinstance(prepared, Forward):
             _note_forwarded()
-            yield Send(prepared.channel, prepared.envelope)
+            try:
+                yield Send(prepared.channel, prepared.envelope)
+            except ConversionError as unsendable:  # it can never travel there: poison
+                yield Bury(self.dead_letter(delivery, None, unsendable))
+                return False
             return True
         if isinstance(prepared, Reject):
             yield Bury(prepared.letter)

@@ -13,7 +13,6 @@ from weakref import WeakKeyDictionary
 from yarl import URL
 
 from busway._internal.bridge import run_coroutine
-from busway.channels.amqp.confirms import _Confirms
 from busway.channels.amqp.consuming import _ConsumingLink, _Received
 from busway.channels.amqp.wire import _outgoing
 from busway.channels.base import (
@@ -26,7 +25,6 @@ from busway.channels.base import (
     MessageReturned,
     current_batch,
 )
-from busway.errors import ConversionError
 
 __all__ = ["AmqpChannel"]
 
@@ -126,7 +124,7 @@ class AmqpChannel(Channel):
         if batch is None:
             run_coroutine(link.publish([_outgoing(envelope, self.name)]))
         else:
-            _defer(link.confirms(batch), envelope, self.name)
+            link.confirms(batch).add(_outgoing(envelope, self.name))
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:
@@ -174,7 +172,7 @@ class AmqpChannel(Channel):
         if batch is None:
             await link.publish([_outgoing(envelope, self.name)])
         else:
-            _defer(link.confirms(batch), envelope, self.name)
+            link.confirms(batch).add(_outgoing(envelope, self.name))
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:
@@ -217,14 +215,3 @@ class AmqpChannel(Channel):
 
     def _delivery(self, received: _Received) -> Delivery:
         return Delivery(received.envelope, self.name, redelivered=received.redelivered)
-
-
-def _defer(confirms: _Confirms, envelope: Envelope, channel: str) -> None:
-    """Publish ``envelope`` within a batch; one that cannot become an AMQP message fails on
-    its own at the batch's end, instead of failing the whole batch now."""
-    try:
-        message = _outgoing(envelope, channel)
-    except ConversionError as error:
-        confirms.refuse(error)
-        return
-    confirms.add(message)

@@ -26,7 +26,6 @@ class _Confirms:
         self._scheduled = False
         self._in_flight: list[tuple[_Outgoing, Hashable | None, asyncio.Task[None]]] = []
         self._deadline: float | None = None
-        self._refused: list[tuple[Hashable | None, BaseException]] = []
 
     @property
     def batch(self) -> Batch:
@@ -46,12 +45,6 @@ class _Confirms:
                 return
             self._scheduled = True
         self.link.call_soon(self._start)
-
-    def refuse(self, error: BaseException) -> None:
-        """The batch's message in hand cannot be published at all (a header RabbitMQ cannot
-        carry): count it as failed at ``settle``, so that only it is kept back."""
-        with self._lock:
-            self._refused.append((self.batch.current, error))
 
     def _start(self) -> None:
         with self._lock:
@@ -75,11 +68,8 @@ class _Confirms:
         failures = await self.link.publish_all(
             [message for message, *_ in in_flight], self._deadline, results
         )
-        with self._lock:
-            refused, self._refused = self._refused, []
-        failed = refused + [(sources[id(message)], error) for message, error in failures]
-        if failed:
-            raise self.batch.unsent(failed)
+        if failures:
+            raise self.batch.unsent([(sources[id(message)], error) for message, error in failures])
 
     def settle_callback(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: waits here in sync code, else returns an
