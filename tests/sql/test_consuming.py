@@ -1,6 +1,7 @@
 """Consuming a SqlChannel: delays, FIFO, lease mode, failures, dead letters, asyncio."""
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from busway import (
     command_handler,
     event_handler,
 )
+from busway.errors import ConfigurationError
 from busway.interceptors import Interceptor, Invocation
 from busway.testing import FakeClock
 from dbsupport import create_tables, statements_sent, sync_url
@@ -638,3 +640,37 @@ def test_what_an_inner_interceptor_writes_is_undone_with_its_failed_handler(
             messaging.command_bus.send(Job("undone", fail=True))
 
     assert effect_rows(database_url) == [("kept", "audit")]
+
+
+# -- a table made by an earlier version ---------------------------------------------------------
+
+
+def test_setup_names_the_columns_an_older_table_lacks_and_how_to_add_them(
+    make_messaging, database_url
+):
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as connection:
+            seq, body = {
+                "sqlite": ("INTEGER PRIMARY KEY", "BLOB"),
+                "mysql": ("BIGINT AUTO_INCREMENT PRIMARY KEY", "LONGBLOB"),
+                "postgresql": ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+            }[engine.dialect.name]
+            connection.exec_driver_sql(
+                f"CREATE TABLE busway_messages (seq {seq}, channel VARCHAR(200) NOT NULL, "
+                "available_at BIGINT NOT NULL, message_id VARCHAR(64) NOT NULL, "
+                f"headers TEXT NOT NULL, body {body} NOT NULL, deliveries INTEGER NOT NULL)"
+            )
+        with pytest.raises(
+            ConfigurationError, match=re.escape("lacks the column(s) queued_at")
+        ) as error:
+            make_messaging([Worker()], [SqlChannel("jobs")])
+
+        with engine.begin() as connection:
+            for statement in str(error.value).split("add them with: ")[1].split("; "):
+                connection.exec_driver_sql(statement)
+        messaging = make_messaging([Worker()], [SqlChannel("jobs")])
+        messaging.gateway(JobBus).send(Job("after"))
+        assert messaging.run("jobs").handled == 1
+    finally:
+        engine.dispose()

@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Connection, MetaData, Row, Table
+from sqlalchemy import Connection, MetaData, Row, Table, inspect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -44,7 +44,7 @@ from busway.channels.base import (
     Unsent,
     current_batch,
 )
-from busway.errors import BuswayError
+from busway.errors import BuswayError, ConfigurationError
 from busway.message import ID
 from busway.sql.batch_io import (
     BeforeAck,
@@ -143,12 +143,32 @@ class SqlChannel(Channel):
     def setup(self) -> None:
         with self.database.engine.begin() as connection:
             self.table.create(connection, checkfirst=True)
+            self._check_columns(connection)
             if self.database.backend == "postgresql":
                 for statement in self._sql.notify_trigger():
                     connection.exec_driver_sql(statement)
 
     async def asetup(self) -> None:
         await asyncio.to_thread(self.setup)
+
+    def _check_columns(self, connection: Connection) -> None:
+        """A table made by an earlier version may lack columns: say which, and how to add them."""
+        found = {column["name"] for column in inspect(connection).get_columns(self.table.name)}
+        missing = [column for column in self.table.columns if column.name not in found]
+        if missing:
+            table, dialect = self.table.name, connection.dialect
+            additions = [
+                f"ALTER TABLE {table} ADD COLUMN {column.name} "
+                f"{column.type.compile(dialect=dialect)} NOT NULL DEFAULT 0"
+                for column in missing
+            ]
+            if "queued_at" in {column.name for column in missing}:
+                additions.append(f"UPDATE {table} SET queued_at = available_at")
+            raise ConfigurationError(
+                f"table {self.table.name} lacks the column(s) "
+                f"{', '.join(column.name for column in missing)} that this version of busway "
+                f"writes; add them with: {'; '.join(additions)}"
+            )
 
     # -- sending ---------------------------------------------------------------------------
 
