@@ -59,5 +59,16 @@ class MalformedMessageError(BuswayError, ValueError):
     """A message read from a channel is not one busway can dispatch."""
 
 
+class UnreadableMessageError(MalformedMessageError):
+    """A channel holds a message it cannot read; it goes to the dead letter store as it came."""
+
+    def __init__(self, channel: str, reason: str) -> None:
+        super().__init__(
+            f"a message on channel {channel!r} cannot be read: {reason}; the dead letter keeps "
+            "its body and its raw headers (header 'busway.raw_headers' or "
+            "'busway.raw_headers_base64'): replay it once they can be read, or delete it"
+        )
+
+
 class UnknownChannelError(BuswayError, LookupError):
     """A channel name that the configuration does not define."""

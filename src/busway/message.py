@@ -140,7 +140,12 @@ class Headers(Mapping[str, HeaderValue]):
     def attempt(self) -> int:
         """How many times this message has been tried before, 0 on the first delivery."""
         value = self._data.get(ATTEMPT, 0)
-        return int(value) if isinstance(value, int | float | str) else 0
+        if not isinstance(value, int | float | str):
+            return 0
+        try:
+            return int(value)
+        except (ValueError, OverflowError):  # a malformed header: not a count
+            return 0
 
 
 T = TypeVar("T")

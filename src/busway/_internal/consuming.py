@@ -30,7 +30,12 @@ from busway._internal.runtime import (
 )
 from busway._internal.steps import adrive, drive
 from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
-from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
+from busway.errors import (
+    ConversionError,
+    MalformedMessageError,
+    NoHandlerError,
+    UnreadableMessageError,
+)
 from busway.message import (
     ATTEMPT,
     DELIVER_AT,
@@ -95,12 +100,15 @@ class Consumer:
 
     def prepare(self, delivery: Delivery) -> Prepared:
         """What to do with a delivery: forward it, reject it, drop it, or run its steps."""
+        if delivery.unreadable is not None:
+            unreadable = UnreadableMessageError(delivery.channel, delivery.unreadable.reason)
+            return Reject(self.dead_letter(delivery, None, unreadable))
         runtime = self.runtime
         headers = delivery.envelope.headers
         try:
             expires_at = headers.get(EXPIRES_AT)
             if isinstance(expires_at, int | float) and expires_at < runtime.clock():
-                return Drop(f"its time to live ended at {expires_at:.3f}")
+                return Drop(f"its time to live ended at {expires_at!r}")
             slip = headers.get(SLIP)
             if slip:
                 if not isinstance(slip, str):

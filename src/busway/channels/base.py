@@ -64,7 +64,21 @@ class Envelope:
     @property
     def deliver_at(self) -> float | None:
         value = self.headers.get(DELIVER_AT)
-        return float(value) if isinstance(value, int | float) else None
+        if not isinstance(value, int | float):
+            return None
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: not a time
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """Why a channel could not read a message it holds; the core moves it to the dead letter
+    store, its body and its headers as they came kept in the letter (see
+    ``busway.channels.reading``)."""
+
+    reason: str
 
 
 @dataclass(slots=True)
@@ -89,6 +103,9 @@ class Delivery:
     """Set when the channel redoes a batch: the error this message's handler raised the first
     time, so the handler is not run again and the failure is dealt with at once."""
     extra: dict[str, Any] = field(default_factory=dict)
+    unreadable: Unreadable | None = None
+    """Set when the channel could not read the message: ``envelope`` then holds its body and
+    its raw headers, for the dead letter store."""
 
 
 @dataclass(eq=False)

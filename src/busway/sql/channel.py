@@ -62,6 +62,7 @@ from busway.sql.batch_io import (
 )
 from busway.sql.database import Database
 from busway.sql.leases import aconsume_leased, consume_leased
+from busway.sql.rows import delivery
 from busway.sql.schema import messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import Transaction, current_transaction, open_transaction
@@ -69,7 +70,6 @@ from busway.sql.waiting import Waiting, next_due
 
 Mode = Literal["transaction", "lease"]
 
-_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.Encoder().encode
 _RELAY_BATCH_FACTOR = 5
 """After a full batch of messages that were all only sent on (a relay's), the next claim takes
@@ -235,13 +235,7 @@ class SqlChannel(Channel):
         return self.batch_size * _RELAY_BATCH_FACTOR if self._relaying else self.batch_size
 
     def _delivery(self, row: Row[Any], connection: Any, isolated: bool = True) -> Delivery:
-        return Delivery(
-            Envelope(bytes(row.body), _decode_headers(row.headers)),
-            self.name,
-            transaction=connection,
-            redelivered=row.deliveries > 0,
-            isolated=isolated,
-        )
+        return delivery(row, self.name, connection, isolated)
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         take = self._consume_in_transaction

@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Dialect,
+    LargeBinary,
     Row,
     Table,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -42,10 +45,14 @@ class Statements:
         self.name = name
         self.backend = backend
         self._inserts: dict[Dialect, tuple[str, tuple[str, ...]]] = {}
+        headers: ColumnElement[Any] = table.c.headers
+        body: ColumnElement[Any] = table.c.body
+        if backend == "sqlite":
+            # As bytes: text that is not UTF-8 would fail the whole claim in the driver.
+            headers = cast(headers, LargeBinary).label("headers")
+            body = cast(body, LargeBinary).label("body")
         claim = (
-            select(
-                table.c.seq, table.c.message_id, table.c.headers, table.c.body, table.c.deliveries
-            )
+            select(table.c.seq, table.c.message_id, headers, body, table.c.deliveries)
             .where(table.c.channel == name, table.c.available_at <= bindparam("now"))
             .order_by(table.c.available_at, table.c.seq)
             .limit(bindparam("limit"))
