@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -14,6 +15,7 @@ from busway._internal.registry import HandlerRegistry, ParameterProvider, Servic
 from busway._internal.router import Router
 from busway._internal.runtime import Runtime
 from busway.channels.base import Channel, ChannelContext, Envelope
+from busway.channels.reading import raw_of, readable
 from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
@@ -21,6 +23,8 @@ from busway.interceptors import HandlerInfo, Interceptor
 from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, TARGET, Message
 from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
 from busway.worker import Limits, RunResult, Worker, graceful_signals
+
+log = logging.getLogger("busway")
 
 G = TypeVar("G", bound=Gateway)
 
@@ -367,15 +371,26 @@ class DeadLetters:
         return self.store.get(letter_id)
 
     def replay(self, letter_ids: Iterable[str]) -> int:
-        """Send each letter back to its channel, addressed to the handler that failed it."""
+        """Send each letter back to its channel, addressed to the handler that failed it.
+
+        A letter of a message whose headers could not be read is sent with those headers
+        once they can be read, and kept until then (see ``unreadable``)."""
         replayed = 0
         for letter_id in letter_ids:
             letter = self.store.get(letter_id)
             if letter is None:
                 continue
+            original = _original_headers(letter)
+            if original is None:
+                log.warning(
+                    "dead letter %s kept: the headers of its message still cannot be read; "
+                    "fix them in the letter, or delete it",
+                    letter.id,
+                )
+                continue
             headers = {
                 key: value
-                for key, value in letter.headers.items()
+                for key, value in original.items()
                 if key not in (ATTEMPT, DELIVER_AT, EXPIRES_AT)
             }
             if letter.handler is not None:
@@ -385,8 +400,19 @@ class DeadLetters:
             replayed += 1
         return replayed
 
+    def unreadable(self, letter: DeadLetter) -> bool:
+        """Whether ``letter`` keeps the headers of a message that still cannot be read: then
+        ``replay`` keeps it."""
+        return _original_headers(letter) is None
+
     def delete(self, letter_ids: Iterable[str]) -> int:
         return self.store.delete(letter_ids)
+
+
+def _original_headers(letter: DeadLetter) -> Mapping[str, Any] | None:
+    """The headers to replay a letter with; None while its message's cannot be read."""
+    raw = raw_of(letter.headers)
+    return letter.headers if raw is None else readable(raw)
 
 
 def _database_extension(

@@ -119,9 +119,21 @@ def replay_letters(app: str, letter_ids: tuple[str, ...], everything: bool, **fi
     """Send dead letters back to their channel, addressed to the handler that failed them."""
     with opened(app) as messaging:
         ids = _chosen_ids(messaging, letter_ids, everything, filters)
+        letters = [messaging.dead_letters.get(letter_id) for letter_id in ids]
+        kept = [
+            letter.id
+            for letter in letters
+            if letter is not None and messaging.dead_letters.unreadable(letter)
+        ]
         replayed = messaging.dead_letters.replay(ids)
     click.echo(f"replayed {replayed} dead letter(s)")
-    _note_missing(len(ids) - replayed)
+    if kept:
+        click.echo(
+            f"kept {len(kept)} dead letter(s) whose message's headers still cannot be read "
+            f"({', '.join(kept)}): see `dead-letter show ID`, fix the headers or delete them",
+            err=True,
+        )
+    _note_missing(len(ids) - replayed - len(kept))
 
 
 @dead_letter.command("delete")
