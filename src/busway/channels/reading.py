@@ -33,6 +33,8 @@ UNREADABLE_ERRORS = (
     OverflowError,
 )
 
+NO_HEADERS = "it has no headers"
+
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -42,7 +44,8 @@ def read(body: bytes, raw_headers: bytes | str) -> tuple[Envelope, Unreadable | 
     try:
         return Envelope(body, _decode(raw_headers)), None
     except UNREADABLE_ERRORS as error:
-        return unreadable(body, raw_headers, f"its headers are not a JSON object: {_why(error)}")
+        why = f"its headers are not a JSON object: {_why(error)}" if raw_headers else NO_HEADERS
+        return unreadable(body, raw_headers, why)
 
 
 def unreadable(body: bytes, raw_headers: bytes | str, reason: str) -> tuple[Envelope, Unreadable]:

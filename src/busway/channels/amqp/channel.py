@@ -214,4 +214,9 @@ class AmqpChannel(Channel):
             await asyncio.to_thread(self.close)
 
     def _delivery(self, received: _Received) -> Delivery:
-        return Delivery(received.envelope, self.name, redelivered=received.redelivered)
+        return Delivery(
+            received.envelope,
+            self.name,
+            redelivered=received.redelivered,
+            unreadable=received.unreadable,
+        )

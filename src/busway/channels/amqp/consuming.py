@@ -17,8 +17,8 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from busway.channels.amqp.link import _RETRY_PAUSE, _Link, _transient
-from busway.channels.amqp.wire import _envelope, _outgoing
-from busway.channels.base import Envelope
+from busway.channels.amqp.wire import _outgoing, _read
+from busway.channels.base import Envelope, Unreadable
 from busway.errors import BuswayError
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class _Received:
     envelope: Envelope
     deliver_at: float | None
     redelivered: bool
+    unreadable: Unreadable | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +194,14 @@ class _ConsumingLink(_Link):
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         channel = cast(aiormq.Channel, message.channel)
-        envelope = _envelope(message)
+        envelope, unreadable = _read(message)
         received = _Received(
             channel,
             message.delivery_tag or 0,
             envelope,
             envelope.deliver_at,
             bool(message.redelivered),
+            unreadable,
         )
         with self._lock:
             consumer = self._consumer

@@ -12,7 +12,8 @@ from typing import Any
 from aiormq.abc import DeliveredMessage
 from pamqp import commands, encode
 
-from busway.channels.base import Envelope
+from busway.channels.base import Envelope, Unreadable
+from busway.channels.reading import unreadable
 from busway.errors import ConversionError
 from busway.message import CONTENT_TYPE, CORRELATION_ID, ID, HeaderValue
 
@@ -134,3 +135,13 @@ def _envelope(message: DeliveredMessage) -> Envelope:
         if not key.startswith(_BROKER_HEADERS)  # added by RabbitMQ on the message's way
     }
     return Envelope(message.body, headers)
+
+
+def _read(message: DeliveredMessage) -> tuple[Envelope, Unreadable | None]:
+    """The message's envelope; marked ``Unreadable`` when its headers cannot be read."""
+    try:
+        return _envelope(message), None
+    except Exception as error:  # whatever it is, it must not stop the consumer
+        body = message.body if isinstance(message.body, bytes) else b""
+        raw = repr(getattr(message.header.properties, "headers", None))
+        return unreadable(body, raw, f"its AMQP headers cannot be read: {error!r}")

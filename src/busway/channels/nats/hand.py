@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 from nats.aio.msg import Msg
 
-from busway.channels.base import Delivery, Envelope
-from busway.channels.nats.headers import decode_headers
+from busway.channels.base import Delivery
+from busway.channels.nats.headers import read_message
 
 
 class Hand:
@@ -32,14 +32,17 @@ class Hand:
         while self.position < len(self.messages):
             message = self.messages[self.position]
             self.position += 1
-            envelope = Envelope(message.data, decode_headers(message.headers))
+            envelope, unreadable = read_message(message.data, message.headers)
             deliver_at = envelope.deliver_at
             if deliver_at is not None and deliver_at > self.clock():
                 self.later.append((message, deliver_at))
                 continue
             self.in_hand = message
             redelivered = message.metadata.num_delivered > 1
-            yield message, Delivery(envelope, self.channel, redelivered=redelivered)
+            delivery = Delivery(
+                envelope, self.channel, redelivered=redelivered, unreadable=unreadable
+            )
+            yield message, delivery
 
     def done(self) -> None:
         self.in_hand = None

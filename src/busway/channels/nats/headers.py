@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from busway.channels.base import Envelope, Unreadable
+from busway.channels.reading import UNREADABLE_ERRORS, read
 from busway.errors import ConversionError
 from busway.message import HeaderValue
 
@@ -35,8 +37,21 @@ def decode_headers(headers: Mapping[str, str] | None) -> dict[str, HeaderValue]:
         return {}
     encoded = headers.get(HEADERS)
     if encoded is not None:
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(*UNREADABLE_ERRORS):
             decoded = msgspec.json.decode(encoded)
             if isinstance(decoded, dict):
                 return decoded
     return dict(headers)
+
+
+def read_message(
+    data: bytes, headers: Mapping[str, str] | None
+) -> tuple[Envelope, Unreadable | None]:
+    """A message's envelope; marked ``Unreadable`` when its busway headers cannot be read.
+
+    A message without them (another program's) keeps its plain NATS headers: the core
+    finds no handler for it and tells why."""
+    encoded = headers.get(HEADERS) if headers else None
+    if encoded is None:
+        return Envelope(data, dict(headers) if headers else {}), None
+    return read(data, encoded)

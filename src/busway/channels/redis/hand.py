@@ -5,16 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Hashable, Iterator
-from typing import Any
 
-import msgspec
-
-from busway.channels.base import Batch, Delivery, Envelope, Unsent
+from busway.channels.base import Batch, Delivery, Unsent
+from busway.channels.reading import read
 from busway.channels.redis.stream import Entry, Stream
 
 log = logging.getLogger("busway.redis")
-
-_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class Hand:
@@ -41,13 +37,10 @@ class Hand:
     def __iter__(self) -> Iterator[Delivery]:
         batch, sources = self.batch, self._sources
         for entry_id, headers, body, redelivered in self.entries:
-            try:
-                decoded = _decode_headers(headers)
-            except msgspec.DecodeError:
-                decoded = {}  # not a busway message: the core sends it to the dead letter store
+            envelope, unreadable = read(body, headers)
             batch.current = entry_id
             sources.append(entry_id)
-            yield Delivery(Envelope(body, decoded), self.channel, redelivered=redelivered)
+            yield Delivery(envelope, self.channel, redelivered=redelivered, unreadable=unreadable)
 
     def slow(self) -> bool:
         """Whether to keep the entries here a while longer, lest another consumer claims them."""

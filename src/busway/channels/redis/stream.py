@@ -155,9 +155,9 @@ class Stream:
                 continue  # deleted before it was claimed, or already held here
             if len(fields) == 4 and fields[0] == b"headers":
                 entries.append((entry_id, fields[1], fields[3], redelivered))
-            else:  # written by another program
+            else:  # written by another program: without headers, it cannot be read
                 named = dict(zip(fields[::2], fields[1::2], strict=False))
-                headers, body = named.get(b"headers", b"{}"), named.get(b"body", b"")
+                headers, body = named.get(b"headers", b""), named.get(b"body", b"")
                 entries.append((entry_id, headers, body, redelivered))
         return entries
 
