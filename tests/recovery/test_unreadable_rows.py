@@ -387,3 +387,22 @@ def test_no_header_text_or_value_blocks_the_channel(app, database_url):
         assert waiting(database_url) == []
 
     no_case_blocks()
+
+
+def test_a_dead_letter_row_made_unreadable_is_still_listed(app, database_url):
+    messaging = app()
+    messaging.gateway(JobBus).send(Job("fail-1"))
+    assert messaging.run("jobs").failed == 1
+    (letter,) = messaging.dead_letters.list()
+    engine = create_engine(sync_url(database_url))
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE busway_dead_letters SET headers = '[not json' WHERE id = :id"),
+            {"id": letter.id},
+        )
+    engine.dispose()
+
+    (listed,) = messaging.dead_letters.list()
+    assert raw_of(listed.headers) == b"[not json"
+    assert messaging.dead_letters.replay([letter.id]) == 0  # kept: its headers cannot be read
+    assert messaging.dead_letters.delete([letter.id]) == 1

@@ -84,7 +84,7 @@ def raw_of(headers: Mapping[str, HeaderValue]) -> bytes | None:
     return None
 
 
-def readable(raw_headers: bytes) -> dict[str, Any] | None:
+def readable(raw_headers: bytes | str) -> dict[str, Any] | None:
     """Raw headers read at last, or None while they still cannot be."""
     try:
         return _decode(raw_headers)

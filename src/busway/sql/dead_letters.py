@@ -9,13 +9,13 @@ import msgspec
 from sqlalchemy import Connection, MetaData, Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from busway.channels.reading import kept_raw, readable
 from busway.recovery import DeadLetter
 from busway.sql.database import Database
 from busway.sql.schema import dead_letters_table
 from busway.sql.transactions import open_transaction
 
 _encode = msgspec.json.Encoder().encode
-_decode_headers = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class SqlDeadLetterStore:
@@ -89,13 +89,19 @@ class SqlDeadLetterStore:
             return connection.execute(delete(self.table).where(self.table.c.id.in_(ids))).rowcount
 
 
+def _headers(raw: str) -> dict[str, Any]:
+    """A letter's headers; kept raw if the row was changed into something unreadable."""
+    headers = readable(raw)
+    return kept_raw(raw) if headers is None else headers
+
+
 def _letter(row: Any) -> DeadLetter:
     return DeadLetter(
         id=row.id,
         channel=row.channel,
         handler=row.handler,
         body=bytes(row.body),
-        headers=_decode_headers(row.headers),
+        headers=_headers(row.headers),
         error_type=row.error_type,
         error_message=row.error_message,
         traceback=row.traceback,
