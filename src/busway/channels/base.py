@@ -18,6 +18,9 @@ from typing import Any
 
 from busway.message import DELIVER_AT, HeaderValue
 
+LATEST = 253_402_300_799.0
+"""The last second of the year 9999: a ``busway.deliver_at`` beyond it is not a time."""
+
 
 class MessageReturned(Exception):
     """Raised by a consumer callback before it touched the message in hand.
@@ -64,12 +67,9 @@ class Envelope:
     @property
     def deliver_at(self) -> float | None:
         value = self.headers.get(DELIVER_AT)
-        if not isinstance(value, int | float):
-            return None
-        try:
-            return float(value)
-        except OverflowError:  # an integer beyond any float: not a time
-            return None
+        if not isinstance(value, int | float) or not 0 <= value <= LATEST:
+            return None  # not a time any channel can keep: deliver now
+        return float(value)
 
 
 @dataclass(frozen=True, slots=True)
