@@ -129,7 +129,7 @@ class Worker:
             self._in_hand -= 1
             if not repeated:  # a redone batch hands out again what was counted before
                 self.result.handled += 1
-            if not ok:
+            if not ok and not repeated:
                 self.result.failed += 1
                 if self.limits.stop_on_failure:
                     self.stop("failure")

@@ -158,8 +158,8 @@ def good_headers(url: str) -> dict[str, Any]:
 
 
 def fill(messaging: Any, url: str) -> tuple[list[str], dict[str, tuple[Row, bytes]]]:
-    """Good jobs with one corrupt row between each two; the good jobs and the corrupt rows
-    by their job."""
+    """Good jobs with one corrupt row between each two, and a failing job now and then; the
+    good jobs, and the others by their job."""
     bus = messaging.gateway(JobBus)
     bus.send(Job("good-0"))
     template = good_headers(url)
@@ -170,7 +170,13 @@ def fill(messaging: Any, url: str) -> tuple[list[str], dict[str, tuple[Row, byte
         corrupt[job] = row, insert_row(url, row, headers, job)
         bus.send(Job(f"good-{n}"))
         good.append(f"good-{n}")
+        if n % 5 == 0:  # a handler fails now and then: in redo mode, its batch is redone
+            bus.send(Job(f"fail-{n}"))
+            corrupt[f"fail-{n}"] = FAILING, b""
     return good, corrupt
+
+
+FAILING = Row("failing-handler", "", "rejected")
 
 
 def job_of(letter: Any) -> str:
@@ -207,11 +213,13 @@ def check(messaging: Any, url: str, good: list[str], corrupt: dict[str, tuple[Ro
 
 
 @pytest.mark.parametrize("front", ["sync", "asyncio"])
-@pytest.mark.parametrize("mode", ["transaction", "lease"])
+@pytest.mark.parametrize("mode", ["transaction", "redo_batches", "lease"])
 def test_every_corrupt_row_is_one_dead_letter_and_the_good_ones_are_handled_once(
     app, database_url, mode, front
 ):
-    messaging = app(mode=mode, batch_size=7)
+    redo = mode == "redo_batches"
+    messaging = app(mode="transaction" if redo else mode, batch_size=7)
+    messaging.channel("jobs").redo_batches = redo  # without savepoints, the batch redone
     good, corrupt = fill(messaging, database_url)
 
     result = messaging.run("jobs") if front == "sync" else asyncio.run(messaging.arun("jobs"))
