@@ -42,6 +42,7 @@ from busway import (
     asynchronous,
     command_handler,
 )
+from markers import write_atomically
 
 PAUSE_LIMIT = 60.0
 """A paused worker gives up after this long, so a failed test never leaves it behind."""
@@ -82,7 +83,7 @@ class Pause:
 
     def hold(self, what: str) -> None:
         self.done = True
-        self.marker.write_text(what)
+        write_atomically(self.marker, what)
         deadline = time.monotonic() + PAUSE_LIMIT
         while self.release is None or not self.release.exists():
             if time.monotonic() > deadline:
@@ -194,7 +195,7 @@ def _from_environment() -> Messaging:
         jobs=Jobs(env.get("RECOVERY_WORKER", "worker"), pause, env.get("RECOVERY_FAILING") != "0"),
     )
     if env.get("RECOVERY_READY"):
-        Path(env["RECOVERY_READY"]).write_text("ready")
+        write_atomically(Path(env["RECOVERY_READY"]), "ready")
         go = Path(env["RECOVERY_GO"])
         deadline = time.monotonic() + PAUSE_LIMIT
         while not go.exists():
