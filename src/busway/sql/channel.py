@@ -430,8 +430,8 @@ class SqlChannel(Channel):
                 yield Execute(*statement)
         finished = set(done)
         left = [seq for seq in taken if seq not in finished]
-        if left:
-            yield Execute(*in_hand.give_back(left))
+        for statement in in_hand.give_back(left) if left else ():
+            yield Execute(*statement)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         take = self._aconsume_in_transaction

@@ -86,13 +86,20 @@ class InHand:
         statement = dialect.insert(self.table).values(rows)
         return statement.on_conflict_do_update(index_elements=["seq"], set_=more), None
 
-    def give_back(self, seqs: list[int]) -> tuple[Any, Any]:
-        """Count out a delivery of ``seqs`` that ended with its worker alive."""
-        statement = update(self.table).values(taken=self.table.c.taken - 1)
+    def give_back(self, seqs: list[int]) -> list[tuple[Any, Any]]:
+        """Count out a delivery of ``seqs`` that ended with its worker alive; a note that
+        counts no delivery any more goes."""
+        table = self.table
+        less = update(table).values(taken=table.c.taken - 1)
+        gone = delete(table).where(table.c.taken <= 0)
         if self.backend == "mysql":
-            keyed = statement.where(self.table.c.seq == bindparam("key"))
-            return keyed, [{"key": seq} for seq in seqs]
-        return statement.where(self.table.c.seq.in_(seqs)), None
+            keys = [{"key": seq} for seq in seqs]
+            by_key = table.c.seq == bindparam("key")
+            return [(less.where(by_key), keys), (gone.where(by_key), keys)]
+        return [
+            (less.where(table.c.seq.in_(seqs)), None),
+            (gone.where(table.c.seq.in_(seqs)), None),
+        ]
 
     def acknowledge(self, seqs: list[int]) -> list[tuple[Any, Any]]:
         """Delete the messages ``seqs`` and their notes: one statement on PostgreSQL, one a
@@ -171,7 +178,8 @@ def given_back_on_failure(
     except BaseException:
         if in_hand is not None and taken:
             try:
-                run_aside(database, Aside(*in_hand.give_back(taken)))
+                for statement in in_hand.give_back(taken):
+                    run_aside(database, Aside(*statement))
             except Exception as error:
                 log.warning("could not count out the %d message(s) in hand: %s", len(taken), error)
         raise
@@ -186,7 +194,8 @@ async def agiven_back_on_failure(
     except BaseException:
         if in_hand is not None and taken:
             try:
-                await arun_aside(database, Aside(*in_hand.give_back(taken)))
+                for statement in in_hand.give_back(taken):
+                    await arun_aside(database, Aside(*statement))
             except Exception as error:
                 log.warning("could not count out the %d message(s) in hand: %s", len(taken), error)
         raise
