@@ -25,8 +25,18 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, Table, bindparam, delete, func, select, text, update
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy import (
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import mysql, sqlite
 
 from busway.sql.database import Database
 
@@ -65,6 +75,20 @@ class InHand:
         taken = func.coalesce(
             select(table.c.taken).where(table.c.seq == messages.c.seq).scalar_subquery(), 0
         )
+        more = {"taken": table.c.taken + literal_column("1")}  # no parameter: PyMySQL
+        # writes the rows of an INSERT run with many into one statement only without one
+        if backend == "postgresql":
+            self._take: Any = text(
+                f"INSERT INTO {table.name} (seq, channel, taken) "
+                "SELECT seq, :channel, 1 FROM unnest(CAST(:seqs AS BIGINT[])) AS seq "
+                f"ON CONFLICT (seq) DO UPDATE SET taken = {table.name}.taken + 1"
+            )
+        elif backend == "mysql":
+            self._take = mysql.insert(table).on_duplicate_key_update(more)
+        else:
+            self._take = sqlite.insert(table).on_conflict_do_update(
+                index_elements=["seq"], set_=more
+            )
         self.claim = claim.add_columns(taken.label("crashes"))
         """``claim`` with each message's count of deaths, ``crashes``, read by a subquery,
         which ``FOR UPDATE`` does not lock: the note can still be written beside it."""
@@ -77,14 +101,11 @@ class InHand:
         count of deaths: their notes, less this delivery's own."""
 
     def take(self, seqs: list[int]) -> tuple[Any, Any]:
-        """Note the messages ``seqs`` as taken once more."""
-        rows = [{"seq": seq, "channel": self.name, "taken": 1} for seq in seqs]
-        more = {"taken": self.table.c.taken + 1}
-        if self.backend == "mysql":
-            return mysql.insert(self.table).values(rows).on_duplicate_key_update(more), None
-        dialect = postgresql if self.backend == "postgresql" else sqlite
-        statement = dialect.insert(self.table).values(rows)
-        return statement.on_conflict_do_update(index_elements=["seq"], set_=more), None
+        """Note the messages ``seqs`` as taken once more, in one statement made once (one
+        with the rows written in it would compile anew each time)."""
+        if self.backend == "postgresql":
+            return self._take, {"seqs": seqs, "channel": self.name}
+        return self._take, [{"seq": seq, "channel": self.name, "taken": 1} for seq in seqs]
 
     def give_back(self, seqs: list[int]) -> list[tuple[Any, Any]]:
         """Count out a delivery of ``seqs`` that ended with its worker alive; a note that
