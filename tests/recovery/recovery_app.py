@@ -171,9 +171,7 @@ def _pause_at_acknowledgement(messaging: Messaging, jobs: Jobs, pause: Pause) ->
 
     def before_execute(*args: Any) -> None:
         statement = str(args[2]).lstrip().upper()
-        if ACKNOWLEDGEMENT.search(statement) and pause.applies(
-            "ack", jobs.handled
-        ):
+        if ACKNOWLEDGEMENT.search(statement) and pause.applies("ack", jobs.handled):
             pause.hold(jobs.handled or "")
 
     # On every engine of the process: workers claim through an engine of their own.

@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, MetaData, Row, Table, inspect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
@@ -53,7 +52,6 @@ from busway.sql.batch_io import (
     Hand,
     HandlerFailed,
     Io,
-    StaleClaim,
     acarry_out,
     after_commit,
     aonce_more_if_stale,
@@ -64,10 +62,12 @@ from busway.sql.batch_io import (
 from busway.sql.crashes import (
     Aside,
     InHand,
+    acknowledge,
     agiven_back_on_failure,
     awith_asides,
+    claim_batch,
+    claim_first,
     given_back_on_failure,
-    in_turn,
     with_asides,
 )
 from busway.sql.database import Database
@@ -309,7 +309,7 @@ class SqlChannel(Channel):
                 claimed = None
                 if self._claims_first:
                     with connection.begin():
-                        claimed = drive(self._claim_first(limit), carry)
+                        claimed = drive(claim_first(self, limit), carry)
                     if not claimed:
                         return 0
                     taken += claimed
@@ -334,7 +334,7 @@ class SqlChannel(Channel):
         I/O is yielded for the sync or asyncio edge to carry out. Returns how many messages
         were handled and the sends the batch could not make. ``claimed``: the rows a short
         transaction claimed and noted in hand first (SQLite); ``taken`` gets the rows noted."""
-        rows = yield from self._claim(limit, claimed, taken)
+        rows = yield from claim_batch(self, limit, claimed, taken)
         if not rows:
             next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
             return 0, None
@@ -369,34 +369,10 @@ class SqlChannel(Channel):
             current_transaction.reset(token)
         self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
         kept = kept_back(self.name, unsent, rows, done)
-        yield from self._acknowledge(done, taken)
+        yield from acknowledge(self, done, taken)
         if kept:
             yield Execute(*self._sql.keep_back(kept, self._clock()))
         return len(done), unsent
-
-    def _claim(
-        self, limit: int, claimed: list[int] | None, taken: list[int]
-    ) -> Generator[Io | Aside, Any, list[Row[Any]]]:
-        """The batch's rows; with the crash-loop guard, noted in hand outside the batch's
-        transaction before they are handed out, and with their count of deaths."""
-        in_hand = self._in_hand
-        statement, parameters = self._sql.claim(limit, self._clock())
-        try:
-            if in_hand is None:
-                return list((yield Execute(statement, parameters)).all())
-            if claimed is not None:
-                return list((yield Execute(in_hand.claimed_again, {"seqs": claimed})).all())
-            found = (yield Execute(in_hand.claim, parameters)).all()
-        except DBAPIError as error:
-            if error.connection_invalidated:
-                raise StaleClaim(error) from error
-            raise
-        rows = in_turn(found, _crashes)
-        if rows:
-            seqs = [row.seq for row in rows]
-            yield Aside(*in_hand.take(seqs))
-            taken += seqs
-        return rows
 
     @property
     def _claims_first(self) -> bool:
@@ -404,34 +380,6 @@ class SqlChannel(Channel):
         on SQLite, where the batch's transaction holds the write lock, a note written
         beside it would wait for that lock."""
         return self._in_hand is not None and self.database.is_sqlite
-
-    def _claim_first(self, limit: int) -> Generator[Io, Any, list[int]]:
-        """Claim a batch and note it in hand; the rows noted (SQLite)."""
-        in_hand = self._in_hand
-        assert in_hand is not None
-        _, parameters = self._sql.claim(limit, self._clock())
-        rows = in_turn((yield Execute(in_hand.claim, parameters)).all(), _crashes)
-        if not rows:
-            next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
-            return []
-        seqs = [row.seq for row in rows]
-        yield Execute(*in_hand.take(seqs))
-        return seqs
-
-    def _acknowledge(self, done: list[int], taken: list[int]) -> Generator[Io, Any, None]:
-        """Delete the messages ``done`` (and their notes); count out the other ones taken."""
-        in_hand = self._in_hand
-        if in_hand is None:
-            if done:
-                yield Execute(*self._sql.ack(done))
-            return
-        if done:
-            for statement in in_hand.acknowledge(done):
-                yield Execute(*statement)
-        finished = set(done)
-        left = [seq for seq in taken if seq not in finished]
-        for statement in in_hand.give_back(left) if left else ():
-            yield Execute(*statement)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         take = self._aconsume_in_transaction
@@ -474,7 +422,7 @@ class SqlChannel(Channel):
                 claimed = None
                 if self._claims_first:
                     async with connection.begin():
-                        claimed = await adrive(self._claim_first(limit), carry)
+                        claimed = await adrive(claim_first(self, limit), carry)
                     if not claimed:
                         return 0
                     taken += claimed
@@ -536,7 +484,3 @@ class SqlChannel(Channel):
         if self._own_database is not None:
             await self._own_database.adispose()
         self.close()
-
-
-def _crashes(row: Row[Any]) -> int:
-    return int(row.crashes)

@@ -20,10 +20,10 @@ it alone: a batch stops before its first suspect. In ``lease`` mode, the lease's
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     Select,
@@ -37,8 +37,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError
 
+from busway.sql.batch_io import Execute, Io, StaleClaim
 from busway.sql.database import Database
+from busway.sql.waiting import next_due
+
+if TYPE_CHECKING:
+    from busway.sql.channel import SqlChannel
 
 log = logging.getLogger("busway.sql")
 
@@ -144,6 +151,66 @@ class InHand:
         ]
 
 
+def claim_batch(
+    channel: SqlChannel, limit: int, claimed: list[int] | None, taken: list[int]
+) -> Generator[Io | Aside, Any, list[Row[Any]]]:
+    """The rows of ``channel``'s batch; with the crash-loop guard, noted in hand outside the
+    batch's transaction before they are handed out (``taken`` gets them), and with their count
+    of deaths. ``claimed``: the rows ``claim_first`` claimed and noted (SQLite)."""
+    in_hand = channel._in_hand
+    statement, parameters = channel._sql.claim(limit, channel._clock())
+    try:
+        if in_hand is None:
+            return list((yield Execute(statement, parameters)).all())
+        if claimed is not None:
+            return list((yield Execute(in_hand.claimed_again, {"seqs": claimed})).all())
+        found = (yield Execute(in_hand.claim, parameters)).all()
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise StaleClaim(error) from error
+        raise
+    rows = in_turn(found, _crashes)
+    if rows:
+        seqs = [row.seq for row in rows]
+        yield Aside(*in_hand.take(seqs))
+        taken += seqs
+    return rows
+
+
+def claim_first(channel: SqlChannel, limit: int) -> Generator[Io, Any, list[int]]:
+    """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
+    in_hand = channel._in_hand
+    assert in_hand is not None
+    _, parameters = channel._sql.claim(limit, channel._clock())
+    rows = in_turn((yield Execute(in_hand.claim, parameters)).all(), _crashes)
+    if not rows:
+        next_due.set((channel.name, (yield Execute(channel._sql.next_due())).scalar()))
+        return []
+    seqs = [row.seq for row in rows]
+    yield Execute(*in_hand.take(seqs))
+    return seqs
+
+
+def acknowledge(channel: SqlChannel, done: list[int], taken: list[int]) -> Generator[Io, Any, None]:
+    """Delete the messages ``done`` (and their notes); count out the other ones taken."""
+    in_hand = channel._in_hand
+    if in_hand is None:
+        if done:
+            yield Execute(*channel._sql.ack(done))
+        return
+    if done:
+        for statement in in_hand.acknowledge(done):
+            yield Execute(*statement)
+    finished = set(done)
+    left = [seq for seq in taken if seq not in finished]
+    for statement in in_hand.give_back(left) if left else ():
+        yield Execute(*statement)
+
+
+def _crashes(row: Row[Any]) -> int:
+    return int(row.crashes)
+
+
 def with_asides(database: Database, carry_out: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``carry_out``, which also carries out ``Aside`` I/O, blocking."""
 
@@ -169,6 +236,16 @@ def awith_asides(database: Database, carry_out: Callable[[Any], Any]) -> Callabl
 
 
 def run_aside(database: Database, io: Aside) -> None:
+    """Run ``io`` at once, again once on a new connection if a pooled one was found broken."""
+    try:
+        _run_aside(database, io)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        _run_aside(database, io)
+
+
+def _run_aside(database: Database, io: Aside) -> None:
     if database.is_sqlite:
         with database.engine.begin() as connection:
             connection.execute(io.statement, io.parameters)
@@ -179,6 +256,15 @@ def run_aside(database: Database, io: Aside) -> None:
 
 
 async def arun_aside(database: Database, io: Aside) -> None:
+    try:
+        await _arun_aside(database, io)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        await _arun_aside(database, io)
+
+
+async def _arun_aside(database: Database, io: Aside) -> None:
     if database.is_sqlite:
         async with database.async_engine.begin() as connection:
             await connection.execute(io.statement, io.parameters)
