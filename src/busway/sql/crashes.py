@@ -105,7 +105,9 @@ class InHand:
             .order_by(messages.c.available_at, messages.c.seq)
         )
         """The rows ``seqs`` a short transaction claimed and noted first (SQLite), with their
-        count of deaths: their notes, less this delivery's own."""
+        count of deaths: their notes, less this delivery's own, read under the write lock. A
+        worker that claimed and noted them too in between either handled them already (they
+        are gone, notes and all) or died (its note counts), whichever ran first."""
 
     def take(self, seqs: list[int]) -> tuple[Any, Any]:
         """Note the messages ``seqs`` as taken once more, in one statement made once (one
