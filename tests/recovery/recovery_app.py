@@ -24,6 +24,7 @@ transaction busway gives it: the rows say how many times a job took effect.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -162,14 +163,16 @@ def build(
     return messaging
 
 
+ACKNOWLEDGEMENT = re.compile(r"DELETE (M, N )?FROM BUSWAY_MESSAGES ")
+"""The statement that deletes what a batch handled (with its notes of messages in hand)."""
+
+
 def _pause_at_acknowledgement(messaging: Messaging, jobs: Jobs, pause: Pause) -> None:
     """Hold the worker as it deletes what it handled: after the handler, before the ack."""
 
     def before_execute(*args: Any) -> None:
         statement = str(args[2]).lstrip().upper()
-        if statement.startswith("DELETE FROM BUSWAY_MESSAGES") and pause.applies(
-            "ack", jobs.handled
-        ):
+        if ACKNOWLEDGEMENT.search(statement) and pause.applies("ack", jobs.handled):
             pause.hold(jobs.handled or "")
 
     # On every engine of the process: workers claim through an engine of their own.
