@@ -72,6 +72,7 @@ from busway.sql.crashes import (
 )
 from busway.sql.database import Database
 from busway.sql.leases import aconsume_leased, consume_leased
+from busway.sql.redo import Redo, begin_watch, check_alive, watch
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import Transaction, current_transaction, open_transaction
@@ -279,29 +280,18 @@ class SqlChannel(Channel):
         return handled
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
-        failures: dict[int, BaseException] = {}
-        handed: set[int] = set()
-        isolated = not self.redo_batches
+        redo = Redo(self.name, isolated=not self.redo_batches)
         while True:
             try:
-                return self._consume_batch(handle, limit, isolated, failures, handed)
-            except HandlerFailed as failed:
-                # Everything was rolled back: redo the batch, and deal with the failed
-                # message at once instead of running its handler again.
-                failures[failed.seq] = failed.error
-            except BatchRollback:
-                # The batch could not commit as a whole: redo it with a savepoint per handler.
-                isolated = True
+                return self._consume_batch(handle, limit, redo)
+            except Exception as error:
+                pause = redo.after(error)  # everything was rolled back, or this raises
+            if pause:
+                time.sleep(pause)
 
-    def _consume_batch(
-        self,
-        handle: Handle,
-        limit: int,
-        isolated: bool,
-        failures: dict[int, BaseException],
-        handed: set[int],
-    ) -> int:
+    def _consume_batch(self, handle: Handle, limit: int, redo: Redo) -> int:
         taken: list[int] = []
+        watch(self.database.worker_engine)
         with self.database.worker_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             carry = with_asides(self.database, functools.partial(carry_out, connection, handle))
@@ -314,9 +304,7 @@ class SqlChannel(Channel):
                         return 0
                     taken += claimed
                 with connection.begin():
-                    steps = self._batch(
-                        transaction, limit, isolated, failures, handed, claimed, taken
-                    )
+                    steps = self._batch(transaction, limit, redo, claimed, taken)
                     handled, unsent = drive(steps, carry)
         return after_commit(transaction, handled, unsent)
 
@@ -324,9 +312,7 @@ class SqlChannel(Channel):
         self,
         transaction: Transaction,
         limit: int,
-        isolated: bool,
-        failures: dict[int, BaseException],
-        handed: set[int],
+        redo: Redo,
         claimed: list[int] | None,
         taken: list[int],
     ) -> Generator[Io | Aside, Any, tuple[int, Unsent | None]]:
@@ -338,8 +324,11 @@ class SqlChannel(Channel):
         if not rows:
             next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
             return 0, None
+        redo.claimed = True
+        begin_watch(transaction.connection)
+        failures, handed = redo.failures, redo.handed
         # A lone message has no neighbour to run again: no savepoint needed.
-        isolated = isolated and (len(rows) > 1 or bool(handed))
+        isolated = redo.isolated and (len(rows) > 1 or bool(handed))
         done: list[int] = []
         token = current_transaction.set(transaction)
         batch = Batch(
@@ -361,13 +350,15 @@ class SqlChannel(Channel):
                     break
                 except BatchRollback as rollback:
                     raise HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
-                done.append(row.seq)
                 handed.add(row.seq)
+                check_alive(transaction.connection)
+                done.append(row.seq)
             unsent = yield BeforeAck(batch)
         finally:
             current_batch.reset(batch_token)
             current_transaction.reset(token)
         self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
+        check_alive(transaction.connection)
         kept = kept_back(self.name, unsent, rows, done)
         yield from acknowledge(self, done, taken)
         if kept:
@@ -392,29 +383,18 @@ class SqlChannel(Channel):
         return handled
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
-        failures: dict[int, BaseException] = {}
-        handed: set[int] = set()
-        isolated = not self.redo_batches
+        redo = Redo(self.name, isolated=not self.redo_batches)
         while True:
             try:
-                return await self._aconsume_batch(handle, limit, isolated, failures, handed)
-            except HandlerFailed as failed:
-                # Everything was rolled back: redo the batch, and deal with the failed
-                # message at once instead of running its handler again.
-                failures[failed.seq] = failed.error
-            except BatchRollback:
-                # The batch could not commit as a whole: redo it with a savepoint per handler.
-                isolated = True
+                return await self._aconsume_batch(handle, limit, redo)
+            except Exception as error:
+                pause = redo.after(error)  # everything was rolled back, or this raises
+            if pause:
+                await asyncio.sleep(pause)
 
-    async def _aconsume_batch(
-        self,
-        handle: AsyncHandle,
-        limit: int,
-        isolated: bool,
-        failures: dict[int, BaseException],
-        handed: set[int],
-    ) -> int:
+    async def _aconsume_batch(self, handle: AsyncHandle, limit: int, redo: Redo) -> int:
         taken: list[int] = []
+        watch(self.database.worker_async_engine.sync_engine)
         async with self.database.worker_async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
             carry = awith_asides(self.database, functools.partial(acarry_out, connection, handle))
@@ -427,9 +407,7 @@ class SqlChannel(Channel):
                         return 0
                     taken += claimed
                 async with connection.begin():
-                    steps = self._batch(
-                        transaction, limit, isolated, failures, handed, claimed, taken
-                    )
+                    steps = self._batch(transaction, limit, redo, claimed, taken)
                     handled, unsent = await adrive(steps, carry)
         return after_commit(transaction, handled, unsent)
 
