@@ -13,7 +13,9 @@ failing one undoes only its own writes. ``redo_batches=True`` skips the savepoin
 doubles throughput on a fast database: when a handler fails, the batch is rolled back and
 redone, and the handlers of the messages before it run again. Their database writes still
 count once; anything else they do (an e-mail, an HTTP call) happens again. Use it for
-handlers whose effects all live in the database.
+handlers whose effects all live in the database. A transaction the database itself ends (a
+deadlock victim on MariaDB, a killed connection) is never acknowledged: the batch is redone
+in a new one (``busway.sql.redo``).
 """
 
 from __future__ import annotations

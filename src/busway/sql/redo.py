@@ -6,7 +6,10 @@ not commit as a whole (``BatchRollback``: redone with a savepoint per handler), 
 database ended its transaction or dropped its connection: under a handler's savepoint
 (``TransactionLost``, that handler's failure), or under busway's own statements, the claim's
 acknowledgement and the commit included. The last is bounded: a batch the database keeps
-ending is given up after ``MAX_LOST`` redos, its error left to the worker.
+ending is given up after ``MAX_LOST`` redos, its error left to the worker. A handler that
+catches the database's error and goes on, without a savepoint, is found out as it returns
+(``check_alive``): by a note the engine's error hook left on the connection, or SQLite's
+own word, with no round trip.
 """
 
 from __future__ import annotations
