@@ -413,50 +413,47 @@ async def handle_batch_under(fault: Fault, make_messaging, engine, redo_batches,
     }
 
 
-def servers_only(database_url: str, why: str) -> None:
-    if backend_of(database_url) == "sqlite":
-        pytest.skip(why)
+servers_only = pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+"""SQLite has one writer, the batch, which holds the write lock: a handler never waits for a
+lock there, and no server can drop its connection. The database ending its transaction is
+``test_an_interrupted_sqlite_statement_redoes_its_batch`` there."""
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+@servers_only
 async def test_a_deadlock_victim_redoes_its_batch(
     make_messaging, database_url, engine, redo_batches, run_mode
 ):
     """MariaDB rolls the whole transaction back; PostgreSQL only the savepoint (or, without
     savepoints, aborts the transaction): either way every command counts once."""
-    servers_only(database_url, "SQLite has one writer, the batch: nothing to deadlock with")
     fault = Deadlock(engine)
     await handle_batch_under(fault, make_messaging, engine, redo_batches, run_mode)
 
 
+@servers_only
 async def test_a_lock_wait_timeout_in_a_handler_is_its_failure_alone(
     make_messaging, database_url, engine, redo_batches, run_mode
 ):
     """InnoDB rolls back only the statement (unless ``innodb_rollback_on_timeout``, when it
     is a deadlock's case); PostgreSQL the savepoint."""
-    servers_only(database_url, "SQLite's batch holds the write lock: a handler never waits")
     fault = LockWaitTimeout(engine)
     await handle_batch_under(fault, make_messaging, engine, redo_batches, run_mode)
 
 
+@servers_only
 async def test_a_connection_killed_under_a_handler_redoes_its_batch(
     make_messaging, database_url, engine, redo_batches, run_mode
 ):
-    servers_only(
-        database_url,
-        "SQLite has no server to drop a connection; the database ending the transaction "
-        "is test_an_interrupted_sqlite_statement_redoes_its_batch",
-    )
     fault = KilledConnection(engine)
     await handle_batch_under(fault, make_messaging, engine, redo_batches, run_mode)
 
 
+@sqlite_only
 async def test_an_interrupted_sqlite_statement_redoes_its_batch(
     make_messaging, database_url, engine, redo_batches, run_mode
 ):
     """SQLite's own way to end a transaction under a savepoint. (Its "database is locked"
     cannot happen mid-batch: the batch takes the write lock with BEGIN IMMEDIATE.)"""
-    if backend_of(database_url) != "sqlite":
-        pytest.skip("sqlite3_interrupt is SQLite's; the servers have the deadlock tests")
     await handle_batch_under(InterruptedStatement(), make_messaging, engine, redo_batches, run_mode)
 
 
@@ -510,12 +507,12 @@ class AsyncQuietKiller(QuietKiller):
             self._kill((await connection.execute(query)).scalar_one())
 
 
+@servers_only
 async def test_a_connection_killed_before_the_acknowledgement_redoes_its_batch(
     make_messaging, database_url, engine, redo_batches, run_mode
 ):
     """The acknowledgement fails: the batch is not reported handled, but redone, every
     handler run again (their writes were rolled back) and each command counted once."""
-    servers_only(database_url, "SQLite has no server to drop a connection")
     handlers = SyncQuietKiller(engine) if run_mode == "run" else AsyncQuietKiller(engine)
     channel = SqlChannel("jobs", batch_size=JOBS, redo_batches=redo_batches)
     messaging = make_messaging([handlers], [channel], retry=RETRY_AT_ONCE)
@@ -620,12 +617,12 @@ class AsyncRelentless(Relentless, AsyncQuietKiller):
     pass
 
 
+@servers_only
 async def test_a_batch_the_database_keeps_ending_is_given_up_unacknowledged(
     make_messaging, database_url, engine, run_mode
 ):
     """After a few redos the error goes to the worker (a run until empty raises it), and
     every message is still on the channel, none of their writes committed."""
-    servers_only(database_url, "SQLite has no server to drop a connection")
     handlers = SyncRelentless(engine) if run_mode == "run" else AsyncRelentless(engine)
     channel = SqlChannel("jobs", batch_size=JOBS)
     messaging = make_messaging([handlers], [channel], retry=RETRY_AT_ONCE)
