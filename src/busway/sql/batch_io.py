@@ -96,6 +96,17 @@ def kept_back(
     return kept
 
 
+GIVEN_UP = (
+    "busway: the batch was given up after the database ended its transaction again and "
+    "again; nothing of it was acknowledged"
+)
+"""The note on the error of a batch given up: it was tried on new connections already."""
+
+
+def given_up(error: BaseException) -> bool:
+    return GIVEN_UP in getattr(error, "__notes__", ())
+
+
 class StaleClaim(Exception):
     """The claim failed on a pooled connection a server restart broke: nothing was handed
     out, so the claim can be made again at once on a new connection."""
@@ -119,7 +130,7 @@ async def aonce_more_if_stale(
         log.info("a pooled database connection was broken (%s); claiming on a new one", stale)
         return await take(handle, limit)
     except DBAPIError as error:
-        if not error.connection_invalidated:
+        if not error.connection_invalidated or given_up(error):
             raise
         log.info("a pooled database connection was broken (%s); claiming on a new one", error)
         return await take(handle, limit)

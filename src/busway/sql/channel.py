@@ -13,7 +13,9 @@ failing one undoes only its own writes. ``redo_batches=True`` skips the savepoin
 doubles throughput on a fast database: when a handler fails, the batch is rolled back and
 redone, and the handlers of the messages before it run again. Their database writes still
 count once; anything else they do (an e-mail, an HTTP call) happens again. Use it for
-handlers whose effects all live in the database.
+handlers whose effects all live in the database. A transaction the database itself ends (a
+deadlock victim on MariaDB, a killed connection) is never acknowledged: the batch is redone
+in a new one (``busway.sql.redo``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, MetaData, Row, Table, inspect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.schema import CreateTable
 
 from busway._internal.steps import adrive, drive
 from busway.channels.base import (
@@ -52,7 +54,6 @@ from busway.sql.batch_io import (
     Hand,
     HandlerFailed,
     Io,
-    StaleClaim,
     acarry_out,
     after_commit,
     aonce_more_if_stale,
@@ -60,10 +61,22 @@ from busway.sql.batch_io import (
     kept_back,
     once_more_if_stale,
 )
+from busway.sql.crashes import (
+    Aside,
+    InHand,
+    acknowledge,
+    agiven_back_on_failure,
+    awith_asides,
+    claim_batch,
+    claim_first,
+    given_back_on_failure,
+    with_asides,
+)
 from busway.sql.database import Database
 from busway.sql.leases import aconsume_leased, consume_leased
-from busway.sql.rows import delivery
-from busway.sql.schema import messages_table
+from busway.sql.redo import Redo, begin_watch, check_alive, watch
+from busway.sql.rows import delivery_of
+from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import Transaction, current_transaction, open_transaction
 from busway.sql.waiting import Waiting, next_due
@@ -103,6 +116,8 @@ class SqlChannel(Channel):
         self._own_database = Database.of(database) if database is not None else None
         self._database: Database | None = self._own_database
         self.table: Table = messages_table(MetaData(), table)
+        self.in_hand_table: Table = in_hand_table(MetaData(), f"{table}_in_hand")
+        self._max_crashes: int | None = 3
         self._clock: Callable[[], float] = time.time
         self._waiting = Waiting(name)
         self._relaying = False
@@ -114,6 +129,7 @@ class SqlChannel(Channel):
 
     def attach(self, context: ChannelContext) -> None:
         self._clock = context.clock
+        self._max_crashes = context.max_crashes
         if self._database is None and context.database is not None:
             self._database = Database.of(context.database)
 
@@ -136,13 +152,25 @@ class SqlChannel(Channel):
         """The channel's statements, for its database's backend (known once attached)."""
         return Statements(self.table, self.name, self.database.backend)
 
+    @functools.cached_property
+    def _in_hand(self) -> InHand | None:
+        """The notes of the messages in hand in ``transaction`` mode; None when the
+        crash-loop guard is off (``Messaging(max_crashes=None)``)."""
+        if self._max_crashes is None or self.mode != "transaction":
+            return None
+        claim, _ = self._sql.claim(0, 0.0)
+        return InHand(self.table, self.in_hand_table, self.name, self.database.backend, claim)
+
     def ddl(self) -> list[str]:
         """The statements ``setup`` runs, for those who migrate with Alembic or by hand."""
-        return self._sql.ddl(self.database.engine.dialect)
+        dialect = self.database.engine.dialect
+        notes = CreateTable(self.in_hand_table, if_not_exists=True).compile(dialect=dialect)
+        return [*self._sql.ddl(dialect), str(notes).strip()]
 
     def setup(self) -> None:
         with self.database.engine.begin() as connection:
             self.table.create(connection, checkfirst=True)
+            self.in_hand_table.create(connection, checkfirst=True)
             self._check_columns(connection)
             if self.database.backend == "postgresql":
                 for statement in self._sql.notify_trigger():
@@ -235,7 +263,7 @@ class SqlChannel(Channel):
         return self.batch_size * _RELAY_BATCH_FACTOR if self._relaying else self.batch_size
 
     def _delivery(self, row: Row[Any], connection: Any, isolated: bool = True) -> Delivery:
-        return delivery(row, self.name, connection, isolated)
+        return delivery_of(row, self.name, connection, isolated)
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         take = self._consume_in_transaction
@@ -248,57 +276,55 @@ class SqlChannel(Channel):
         return handled
 
     def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
-        failures: dict[int, BaseException] = {}
-        handed: set[int] = set()
-        isolated = not self.redo_batches
+        redo = Redo(self.name, isolated=not self.redo_batches)
         while True:
             try:
-                return self._consume_batch(handle, limit, isolated, failures, handed)
-            except HandlerFailed as failed:
-                # Everything was rolled back: redo the batch, and deal with the failed
-                # message at once instead of running its handler again.
-                failures[failed.seq] = failed.error
-            except BatchRollback:
-                # The batch could not commit as a whole: redo it with a savepoint per handler.
-                isolated = True
+                return self._consume_batch(handle, limit, redo)
+            except Exception as error:
+                pause = redo.after(error)  # everything was rolled back, or this raises
+            if pause:
+                time.sleep(pause)
 
-    def _consume_batch(
-        self,
-        handle: Handle,
-        limit: int,
-        isolated: bool,
-        failures: dict[int, BaseException],
-        handed: set[int],
-    ) -> int:
+    def _consume_batch(self, handle: Handle, limit: int, redo: Redo) -> int:
+        taken: list[int] = []
+        watch(self.database.worker_engine)
         with self.database.worker_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
-            with connection.begin():
-                steps = self._batch(transaction, limit, isolated, failures, handed)
-                handled, unsent = drive(steps, functools.partial(carry_out, connection, handle))
+            carry = with_asides(self.database, functools.partial(carry_out, connection, handle))
+            with given_back_on_failure(self.database, self._in_hand, taken):
+                claimed = None
+                if self._claims_first:
+                    with connection.begin():
+                        claimed = drive(claim_first(self, limit), carry)
+                    if not claimed:
+                        return 0
+                    taken += claimed
+                with connection.begin():
+                    steps = self._batch(transaction, limit, redo, claimed, taken)
+                    handled, unsent = drive(steps, carry)
         return after_commit(transaction, handled, unsent)
 
     def _batch(
         self,
         transaction: Transaction,
         limit: int,
-        isolated: bool,
-        failures: dict[int, BaseException],
-        handed: set[int],
-    ) -> Generator[Io, Any, tuple[int, Unsent | None]]:
+        redo: Redo,
+        claimed: list[int] | None,
+        taken: list[int],
+    ) -> Generator[Io | Aside, Any, tuple[int, Unsent | None]]:
         """Claim a batch, hand it out and acknowledge it, in the open ``transaction``: the
         I/O is yielded for the sync or asyncio edge to carry out. Returns how many messages
-        were handled and the sends the batch could not make."""
-        try:
-            rows = (yield Execute(*self._sql.claim(limit, self._clock()))).all()
-        except DBAPIError as error:
-            if error.connection_invalidated:
-                raise StaleClaim(error) from error
-            raise
+        were handled and the sends the batch could not make. ``claimed``: the rows a short
+        transaction claimed and noted in hand first (SQLite); ``taken`` gets the rows noted."""
+        rows = yield from claim_batch(self, limit, claimed, taken)
         if not rows:
             next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
             return 0, None
+        redo.claimed = True
+        begin_watch(transaction.connection)
+        failures, handed = redo.failures, redo.handed
         # A lone message has no neighbour to run again: no savepoint needed.
-        isolated = isolated and (len(rows) > 1 or bool(handed))
+        isolated = redo.isolated and (len(rows) > 1 or bool(handed))
         done: list[int] = []
         token = current_transaction.set(transaction)
         batch = Batch(
@@ -313,25 +339,34 @@ class SqlChannel(Channel):
                 delivery = self._delivery(row, transaction.connection, isolated)
                 delivery.known_failure = failures.get(row.seq)
                 delivery.repeated = row.seq in handed
+                delivery.crashes = row.crashes if self._in_hand is not None else 0
                 try:
                     yield Hand(delivery)
                 except MessageReturned:
                     break
                 except BatchRollback as rollback:
                     raise HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
-                done.append(row.seq)
                 handed.add(row.seq)
+                check_alive(transaction.connection)
+                done.append(row.seq)
             unsent = yield BeforeAck(batch)
         finally:
             current_batch.reset(batch_token)
             current_transaction.reset(token)
         self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
+        check_alive(transaction.connection)
         kept = kept_back(self.name, unsent, rows, done)
-        if done:
-            yield Execute(*self._sql.ack(done))
+        yield from acknowledge(self, done, taken)
         if kept:
             yield Execute(*self._sql.keep_back(kept, self._clock()))
         return len(done), unsent
+
+    @property
+    def _claims_first(self) -> bool:
+        """Whether a batch is claimed and noted in hand in a transaction of its own first:
+        on SQLite, where the batch's transaction holds the write lock, a note written
+        beside it would wait for that lock."""
+        return self._in_hand is not None and self.database.is_sqlite
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         take = self._aconsume_in_transaction
@@ -344,34 +379,32 @@ class SqlChannel(Channel):
         return handled
 
     async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
-        failures: dict[int, BaseException] = {}
-        handed: set[int] = set()
-        isolated = not self.redo_batches
+        redo = Redo(self.name, isolated=not self.redo_batches)
         while True:
             try:
-                return await self._aconsume_batch(handle, limit, isolated, failures, handed)
-            except HandlerFailed as failed:
-                # Everything was rolled back: redo the batch, and deal with the failed
-                # message at once instead of running its handler again.
-                failures[failed.seq] = failed.error
-            except BatchRollback:
-                # The batch could not commit as a whole: redo it with a savepoint per handler.
-                isolated = True
+                return await self._aconsume_batch(handle, limit, redo)
+            except Exception as error:
+                pause = redo.after(error)  # everything was rolled back, or this raises
+            if pause:
+                await asyncio.sleep(pause)
 
-    async def _aconsume_batch(
-        self,
-        handle: AsyncHandle,
-        limit: int,
-        isolated: bool,
-        failures: dict[int, BaseException],
-        handed: set[int],
-    ) -> int:
+    async def _aconsume_batch(self, handle: AsyncHandle, limit: int, redo: Redo) -> int:
+        taken: list[int] = []
+        watch(self.database.worker_async_engine.sync_engine)
         async with self.database.worker_async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
-            async with connection.begin():
-                steps = self._batch(transaction, limit, isolated, failures, handed)
-                carry = functools.partial(acarry_out, connection, handle)
-                handled, unsent = await adrive(steps, carry)
+            carry = awith_asides(self.database, functools.partial(acarry_out, connection, handle))
+            async with agiven_back_on_failure(self.database, self._in_hand, taken):
+                claimed = None
+                if self._claims_first:
+                    async with connection.begin():
+                        claimed = await adrive(claim_first(self, limit), carry)
+                    if not claimed:
+                        return 0
+                    taken += claimed
+                async with connection.begin():
+                    steps = self._batch(transaction, limit, redo, claimed, taken)
+                    handled, unsent = await adrive(steps, carry)
         return after_commit(transaction, handled, unsent)
 
     # -- waiting ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from busway.channels.base import Delivery
 from busway.channels.reading import read
 
 
-def delivery(row: Row[Any], channel: str, connection: Any, isolated: bool) -> Delivery:
+def delivery_of(row: Row[Any], channel: str, connection: Any, isolated: bool) -> Delivery:
     """The row's message, or, when its headers cannot be read, an ``Unreadable`` delivery that
     the core moves to the dead letter store as the row holds it."""
     envelope, unreadable = read(bytes(row.body), row.headers)

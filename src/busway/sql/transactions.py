@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, NestedTransaction, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
@@ -94,26 +95,65 @@ class savepoint:
     def __enter__(self) -> None:
         self.transaction.savepoints.append(self.promised)
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
         self.transaction.savepoints.remove(self.promised)
         nested = self.promised.nested
         if isinstance(nested, NestedTransaction):
-            if kind is None:
-                nested.commit()
-            else:
-                nested.rollback()
+            try:
+                if kind is None:
+                    nested.commit()
+                else:
+                    nested.rollback()
+            except DBAPIError as ended:
+                raise lost(error, ended)  # noqa: B904 - its cause is set
+        if self.transaction.connection.invalidated:
+            raise lost(error, None)
 
     async def __aenter__(self) -> None:
         self.transaction.savepoints.append(self.promised)
 
-    async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
         self.transaction.savepoints.remove(self.promised)
         nested = self.promised.nested
         if isinstance(nested, AsyncTransaction):
-            if kind is None:
-                await nested.commit()
-            else:
-                await nested.rollback()
+            try:
+                if kind is None:
+                    await nested.commit()
+                else:
+                    await nested.rollback()
+            except DBAPIError as ended:
+                raise lost(error, ended)  # noqa: B904 - its cause is set
+        if self.transaction.connection.invalidated:
+            raise lost(error, None)
+
+
+class TransactionLost(BatchRollback):
+    """The database ended the transaction under a handler's savepoint, or dropped its
+    connection: a deadlock victim on MariaDB, an interrupted statement on SQLite, a killed
+    connection. What every handler before it wrote is gone too, so nothing of the batch may
+    be acknowledged in it: the channel redoes the batch in a new transaction, this handler's
+    error (the ``__cause__``) counted as its failure."""
+
+    def __init__(self, cause: BaseException | str) -> None:
+        super().__init__(
+            f"the database ended the transaction under a handler's savepoint ({cause}): "
+            "all that was written in it is undone, so it must be redone whole in a new one"
+        )
+
+
+def lost(error: BaseException | None, ended: BaseException | None) -> TransactionLost:
+    """What to raise when a savepoint finds its transaction gone after the handler's
+    ``error`` (None if it succeeded): ``ended`` is why the savepoint could not end."""
+    if isinstance(error, TransactionLost):
+        return error  # a nested handler's savepoint found it first
+    cause = error or ended
+    found = TransactionLost(cause or "the connection was dropped")
+    found.__cause__ = cause
+    return found
 
 
 current_transaction: ContextVar[Transaction | None] = ContextVar("busway_transaction", default=None)
