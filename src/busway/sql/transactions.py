@@ -17,6 +17,7 @@ from sqlalchemy import Connection, NestedTransaction, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
+from busway._internal.time_limits import raise_if_abandoned
 from busway.channels.base import BatchRollback
 from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
@@ -261,6 +262,7 @@ class TransactionInterceptor(Interceptor):
             token = current_transaction.set(transaction)
             try:
                 result = self._call(invocation, transaction, proceed)
+                raise_if_abandoned()  # past its time limit, and retried: commit nothing
             finally:
                 current_transaction.reset(token)
         _run_after_commit(transaction)
