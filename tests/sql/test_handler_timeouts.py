@@ -1,0 +1,168 @@
+"""Handler time limits on a SqlChannel: a hanging handler fails with HandlerTimeout, is
+retried and dead-lettered, while the other messages of its batch are handled exactly once."""
+
+import asyncio
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
+from sqlalchemy.orm import Session
+
+from busway import (
+    CommandBus,
+    Messaging,
+    RetryPolicy,
+    SqlChannel,
+    asynchronous,
+    command_handler,
+    handler_timeout,
+)
+from dbsupport import create_tables, sync_url
+
+HANG = 30.0
+"""How long a hanging handler would hang: far past its time limit, short of the test's."""
+
+
+@dataclass
+class Job:
+    id: str
+
+
+@dataclass
+class AsyncJob:
+    id: str
+
+
+@asynchronous("jobs")
+class JobBus(CommandBus):
+    pass
+
+
+metadata = MetaData()
+effects = Table(
+    "timeout_effects",
+    metadata,
+    Column("n", Integer, primary_key=True, autoincrement=True),
+    Column("job", String(100), nullable=False),
+)
+
+
+class Jobs:
+    """A def handler and an async def handler; the jobs named "hang" hang."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.async_calls: list[str] = []
+        self.release = threading.Event()
+        self.hanging = threading.Event()
+        self.ended = threading.Semaphore(0)
+        """Released each time a hanging def handler returns or raises at last."""
+
+    @command_handler
+    @handler_timeout(0.5)
+    def work(self, job: Job, session: Session) -> None:
+        self.calls.append(job.id)
+        session.execute(insert(effects).values(job=job.id))
+        if job.id == "hang":
+            try:
+                self.hanging.set()
+                self.release.wait(HANG)
+                session.execute(insert(effects).values(job="hang, late"))
+            finally:
+                self.ended.release()
+
+    @command_handler
+    async def awork(self, job: AsyncJob) -> None:  # its limit: the worker's default
+        self.async_calls.append(job.id)
+        if job.id == "hang":
+            await asyncio.sleep(HANG)
+
+
+def effect_counts(url: str) -> Counter[str]:
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            return Counter(connection.execute(select(effects.c.job)).scalars())
+    finally:
+        engine.dispose()
+
+
+def build(url: str, jobs: Jobs, retries: int = 1) -> Messaging:
+    create_tables(url, metadata)
+    messaging = Messaging(
+        handlers=[jobs],
+        channels=[SqlChannel("jobs")],
+        database=url,
+        retry=RetryPolicy(retries=retries, initial_delay=0, jitter=0),
+    )
+    messaging.setup()
+    return messaging
+
+
+@pytest.mark.parametrize("runner", ["run", "arun"])
+@pytest.mark.timeout(120, method="thread")  # leaves SIGALRM to the worker (def under arun)
+async def test_hanging_handlers_are_timed_out_retried_then_dead_lettered(database_url, runner):
+    jobs = Jobs()
+    messaging = build(database_url, jobs)
+    bus = messaging.gateway(JobBus)
+    with messaging.transaction():  # one commit: one batch
+        for job in (Job("a"), Job("b"), Job("hang"), AsyncJob("c"), AsyncJob("hang")):
+            bus.send(job)
+        bus.send(Job("d"))
+        bus.send(AsyncJob("e"))
+    try:
+        if runner == "run":
+            result = await asyncio.to_thread(messaging.run, "jobs", handler_timeout=0.5)
+        else:
+            result = await messaging.arun("jobs", handler_timeout=0.5)
+
+        assert (result.handled, result.failed) == (9, 4)  # 7 messages and 2 retries
+        assert jobs.calls.count("hang") == 2 and jobs.async_calls.count("hang") == 2
+        assert sorted(job for job in jobs.async_calls if job != "hang") == ["c", "e"]
+        letters = sorted(messaging.dead_letters.list(), key=lambda letter: letter.handler or "")
+        assert [(letter.handler, letter.attempts) for letter in letters] == [
+            (f"{__name__}.Jobs.awork", 2),
+            (f"{__name__}.Jobs.work", 2),
+        ]
+        for letter in letters:
+            assert letter.error_type == "busway.errors.HandlerTimeout"
+            assert letter.handler in letter.error_message
+            assert "0.5s" in letter.error_message
+        assert messaging.channel("jobs").depth() == 0
+    finally:
+        jobs.release.set()
+    for _ in range(2):  # the hanging def handlers end at last: nothing of theirs commits
+        assert await asyncio.to_thread(jobs.ended.acquire, True, HANG)
+    assert effect_counts(database_url) == {"a": 1, "b": 1, "d": 1}
+    await messaging.aclose()
+
+
+def test_sqlite_writes_go_on_while_a_def_handler_hangs(tmp_path):
+    """The hanging handler's batch held SQLite's write lock; past the limit it is released,
+    so the application's own send, blocked meanwhile, succeeds."""
+    url = f"sqlite:///{tmp_path / 'busway.db'}"
+    jobs = Jobs()
+    messaging = build(url, jobs, retries=0)
+    bus = messaging.gateway(JobBus)
+    bus.send(Job("hang"))
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append(messaging.run("jobs", until_empty=False, limit=2))
+    )
+    worker.start()
+    try:
+        assert jobs.hanging.wait(HANG)
+        bus.send(Job("late"))  # the handler still hangs: this waits for the write lock
+        worker.join(HANG)
+        assert not worker.is_alive()
+    finally:
+        jobs.release.set()
+        worker.join(HANG)
+    assert (results[0].handled, results[0].failed) == (2, 1)
+    (letter,) = messaging.dead_letters.list()
+    assert letter.error_type == "busway.errors.HandlerTimeout"
+    assert jobs.ended.acquire(timeout=HANG)
+    assert effect_counts(url) == {"late": 1}
+    messaging.close()
