@@ -89,11 +89,11 @@ def effect_counts(url: str) -> Counter[str]:
         engine.dispose()
 
 
-def build(url: str, jobs: Jobs, retries: int = 1) -> Messaging:
+def build(url: str, jobs: Jobs, retries: int = 1, mode: str = "transaction") -> Messaging:
     create_tables(url, metadata)
     messaging = Messaging(
         handlers=[jobs],
-        channels=[SqlChannel("jobs")],
+        channels=[SqlChannel("jobs", mode=mode)],
         database=url,
         retry=RetryPolicy(retries=retries, initial_delay=0, jitter=0),
     )
@@ -135,6 +135,7 @@ async def test_hanging_handlers_are_timed_out_retried_then_dead_lettered(databas
         jobs.release.set()
     for _ in range(2):  # the hanging def handlers end at last: nothing of theirs commits
         assert await asyncio.to_thread(jobs.ended.acquire, True, HANG)
+    await asyncio.to_thread(join_abandoned_handlers)
     assert effect_counts(database_url) == {"a": 1, "b": 1, "d": 1}
     await messaging.aclose()
 
@@ -164,5 +165,33 @@ def test_sqlite_writes_go_on_while_a_def_handler_hangs(tmp_path):
     (letter,) = messaging.dead_letters.list()
     assert letter.error_type == "busway.errors.HandlerTimeout"
     assert jobs.ended.acquire(timeout=HANG)
+    join_abandoned_handlers()
     assert effect_counts(url) == {"late": 1}
+    messaging.close()
+
+
+def join_abandoned_handlers() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("busway-handler"):
+            thread.join(HANG)
+            assert not thread.is_alive()
+
+
+def test_an_abandoned_def_handler_commits_nothing_of_its_own_transaction(database_url):
+    """In lease mode the handler has a transaction of its own, not the batch's: when it
+    returns at last, long after its message was dealt with, that transaction rolls back."""
+    jobs = Jobs()
+    messaging = build(database_url, jobs, retries=0, mode="lease")
+    messaging.gateway(JobBus).send(Job("hang"))
+    messaging.gateway(JobBus).send(Job("next"))
+    try:
+        result = messaging.run("jobs")
+    finally:
+        jobs.release.set()
+    assert (result.handled, result.failed) == (2, 1)
+    join_abandoned_handlers()
+    assert effect_counts(database_url) == {"next": 1}
+    assert messaging.channel("jobs").depth() == 0
+    (letter,) = messaging.dead_letters.list()
+    assert letter.error_type == "busway.errors.HandlerTimeout"
     messaging.close()

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from busway._internal.bridge import run_coroutine
@@ -44,6 +44,15 @@ class Abandonment:
     """Filled in, for the thread of a ``def`` handler, once the worker gave up waiting."""
 
     error: HandlerTimeout | None = None
+    releases: list[Callable[[], object]] = field(default_factory=list)
+    """What to do then: invalidate the connections the handler holds a transaction on."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def abandon(self, error: HandlerTimeout) -> None:
+        with self.lock:
+            self.error = error
+            for release in self.releases:
+                release()
 
 
 _abandonment: contextvars.ContextVar[Abandonment | None] = contextvars.ContextVar(
@@ -57,6 +66,26 @@ def raise_if_abandoned() -> None:
     abandonment = _abandonment.get()
     if abandonment is not None and abandonment.error is not None:
         raise abandonment.error
+
+
+@contextmanager
+def released_if_abandoned(release: Callable[[], object]) -> Iterator[None]:
+    """While the block runs, ``release`` (``connection.invalidate``, say) is called if the
+    worker abandons the handler running here: its transaction's locks must not outlive the
+    time limit."""
+    abandonment = _abandonment.get()
+    if abandonment is None:
+        yield
+        return
+    with abandonment.lock:
+        if abandonment.error is not None:
+            raise abandonment.error
+        abandonment.releases.append(release)
+    try:
+        yield
+    finally:
+        with abandonment.lock:
+            abandonment.releases.remove(release)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +142,7 @@ def _in_thread(function: Callable[[], T], name: str, limit: float) -> T:
 
     threading.Thread(target=target, name=f"busway-handler {name}", daemon=True).start()
     if not done.wait(limit):
-        abandonment.error = HandlerTimeout(name, limit)
+        abandonment.abandon(HandlerTimeout(name, limit))
         log.error("handler %s is still running after %gs: abandoned", name, limit)
         raise _GaveUp
     succeeded, value = outcome[0]

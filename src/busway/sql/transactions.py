@@ -17,7 +17,7 @@ from sqlalchemy import Connection, NestedTransaction, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
-from busway._internal.time_limits import raise_if_abandoned
+from busway._internal.time_limits import raise_if_abandoned, released_if_abandoned
 from busway.channels.base import BatchRollback
 from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
@@ -257,7 +257,11 @@ class TransactionInterceptor(Interceptor):
                 return self._call(invocation, joined, proceed)
         if not self._opens_transaction(invocation.handler):
             return proceed()
-        with self.database.engine.connect() as connection, connection.begin():
+        with (
+            self.database.engine.connect() as connection,
+            released_if_abandoned(connection.invalidate),
+            connection.begin(),
+        ):
             transaction = Transaction(self.database.key, connection)
             token = current_transaction.set(transaction)
             try:
