@@ -122,3 +122,28 @@ def test_a_second_signal_ends_an_asyncio_worker_whose_loop_a_def_handler_blocks(
     finally:
         worker.stop()
     taken_over_exactly_once(messaging, database_url, "transaction", clock)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "lease"])
+def test_busway_run_handler_timeout_dead_letters_a_stuck_handling_and_goes_on(
+    app, database_url, tmp_path, mode
+):
+    messaging = app(mode=mode)
+    send_two(messaging)
+    marker = tmp_path / "marker"
+    env = environment(
+        url=database_url, mode=mode, worker="w", pause="handler", pause_job="a", marker=marker
+    )
+    worker = start(tmp_path, env, *RUN, "--until-empty", "--handler-timeout", "0.5s")
+    try:
+        assert worker.wait(60) == 0, worker.err()
+    finally:
+        worker.stop()
+    assert marker.exists()  # job "a" did hang
+    stopped = worker.logs()[-1]
+    assert (stopped["reason"], stopped["handled"], stopped["failed"]) == ("empty", 2, 1)
+    assert effects(database_url) == [("b", "w")]  # the stuck handler's write rolled back
+    assert waiting(database_url) == []
+    (letter,) = messaging.dead_letters.list()
+    assert letter.error_type == "busway.errors.HandlerTimeout"
+    assert "0.5s" in letter.error_message
