@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert, select, text
 from sqlalchemy.orm import Session
 
 from busway import (
@@ -194,4 +194,47 @@ def test_an_abandoned_def_handler_commits_nothing_of_its_own_transaction(databas
     assert messaging.channel("jobs").depth() == 0
     (letter,) = messaging.dead_letters.list()
     assert letter.error_type == "busway.errors.HandlerTimeout"
+    messaging.close()
+
+
+ENDLESS = {
+    "sqlite": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    "SELECT COUNT(*) FROM c",
+    "postgresql": f"SELECT pg_sleep({HANG})",
+    "mysql": f"SELECT SLEEP({HANG})",
+}
+
+
+@pytest.mark.parametrize("mode", ["transaction", "lease"])
+def test_a_def_handler_stuck_in_a_statement_has_its_session_ended(database_url, mode):
+    """Closing the connection alone would leave the server running the statement, the
+    transaction and its locks in place: the message could be neither retried nor claimed."""
+    calls = []
+
+    @command_handler
+    @handler_timeout(0.5)
+    def stuck(job: Job, session: Session) -> None:
+        calls.append(job.id)
+        session.execute(insert(effects).values(job=job.id))
+        if job.id == "stuck":
+            session.execute(text(ENDLESS[session.get_bind().dialect.name]))
+
+    create_tables(database_url, metadata)
+    messaging = Messaging(
+        handlers=[stuck],
+        channels=[SqlChannel("jobs", mode=mode)],
+        database=database_url,
+        retry=RetryPolicy(retries=0),
+    )
+    messaging.setup()
+    messaging.gateway(JobBus).send(Job("stuck"))
+    messaging.gateway(JobBus).send(Job("next"))
+    result = messaging.run("jobs")
+    assert (result.handled, result.failed) == (2, 1)
+    assert calls.count("stuck") == 1
+    (letter,) = messaging.dead_letters.list()
+    assert letter.error_type == "busway.errors.HandlerTimeout"
+    join_abandoned_handlers()
+    assert effect_counts(database_url) == {"next": 1}
+    assert messaging.channel("jobs").depth() == 0
     messaging.close()

@@ -39,20 +39,52 @@ log = logging.getLogger("busway")
 T = TypeVar("T")
 
 
+UNWIND_GRACE = 1.0
+"""How long an abandoned handler's thread gets to unwind once its statements are
+interrupted, before its connections are cut under it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """How to free a connection an abandoned handler holds a transaction on."""
+
+    interrupt: Callable[[], object]
+    """Stop what runs on it now (end the server session, interrupt SQLite), from any thread."""
+    cut: Callable[[], object]
+    """Make it unusable, so that nothing of its transaction can commit (``invalidate``)."""
+
+
 @dataclass(eq=False)
 class Abandonment:
     """Filled in, for the thread of a ``def`` handler, once the worker gave up waiting."""
 
     error: HandlerTimeout | None = None
-    releases: list[Callable[[], object]] = field(default_factory=list)
-    """What to do then: invalidate the connections the handler holds a transaction on."""
+    releases: list[Release] = field(default_factory=list)
+    """The connections the handler holds a transaction on, for now."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def abandon(self, error: HandlerTimeout) -> None:
+    def abandon(self, error: HandlerTimeout, finished: threading.Event) -> None:
+        """Interrupt the handler's statements, give its thread a moment to unwind on its
+        own (cutting a connection in the middle of a call is unsafe with some drivers),
+        then cut the connections it still holds."""
         with self.lock:
             self.error = error
+            releases = list(self.releases)
+        for release in releases:
+            _quietly(release.interrupt)
+        if releases and finished.wait(UNWIND_GRACE):
+            return  # the thread unwound: it cut them itself
+        with self.lock:
             for release in self.releases:
-                release()
+                _quietly(release.cut)
+            self.releases.clear()
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except Exception as error:  # the next step still frees the connection, only later
+        log.warning("freeing an abandoned handler's connection: %s", error)
 
 
 _abandonment: contextvars.ContextVar[Abandonment | None] = contextvars.ContextVar(
@@ -69,14 +101,16 @@ def raise_if_abandoned() -> None:
 
 
 @contextmanager
-def released_if_abandoned(release: Callable[[], object]) -> Iterator[None]:
-    """While the block runs, ``release`` (``connection.invalidate``, say) is called if the
-    worker abandons the handler running here: its transaction's locks must not outlive the
-    time limit."""
+def released_if_abandoned(
+    interrupt: Callable[[], object], cut: Callable[[], object]
+) -> Iterator[None]:
+    """While the block runs on a connection, free that connection if the worker abandons
+    the handler running here: its transaction's locks must not outlive the time limit."""
     abandonment = _abandonment.get()
     if abandonment is None:
         yield
         return
+    release = Release(interrupt, cut)
     with abandonment.lock:
         if abandonment.error is not None:
             raise abandonment.error
@@ -85,7 +119,11 @@ def released_if_abandoned(release: Callable[[], object]) -> Iterator[None]:
         yield
     finally:
         with abandonment.lock:
-            abandonment.releases.remove(release)
+            held = release in abandonment.releases
+            if held:
+                abandonment.releases.remove(release)
+            if held and abandonment.error is not None:
+                _quietly(cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +180,7 @@ def _in_thread(function: Callable[[], T], name: str, limit: float) -> T:
 
     threading.Thread(target=target, name=f"busway-handler {name}", daemon=True).start()
     if not done.wait(limit):
-        abandonment.abandon(HandlerTimeout(name, limit))
+        abandonment.abandon(HandlerTimeout(name, limit), done)
         log.error("handler %s is still running after %gs: abandoned", name, limit)
         raise _GaveUp
     succeeded, value = outcome[0]

@@ -17,10 +17,11 @@ from sqlalchemy import Connection, NestedTransaction, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
-from busway._internal.time_limits import raise_if_abandoned, released_if_abandoned
+from busway._internal.time_limits import raise_if_abandoned
 from busway.channels.base import BatchRollback
 from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
+from busway.sql.abandoned import freed_if_abandoned
 from busway.sql.database import Database, DatabaseKey
 
 DB_TYPES = (Session, Connection, AsyncSession, AsyncConnection)
@@ -259,7 +260,7 @@ class TransactionInterceptor(Interceptor):
             return proceed()
         with (
             self.database.engine.connect() as connection,
-            released_if_abandoned(connection.invalidate),
+            freed_if_abandoned(connection),
             connection.begin(),
         ):
             transaction = Transaction(self.database.key, connection)
@@ -290,7 +291,8 @@ class TransactionInterceptor(Interceptor):
         invocation.resources[Connection] = connection
         invocation.resources[Session] = session
         try:
-            result = proceed()
+            with freed_if_abandoned(connection):
+                result = proceed()
             if sessions:
                 sessions[0].flush()
             return result
