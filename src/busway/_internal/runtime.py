@@ -17,7 +17,7 @@ from busway._internal.bridge import run_coroutine
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
 from busway._internal.steps import adrive, drive
-from busway._internal.time_limits import def_handler_alarm
+from busway._internal.time_limits import call_def_handler
 from busway.channels.base import Channel, Delivery, Envelope
 from busway.conversion import JSON, Conversion, type_name
 from busway.errors import MalformedMessageError, NoHandlerError
@@ -374,8 +374,7 @@ class Runtime:
         async def call() -> Any:
             if definition.info.is_coroutine:
                 return await _call(definition, invocation)
-            with def_handler_alarm():
-                return _call(definition, invocation)
+            return call_def_handler(_call, definition, invocation)
 
         if definition.chain:
             return await definition.chain.acall(invocation, call)

@@ -3,12 +3,12 @@
 - An ``async def`` handler is cancelled at its limit (``asyncio.timeout``): its interceptors
   unwind as for any error, its savepoint rolls back.
 - A ``def`` handler run by a sync worker runs in a thread of its own while the worker waits.
-  At the limit the worker abandons that thread: Python cannot stop it. If the message was
-  claimed in a database transaction (a ``SqlChannel`` in ``transaction`` mode), the worker
-  invalidates that connection, which rolls the transaction back and releases its locks; the
-  thread, if it goes on, finds the connection closed and can commit nothing. The channel then
-  redoes the batch without the timed-out handler. A transaction the handler's own
-  ``TransactionInterceptor`` opened rolls back when the thread returns (``abandoned``).
+  At the limit the worker abandons that thread: Python cannot stop it. The connections the
+  handler holds a transaction on (the batch's, in a ``SqlChannel``'s ``transaction`` mode, or
+  one its ``TransactionInterceptor`` opened) are freed: their statements interrupted and
+  server sessions ended, then, once the thread had a moment to unwind, invalidated. Their
+  transactions roll back and release their locks; the thread, if it goes on, can commit
+  nothing. The channel then redoes the batch without the timed-out handler.
 - A ``def`` handler under ``arun`` runs on the event loop. Where that loop runs in the main
   thread, a ``SIGALRM`` at the limit raises ``HandlerTimeout`` inside the handler.
 
@@ -21,11 +21,13 @@ import asyncio
 import contextvars
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from busway._internal.bridge import run_coroutine
@@ -202,7 +204,7 @@ async def ainvoke(runtime: Runtime, call: Call, limit: float) -> Any:
         return await _within(handling, definition.name, limit, delivery)
     token = _alarm.set(Alarm(definition.name, limit, time.monotonic() + limit))
     try:
-        return await handling
+        return await _within(handling, definition.name, limit, delivery)
     except HandlerTimeout as error:
         _fail(error, delivery)
     finally:
@@ -222,20 +224,32 @@ async def _within(handling: Awaitable[T], name: str, limit: float, delivery: Del
     _fail(HandlerTimeout(name, limit), delivery)
 
 
-@contextmanager
-def def_handler_alarm() -> Iterator[None]:
-    """Around a ``def`` handler under ``arun``: raise ``HandlerTimeout`` inside it at its
-    time limit, where the event loop runs in the main thread and ``SIGALRM`` is free."""
+RING_AGAIN = 0.05
+"""When the alarm finds the event loop running, not the handler, it rings again this soon."""
+
+
+def call_def_handler(call: Callable[..., T], *arguments: Any) -> T:
+    """Call a ``def`` handler; under ``arun``, raise ``HandlerTimeout`` inside it at its time
+    limit, where the event loop runs in the main thread and ``SIGALRM`` is free.
+
+    The alarm raises only while the handler's own code runs (this call's frame is on the
+    interrupted stack). A handler waiting on the event loop, for a database call through
+    ``run_sync``, say, leaves the loop free: ``asyncio.timeout`` cancels it there instead.
+    """
     alarm = _alarm.get()
     if alarm is None or _ringing or not _can_ring(alarm):
-        yield
-        return
+        return call(*arguments)
     remaining = alarm.deadline - time.monotonic()
     if remaining <= 0:
         raise HandlerTimeout(alarm.handler, alarm.limit)
+    here = sys._getframe()
 
-    def ring(_signum: int, _frame: object) -> None:
-        if _ringing:
+    def ring(_signum: int, frame: FrameType | None) -> None:
+        while frame is not None and frame is not here:
+            frame = frame.f_back
+        if frame is None:
+            signal.setitimer(signal.ITIMER_REAL, RING_AGAIN)
+        elif _ringing:
             _ringing.clear()
             raise HandlerTimeout(alarm.handler, alarm.limit)
 
@@ -243,7 +257,7 @@ def def_handler_alarm() -> Iterator[None]:
     _ringing.append(alarm)
     signal.setitimer(signal.ITIMER_REAL, remaining)
     try:
-        yield
+        return call(*arguments)
     finally:
         _ringing.clear()
         signal.setitimer(signal.ITIMER_REAL, 0)
