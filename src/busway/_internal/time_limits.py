@@ -221,7 +221,9 @@ async def _within(handling: Awaitable[T], name: str, limit: float, delivery: Del
         if not expired:
             raise  # the handler's own TimeoutError
     assert expired
-    _fail(HandlerTimeout(name, limit), delivery)
+    # Cancelled inside a database call, the connection is invalidated: the batch is lost.
+    lost = bool(getattr(delivery.transaction, "invalidated", False))
+    _fail(HandlerTimeout(name, limit), delivery, batch_lost=lost)
 
 
 RING_AGAIN = 0.05
