@@ -3,7 +3,13 @@
 from busway.channels.base import Channel
 from busway.channels.memory import InMemoryChannel
 from busway.conversion import Converter, named
-from busway.errors import BuswayError, ConfigurationError, ConversionError, NoHandlerError
+from busway.errors import (
+    BuswayError,
+    ConfigurationError,
+    ConversionError,
+    HandlerTimeout,
+    NoHandlerError,
+)
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus, route
 from busway.handlers import asynchronous, command_handler, event_handler, query_handler
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
@@ -11,6 +17,7 @@ from busway.message import Headers, Message
 from busway.messaging import Messaging
 from busway.recovery import DeadLetter, RetryPolicy, retry_policy
 from busway.sql.channel import SqlChannel
+from busway.timeouts import handler_timeout
 from busway.worker import RunResult
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "EventBus",
     "Gateway",
     "HandlerInfo",
+    "HandlerTimeout",
     "Headers",
     "InMemoryChannel",
     "Interceptor",
@@ -38,6 +46,7 @@ __all__ = [
     "asynchronous",
     "command_handler",
     "event_handler",
+    "handler_timeout",
     "named",
     "query_handler",
     "retry_policy",

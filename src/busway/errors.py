@@ -86,3 +86,16 @@ class WorkerDiedError(BuswayError):
 
 class UnknownChannelError(BuswayError, LookupError):
     """A channel name that the configuration does not define."""
+
+
+class HandlerTimeout(BuswayError, TimeoutError):
+    """A handler ran past its time limit; counted as a failure of that handling."""
+
+    def __init__(self, handler: str, limit: float) -> None:
+        super().__init__(
+            f"handler {handler} ran past its time limit of {limit:g}s and was stopped; make "
+            "it finish sooner, or give it more time with @handler_timeout(seconds) on the "
+            "handler or its bus, or the worker's handler_timeout"
+        )
+        self.handler = handler
+        self.limit = limit

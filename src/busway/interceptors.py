@@ -41,6 +41,8 @@ class HandlerInfo:
     is_coroutine: bool
     retry: RetryPolicy | None = None
     """The handler's own retry policy, from ``@retry_policy``."""
+    timeout: float | None = None
+    """The handler's own time limit in seconds, from ``@handler_timeout``."""
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ ATTEMPT = "busway.attempt"
 DELIVER_AT = "busway.deliver_at"
 EXPIRES_AT = "busway.expires_at"
 RETRY = "busway.retry"
+TIMEOUT = "busway.timeout"
 
 WELL_KNOWN = (ID, CORRELATION_ID, CAUSATION_ID, TIMESTAMP, TYPE, CONTENT_TYPE)
 INTERNAL_PREFIX = "busway."

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from busway._internal.consuming import Consumer
@@ -22,6 +23,7 @@ from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import HandlerInfo, Interceptor
 from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, TARGET, Message
 from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
+from busway.timeouts import seconds_of
 from busway.worker import Limits, RunResult, Worker, graceful_signals
 
 log = logging.getLogger("busway")
@@ -194,6 +196,7 @@ class Messaging:
         stop_on_failure: bool = False,
         poll_interval: float = 1.0,
         on_progress: Callable[[RunResult], None] | None = None,
+        handler_timeout: float | timedelta | None = None,
     ) -> Worker:
         names = [channels] if isinstance(channels, str) else list(channels)
         for name in names:
@@ -205,6 +208,7 @@ class Messaging:
             until_empty=until_empty,
             stop_on_failure=stop_on_failure,
             poll_interval=poll_interval,
+            handler_timeout=None if handler_timeout is None else seconds_of(handler_timeout),
         )
         return Worker(self._consumer, names, limits, on_progress)
 
@@ -218,8 +222,16 @@ class Messaging:
         memory_limit: int | None = None,
         stop_on_failure: bool = False,
         concurrency: int = 1,
+        handler_timeout: float | timedelta | None = None,
+        shutdown_timeout: float | None = None,
     ) -> RunResult:
-        """Consume ``channels`` until empty (by default), a limit, or SIGTERM/SIGINT."""
+        """Consume ``channels`` until empty (by default), a limit, or SIGTERM/SIGINT.
+
+        ``handler_timeout`` is the time limit of a handling whose handler and bus set none
+        (``@handler_timeout``); past it, the handling fails with ``HandlerTimeout``. After
+        SIGTERM or SIGINT, a second signal or ``shutdown_timeout`` seconds end the process
+        in the middle of its handler, its messages unacknowledged (exit code 3).
+        """
         worker = self.worker(
             channels,
             limit=limit,
@@ -227,8 +239,9 @@ class Messaging:
             until_empty=until_empty,
             memory_limit=memory_limit,
             stop_on_failure=stop_on_failure,
+            handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker):
+        with graceful_signals(worker, shutdown_timeout=shutdown_timeout):
             return worker.run(concurrency)
 
     async def arun(
@@ -241,6 +254,8 @@ class Messaging:
         memory_limit: int | None = None,
         stop_on_failure: bool = False,
         concurrency: int = 1,
+        handler_timeout: float | timedelta | None = None,
+        shutdown_timeout: float | None = None,
     ) -> RunResult:
         """``run`` for asyncio code: handlers run on this event loop."""
         worker = self.worker(
@@ -250,8 +265,9 @@ class Messaging:
             until_empty=until_empty,
             memory_limit=memory_limit,
             stop_on_failure=stop_on_failure,
+            handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker, asyncio.get_running_loop()):
+        with graceful_signals(worker, asyncio.get_running_loop(), shutdown_timeout):
             return await worker.arun(concurrency)
 
     def setup_sql(self) -> list[str]:

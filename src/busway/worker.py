@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import os
 import resource
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from busway._internal.consuming import Consumer
 from busway.channels.base import Channel, Delivery, MessageReturned
@@ -37,6 +39,8 @@ class Limits:
     """The most messages one pass over a channel hands out; each channel takes at most its
     own ``batch_size`` at a time within that."""
     poll_interval: float = 1.0
+    handler_timeout: float | None = None
+    """The time limit of a handling whose handler and bus set none."""
 
 
 @dataclass(slots=True)
@@ -143,7 +147,7 @@ class Worker:
     def _handle(self, delivery: Delivery) -> None:
         self._claim()
         try:
-            ok = self.consumer.receive(delivery)
+            ok = self.consumer.receive(delivery, self.limits.handler_timeout)
         except BaseException:
             self._unclaim()
             raise
@@ -152,7 +156,7 @@ class Worker:
     async def _ahandle(self, delivery: Delivery) -> None:
         self._claim()
         try:
-            ok = await self.consumer.areceive(delivery)
+            ok = await self.consumer.areceive(delivery, self.limits.handler_timeout)
         except BaseException:
             self._unclaim()
             raise
@@ -294,23 +298,66 @@ def _peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+EXIT_ABORTED = 3
+"""The exit code of a worker process ended in the middle of a handler (see ``abort``)."""
+
+
+def abort(why: str) -> NoReturn:
+    """End this process now, in the middle of whatever handler it runs.
+
+    Nothing is acknowledged: the database rolls back the batch transaction when the
+    connection drops, a broker gives its unacknowledged messages to another consumer (Redis
+    and NATS after ``claim_idle`` / ``ack_wait``), a lease runs out after its
+    ``visibility_timeout``. Exits with ``EXIT_ABORTED``.
+    """
+    log.error(
+        "%s: ending the worker without finishing the handler in hand; its messages go back "
+        "to their channels unacknowledged (exit code %d)",
+        why,
+        EXIT_ABORTED,
+    )
+    logging.shutdown()
+    os._exit(EXIT_ABORTED)
+
+
 @contextlib.contextmanager
 def graceful_signals(
-    worker: Worker, loop: asyncio.AbstractEventLoop | None = None
+    worker: Worker,
+    loop: asyncio.AbstractEventLoop | None = None,
+    shutdown_timeout: float | None = None,
 ) -> Iterator[None]:
     """While running, SIGTERM and SIGINT stop the worker after the message in hand.
 
-    Only in the main thread, and only where the application has not set its own handlers
-    (a web server's, say), which are left alone.
+    A second signal, or ``shutdown_timeout`` seconds after the first, ends the process at
+    once (``abort``): for a handler that does not finish. Only in the main thread, and only
+    where the application has not set its own handlers (a web server's, say), which are left
+    alone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[str] = []
+    timers: list[threading.Timer] = []
 
-    def stop(signum: int) -> None:
+    def stop(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
+        if received:
+            abort(f"second signal ({name}) while stopping")
+        received.append(name)
         log.info("%s received: finishing the message in hand, then stopping", name)
-        worker.stop(name)
+        if loop is None:
+            worker.stop(name)
+        else:
+            # A Python-level handler, not loop.add_signal_handler: it runs even while a def
+            # handler blocks the event loop, so that a second signal still ends the process.
+            loop.call_soon_threadsafe(worker.stop, name)
+        if shutdown_timeout is not None:
+            timer = threading.Timer(
+                shutdown_timeout, abort, (f"still stopping {shutdown_timeout:g}s after {name}",)
+            )
+            timer.daemon = True
+            timers.append(timer)
+            timer.start()
 
     ours = [
         sig
@@ -319,14 +366,11 @@ def graceful_signals(
     ]
     previous = {sig: signal.getsignal(sig) for sig in ours}
     for sig in ours:
-        if loop is None:
-            signal.signal(sig, lambda signum, _frame: stop(signum))
-        else:
-            loop.add_signal_handler(sig, stop, sig)
+        signal.signal(sig, stop)
     try:
         yield
     finally:
+        for timer in timers:
+            timer.cancel()
         for sig, handler in previous.items():
-            if loop is not None:
-                loop.remove_signal_handler(sig)
             signal.signal(sig, handler)

@@ -944,3 +944,69 @@ def test_publishers_and_workers_reconnect_after_redis_restarts(
             thread.join(timeout=30)
         sync_side.close()
     redis.Redis.from_url(REDIS_URL).delete(f"{stream}:sync", f"{stream}:asyncio")
+
+
+# -- handler time limits -------------------------------------------------------------------
+
+
+@dataclass
+class Chore:
+    id: str
+
+
+@dataclass
+class AsyncChore:
+    id: str
+
+
+@pytest.mark.timeout(120, method="thread")  # leaves SIGALRM to the worker (def under arun)
+@pytest.mark.parametrize("runner", ["run", "arun"])
+async def test_a_hanging_handler_is_dead_lettered_not_claimed_again_for_ever(
+    stream: str, runner: str
+) -> None:
+    from busway import CommandBus, RetryPolicy, command_handler
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    @command_handler
+    def chore(job: Chore) -> None:
+        calls.append(job.id)
+        if job.id == "hang":
+            release.wait(60)
+
+    @command_handler
+    async def async_chore(job: AsyncChore) -> None:
+        calls.append(f"async {job.id}")
+        if job.id == "hang":
+            await asyncio.sleep(60)
+
+    @asynchronous("jobs")
+    class Chores(CommandBus):
+        pass
+
+    messaging = Messaging(
+        handlers=[chore, async_chore],
+        channels=[RedisChannel("jobs", REDIS_URL, stream=stream, claim_idle=0.2)],
+        retry=RetryPolicy(retries=1, initial_delay=0, jitter=0),
+    )
+    messaging.setup()
+    bus = messaging.gateway(Chores)
+    for job in (Chore("a"), Chore("hang"), AsyncChore("b"), AsyncChore("hang"), Chore("c")):
+        bus.send(job)
+    try:
+        if runner == "run":
+            result = await asyncio.to_thread(messaging.run, "jobs", handler_timeout=0.5)
+        else:
+            result = await messaging.arun("jobs", handler_timeout=0.5)
+        left = messaging.channel("jobs").depth()  # nothing pending, nothing to claim again
+    finally:
+        release.set()
+        await messaging.aclose()
+    assert left == 0
+
+    assert (result.handled, result.failed) == (7, 4)  # 5 messages, 2 retries
+    assert sorted(calls) == ["a", "async b", "async hang", "async hang", "c", "hang", "hang"]
+    letters = messaging.dead_letters.list()
+    assert [letter.error_type for letter in letters] == ["busway.errors.HandlerTimeout"] * 2
+    assert {letter.attempts for letter in letters} == {2}

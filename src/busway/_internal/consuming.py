@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from busway._internal import time_limits
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import (
     Bury,
@@ -32,6 +33,7 @@ from busway._internal.steps import adrive, drive
 from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
 from busway.errors import (
     ConversionError,
+    HandlerTimeout,
     MalformedMessageError,
     NoHandlerError,
     UnreadableMessageError,
@@ -46,12 +48,14 @@ from busway.message import (
     ROUTE,
     SLIP,
     TARGET,
+    TIMEOUT,
     TYPE,
     Headers,
     HeaderValue,
     Message,
 )
 from busway.recovery import DeadLetter, RetryPolicy, new_dead_letter_id
+from busway.timeouts import timeout_from_header
 
 log = logging.getLogger("busway")
 
@@ -187,13 +191,26 @@ class Consumer:
             or self.runtime.retry
         )
 
+    def timeout_for(
+        self, definition: HandlerDefinition, delivery: Delivery, default: float | None
+    ) -> float | None:
+        """The most specific time limit: the handler's, the bus's, the worker's default."""
+        return (
+            definition.info.timeout
+            or timeout_from_header(delivery.envelope.headers.get(TIMEOUT))
+            or default
+        )
+
     def retries_instantly(
         self, definition: HandlerDefinition, delivery: Delivery, error: BaseException, tries: int
     ) -> bool:
-        """Whether the handler, failed ``tries`` times in a row here, runs again at once."""
+        """Whether the handler, failed ``tries`` times in a row here, runs again at once.
+
+        Never after a time limit passed: the handler would hold its batch that long again.
+        """
         policy = self.policy_for(definition, delivery)
         return (
-            not isinstance(error, POISON)
+            not isinstance(error, (*POISON, HandlerTimeout))
             and tries <= policy.instant_retries
             and policy.retries_error(error)
         )
@@ -309,12 +326,28 @@ class Consumer:
 
     # -- the two edges ---------------------------------------------------------------------
 
-    def receive(self, delivery: Delivery) -> bool:
-        """Handle one delivery; True when every handler succeeded."""
-        return drive(self._receiving(delivery), self.runtime.carry_out)
+    def receive(self, delivery: Delivery, default_timeout: float | None = None) -> bool:
+        """Handle one delivery; True when every handler succeeded. ``default_timeout`` is
+        the time limit of handlers without one of their own or their bus's."""
 
-    async def areceive(self, delivery: Delivery) -> bool:
-        return await adrive(self._receiving(delivery), self.runtime.acarry_out)
+        def carry_out(io: Io) -> Any:
+            if isinstance(io, Call):
+                limit = self.timeout_for(io.definition, delivery, default_timeout)
+                if limit is not None:
+                    return time_limits.invoke(self.runtime, io, limit)
+            return self.runtime.carry_out(io)
+
+        return drive(self._receiving(delivery), carry_out)
+
+    async def areceive(self, delivery: Delivery, default_timeout: float | None = None) -> bool:
+        async def carry_out(io: Io) -> Any:
+            if isinstance(io, Call):
+                limit = self.timeout_for(io.definition, delivery, default_timeout)
+                if limit is not None:
+                    return await time_limits.ainvoke(self.runtime, io, limit)
+            return await self.runtime.acarry_out(io)
+
+        return await adrive(self._receiving(delivery), carry_out)
 
 
 MAX_ATTEMPTS = 1_000_000

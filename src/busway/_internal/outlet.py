@@ -12,18 +12,20 @@ from busway.gateways import BUILT_IN_BUSES, ROUTE_MARK, Gateway, QueryBus, bus_k
 from busway.handlers import Kind, async_channels
 from busway.message import HeaderValue
 from busway.recovery import marked_policy
+from busway.timeouts import marked_timeout
 
 
 class Outlet:
     """Where a gateway's calls go: straight to dispatch, or to its channels."""
 
-    __slots__ = ("channels", "gateway", "retry", "runtime")
+    __slots__ = ("channels", "gateway", "retry", "runtime", "timeout")
 
     def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
         self.runtime = runtime
         self.gateway = gateway
         self.channels = channels
         self.retry = marked_policy(gateway)
+        self.timeout = marked_timeout(gateway)
 
     def dispatch(
         self,
@@ -45,6 +47,7 @@ class Outlet:
             self.channels if channels is None else channels,
             self.retry,
             ttl,
+            self.timeout,
         )
 
     async def adispatch(
@@ -67,6 +70,7 @@ class Outlet:
             self.channels if channels is None else channels,
             self.retry,
             ttl,
+            self.timeout,
         )
 
 

@@ -13,6 +13,7 @@ from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
 from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation
 from busway.message import Headers, Message, qualified_name
 from busway.recovery import marked_policy
+from busway.timeouts import marked_timeout
 
 Resolver = Callable[[Invocation], Any]
 
@@ -192,6 +193,7 @@ class HandlerRegistry:
             transactional=mark.transactional,
             is_coroutine=inspect.iscoroutinefunction(function),
             retry=marked_policy(function),
+            timeout=marked_timeout(function),
         )
         positional: list[Resolver] = []
         keyword: list[tuple[str, Resolver]] = []

@@ -17,6 +17,7 @@ from busway._internal.bridge import run_coroutine
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
 from busway._internal.steps import adrive, drive
+from busway._internal.time_limits import call_def_handler
 from busway.channels.base import Channel, Delivery, Envelope
 from busway.conversion import JSON, Conversion, type_name
 from busway.errors import MalformedMessageError, NoHandlerError
@@ -35,6 +36,7 @@ from busway.message import (
     ROUTE,
     SLIP,
     TARGET,
+    TIMEOUT,
     TIMESTAMP,
     TYPE,
     Headers,
@@ -138,6 +140,7 @@ class Runtime:
         delay: float | timedelta | None,
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
+        handler_timeout: float | None = None,
     ) -> Message[Any]:
         parent = current_message.get()
         message_id = uuid7()
@@ -165,6 +168,8 @@ class Runtime:
             data[EXPIRES_AT] = now + _seconds(ttl)
         if retry is not None:
             data[RETRY] = retry.to_header()
+        if handler_timeout is not None:
+            data[TIMEOUT] = handler_timeout
         return Message(payload, Headers(data))
 
     def _type_headers(self, cls: type[Any]) -> tuple[str, str]:
@@ -256,8 +261,11 @@ class Runtime:
         channels: tuple[str, ...],
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
+        handler_timeout: float | None = None,
     ) -> Any:
-        steps = self._dispatching(gateway, kind, payload, key, headers, delay, channels, retry, ttl)
+        steps = self._dispatching(
+            gateway, kind, payload, key, headers, delay, channels, retry, ttl, handler_timeout
+        )
         return drive(steps, self.carry_out)
 
     async def adispatch(
@@ -271,8 +279,11 @@ class Runtime:
         channels: tuple[str, ...],
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
+        handler_timeout: float | None = None,
     ) -> Any:
-        steps = self._dispatching(gateway, kind, payload, key, headers, delay, channels, retry, ttl)
+        steps = self._dispatching(
+            gateway, kind, payload, key, headers, delay, channels, retry, ttl, handler_timeout
+        )
         return await adrive(steps, self.acarry_out)
 
     def _dispatching(
@@ -286,10 +297,11 @@ class Runtime:
         channels: tuple[str, ...],
         retry: RetryPolicy | None,
         ttl: float | timedelta | None,
+        handler_timeout: float | None = None,
     ) -> Generator[Io, Any, Any]:
         """A message sent through a gateway, yielding the I/O for a front door to carry out;
         returns what the last handler returned."""
-        message = self.new_message(kind, payload, key, headers, delay, retry, ttl)
+        message = self.new_message(kind, payload, key, headers, delay, retry, ttl, handler_timeout)
         for observer in self.observers:
             observer.sent(gateway, message)
         steps = self.gateway_plan(channels) if channels else self.plan(kind, type(payload), key)
@@ -360,10 +372,9 @@ class Runtime:
 
     async def _acall(self, definition: HandlerDefinition, invocation: Invocation) -> Any:
         async def call() -> Any:
-            result = _call(definition, invocation)
             if definition.info.is_coroutine:
-                result = await result
-            return result
+                return await _call(definition, invocation)
+            return call_def_handler(_call, definition, invocation)
 
         if definition.chain:
             return await definition.chain.acall(invocation, call)

@@ -44,6 +44,18 @@ EXIT_FAILURE = 1
     show_default=True,
     help="Messages handled at once, each in its own thread.",
 )
+@click.option(
+    "--handler-timeout",
+    metavar="DURATION",
+    callback=converted(parse_duration),
+    help="Fail a handling that takes longer (unless its handler or bus sets its own limit).",
+)
+@click.option(
+    "--shutdown-timeout",
+    metavar="DURATION",
+    callback=converted(parse_duration),
+    help="After SIGTERM/SIGINT, wait this long for the handler in hand, then exit (code 3).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -55,11 +67,15 @@ def run(
     stop_on_failure: bool,
     until_empty: bool,
     concurrency: int,
+    handler_timeout: float | None,
+    shutdown_timeout: float | None,
 ) -> None:
     """Consume CHANNEL... until stopped.
 
-    SIGTERM and SIGINT finish the message in hand, then stop. Exit code 1 means the run
-    stopped on a failure (--stop-on-failure), 2 a usage or configuration error.
+    SIGTERM and SIGINT finish the message in hand, then stop; a second signal, or
+    --shutdown-timeout, ends the process at once, its messages unacknowledged. Exit code 1
+    means the run stopped on a failure (--stop-on-failure), 2 a usage or configuration
+    error, 3 a worker ended in the middle of a handler.
     """
     stream = sys.stderr
     label = ", ".join(channels)
@@ -76,10 +92,11 @@ def run(
                 memory_limit=memory_limit,
                 stop_on_failure=stop_on_failure,
                 on_progress=progress,
+                handler_timeout=handler_timeout,
             )
         except UnknownChannelError as error:
             raise ConfigError(str(error)) from None
-        with graceful_signals(worker):
+        with graceful_signals(worker, shutdown_timeout=shutdown_timeout):
             log.info(
                 "consuming %s %s",
                 label,

@@ -18,9 +18,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncTransaction
 from sqlalchemy.orm import Session
 
+from busway._internal.time_limits import raise_if_abandoned
 from busway.channels.base import BatchRollback
 from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
+from busway.sql.abandoned import freed_if_abandoned
 from busway.sql.database import Database, DatabaseKey
 
 DB_TYPES = (Session, Connection, AsyncSession, AsyncConnection)
@@ -296,11 +298,16 @@ class TransactionInterceptor(Interceptor):
                 return self._call(invocation, joined, proceed)
         if not self._opens_transaction(invocation.handler):
             return proceed()
-        with self.database.engine.connect() as connection, connection.begin():
+        with (
+            self.database.engine.connect() as connection,
+            freed_if_abandoned(connection),
+            connection.begin(),
+        ):
             transaction = Transaction(self.database.key, connection)
             token = current_transaction.set(transaction)
             try:
                 result = self._call(invocation, transaction, proceed)
+                raise_if_abandoned()  # past its time limit, and retried: commit nothing
             finally:
                 current_transaction.reset(token)
         _run_after_commit(transaction)
@@ -324,7 +331,8 @@ class TransactionInterceptor(Interceptor):
         invocation.resources[Connection] = connection
         invocation.resources[Session] = session
         try:
-            result = proceed()
+            with freed_if_abandoned(connection):
+                result = proceed()
             if sessions:
                 sessions[0].flush()
             return result
