@@ -1,9 +1,17 @@
 """busway: command, event and query buses where one marker makes a whole bus asynchronous."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from busway.channels.base import Channel
 from busway.channels.memory import InMemoryChannel
 from busway.conversion import Converter, named
-from busway.errors import BuswayError, ConfigurationError, ConversionError, NoHandlerError
+from busway.errors import (
+    BuswayError,
+    ConfigurationError,
+    ConversionError,
+    NoHandlerError,
+    SetupRequired,
+)
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus, route
 from busway.handlers import asynchronous, command_handler, event_handler, query_handler
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
@@ -12,6 +20,11 @@ from busway.messaging import Messaging
 from busway.recovery import DeadLetter, RetryPolicy, retry_policy
 from busway.sql.channel import SqlChannel
 from busway.worker import RunResult
+
+try:
+    __version__ = version("busway")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BuswayError",
@@ -34,7 +47,9 @@ __all__ = [
     "QueryBus",
     "RetryPolicy",
     "RunResult",
+    "SetupRequired",
     "SqlChannel",
+    "__version__",
     "asynchronous",
     "command_handler",
     "event_handler",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from busway._internal.consuming import Consumer
 from busway.channels.base import Channel, Delivery, MessageReturned
+from busway.errors import SetupRequired
 
 log = logging.getLogger("busway.worker")
 
@@ -222,6 +223,7 @@ class Worker:
 
     def _consume(self, channel: Channel) -> int:
         try:
+            self.runtime.preparation.consuming(channel.name)
             handled = channel.consume(self._handle, self._budget(), self._wait())
         except StopConsuming:
             return 0
@@ -233,6 +235,7 @@ class Worker:
 
     async def _aconsume(self, channel: Channel) -> int:
         try:
+            await self.runtime.preparation.aconsuming(channel.name)
             handled = await channel.aconsume(self._ahandle, self._budget(), self._wait())
         except StopConsuming:
             return 0
@@ -248,8 +251,9 @@ class Worker:
 
     def _outage(self, channel: Channel, error: Exception) -> float:
         """How long to wait before trying a failing channel again; raises if a run from code
-        should stop instead (it ends when the channel is empty, so it cannot wait it out)."""
-        if self.limits.until_empty:
+        should stop instead (it ends when the channel is empty, so it cannot wait it out), or
+        if waiting cannot help: what is missing is not set up by waiting."""
+        if self.limits.until_empty or isinstance(error, SetupRequired):
             raise error
         self._outages += 1
         pause = min(MAX_OUTAGE_PAUSE, FIRST_OUTAGE_PAUSE * 2.0 ** (self._outages - 1))

@@ -30,7 +30,12 @@ from busway._internal.runtime import (
 )
 from busway._internal.steps import adrive, drive
 from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
-from busway.errors import ConversionError, MalformedMessageError, NoHandlerError
+from busway.errors import (
+    ConversionError,
+    MalformedMessageError,
+    NoHandlerError,
+    SetupRequired,
+)
 from busway.message import (
     ATTEMPT,
     DELIVER_AT,
@@ -281,8 +286,8 @@ class Consumer:
                 message = self.message_for(definition, delivery, headers)
                 yield Call(definition, message, delivery)
                 return None
-            except BatchRollback:
-                raise
+            except (BatchRollback, SetupRequired):
+                raise  # not the handler's failure: a missing table fails every message alike
             except Exception as error:
                 tries += 1
                 if not self.retries_instantly(definition, delivery, error, tries):

@@ -60,6 +60,7 @@ from busway.sql.batch_io import (
     kept_back,
     once_more_if_stale,
 )
+from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
 from busway.sql.leases import aconsume_leased, consume_leased
 from busway.sql.schema import messages_table
@@ -116,6 +117,8 @@ class SqlChannel(Channel):
         self._clock = context.clock
         if self._database is None and context.database is not None:
             self._database = Database.of(context.database)
+        if self._database is not None:
+            self._database.tables.add(self.table.name)
 
     def validate(self) -> list[str]:
         if self._database is None:
@@ -141,12 +144,22 @@ class SqlChannel(Channel):
         return self._sql.ddl(self.database.engine.dialect)
 
     def setup(self) -> None:
-        with self.database.engine.begin() as connection:
-            self.table.create(connection, checkfirst=True)
-            self._check_columns(connection)
-            if self.database.backend == "postgresql":
-                for statement in self._sql.notify_trigger():
-                    connection.exec_driver_sql(statement)
+        set_up(self.database, self._is_set_up, self._create)
+
+    def _is_set_up(self, connection: Connection) -> bool:
+        if not inspect(connection).has_table(self.table.name):
+            return False
+        self._check_columns(connection)
+        if self.database.backend == "postgresql":
+            return has_trigger(connection, self.table.name, f"{self.table.name}_notify")
+        return True
+
+    def _create(self, connection: Connection) -> None:
+        self.table.create(connection, checkfirst=True)
+        self._check_columns(connection)
+        if self.database.backend == "postgresql":
+            for statement in self._sql.notify_trigger():
+                connection.exec_driver_sql(statement)
 
     async def asetup(self) -> None:
         await asyncio.to_thread(self.setup)

@@ -1,0 +1,90 @@
+"""Setting up what an application uses the first time it uses it, once per process.
+
+``Messaging(auto_setup=True)`` (the default) creates busway's SQL tables (its stores' and every
+SQL channel's, all at once, so none is created inside a transaction that holds a lock) the
+first time anything uses the database, and each other channel's queue or stream the first
+time it is used. After that, each use costs one attribute check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Collection, Mapping
+
+from busway.channels.base import Channel
+
+
+class Once:
+    """One set-up step, run at its first use; a failed one runs again at the next use."""
+
+    __slots__ = ("_asetup", "_lock", "_setup", "done")
+
+    def __init__(
+        self, setup: Callable[[], None], asetup: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self._setup = setup
+        self._asetup = asetup
+        self._lock = threading.Lock()
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        with self._lock:
+            if not self.done:
+                self._setup()
+                self.done = True
+
+    async def arun(self) -> None:
+        if self.done:
+            return
+        if self._asetup is None:
+            await asyncio.to_thread(self)  # the lock keeps racing tasks to one set-up
+            return
+        await self._asetup()  # tasks racing here each declare: declaring is idempotent
+        self.done = True
+
+
+def _nothing() -> None:
+    pass
+
+
+class Preparation:
+    """The set-up steps of one application, by what uses them."""
+
+    def __init__(
+        self,
+        enabled: bool,
+        sql: Callable[[], None] | None = None,
+        sql_channels: Collection[str] = (),
+        channels: Mapping[str, Channel] | None = None,
+    ) -> None:
+        self.sql = Once(sql if enabled and sql is not None else _nothing)
+        self._channels: dict[str, Once] = {}
+        for name, channel in (channels or {}).items():
+            if name in sql_channels:
+                self._channels[name] = self.sql
+            elif enabled:
+                self._channels[name] = Once(channel.setup, channel.asetup)
+        if not enabled:
+            self.sql.done = True
+
+    def sending(self, channel: str) -> None:
+        once = self._channels.get(channel)
+        if once is not None and not once.done:
+            once()
+
+    async def asending(self, channel: str) -> None:
+        once = self._channels.get(channel)
+        if once is not None and not once.done:
+            await once.arun()
+
+    def consuming(self, channel: str) -> None:
+        """Consuming needs the channel and the stores (dead letters, inbox)."""
+        self.sql()
+        self.sending(channel)
+
+    async def aconsuming(self, channel: str) -> None:
+        await self.sql.arun()
+        await self.asending(channel)
