@@ -267,14 +267,33 @@ def write_app(directory: Path, database_url: str, auto_setup: bool) -> None:
     (directory / "jobs_app.py").write_text(textwrap.dedent(source))
 
 
-def busway(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from busway.cli import main; main()", *args],
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def busway(directory: Path, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Run each of ``commands`` on the app of ``directory``, side by side."""
+    started = [
+        (
+            command,
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from busway.cli import main; main()",
+                    *command,
+                    "--app",
+                    "jobs_app:messaging",
+                ],
+                cwd=directory,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for command in commands
+    ]
+    done = []
+    for command, process in started:
+        stdout, stderr = process.communicate(timeout=60)
+        done.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    return done
 
 
 COMMANDS = [
@@ -289,9 +308,8 @@ def test_the_command_line_without_setup_exits_2_with_one_sentence(
     database_url: str, tmp_path: Path
 ) -> None:
     write_app(tmp_path, database_url, auto_setup=False)
-    for command in COMMANDS:
-        done = busway(tmp_path, *command, "--app", "jobs_app:messaging")
-
+    for done in busway(tmp_path, *COMMANDS):
+        command = done.args
         assert done.returncode == 2, (command, done.stderr)
         assert "Traceback" not in done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
@@ -305,9 +323,9 @@ def test_the_command_line_on_a_fresh_database_sets_up_by_itself(
 ) -> None:
     write_app(tmp_path, database_url, auto_setup=True)
 
-    listed = busway(tmp_path, "channels", "--app", "jobs_app:messaging")
-    letters = busway(tmp_path, "dead-letter", "list", "--app", "jobs_app:messaging")
-    ran = busway(tmp_path, "run", "jobs", "--until-empty", "--app", "jobs_app:messaging")
+    listed, letters, ran = busway(
+        tmp_path, ("channels",), ("dead-letter", "list"), ("run", "jobs", "--until-empty")
+    )
 
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[1].split()[:3] == ["jobs", "SqlChannel", "0"]
