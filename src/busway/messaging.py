@@ -191,12 +191,14 @@ class Messaging:
             self._extension.setup()
         for channel in self.channels.values():
             channel.setup()
+        self._runtime.preparation.done()
 
     async def asetup(self) -> None:
         if self._extension is not None:
             await self._extension.asetup()
         for channel in self.channels.values():
             await channel.asetup()
+        self._runtime.preparation.done()
 
     def _sql_channels(self) -> set[str]:
         return {name for name, channel in self.channels.items() if callable(_ddl(channel))}

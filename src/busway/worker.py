@@ -252,8 +252,10 @@ class Worker:
     def _outage(self, channel: Channel, error: Exception) -> float:
         """How long to wait before trying a failing channel again; raises if a run from code
         should stop instead (it ends when the channel is empty, so it cannot wait it out), or
-        if waiting cannot help: what is missing is not set up by waiting."""
-        if self.limits.until_empty or isinstance(error, SetupRequired):
+        if waiting cannot help: a missing table appears only if set-up runs again."""
+        if self.limits.until_empty:
+            raise error
+        if isinstance(error, SetupRequired) and not self.runtime.preparation.again():
             raise error
         self._outages += 1
         pause = min(MAX_OUTAGE_PAUSE, FIRST_OUTAGE_PAUSE * 2.0 ** (self._outages - 1))

@@ -60,6 +60,7 @@ class Preparation:
         sql_channels: Collection[str] = (),
         channels: Mapping[str, Channel] | None = None,
     ) -> None:
+        self.enabled = enabled
         self.sql = Once(sql if enabled and sql is not None else _nothing)
         self._channels: dict[str, Once] = {}
         for name, channel in (channels or {}).items():
@@ -69,6 +70,20 @@ class Preparation:
                 self._channels[name] = Once(channel.setup, channel.asetup)
         if not enabled:
             self.sql.done = True
+
+    def again(self) -> bool:
+        """Set up again at the next use (what was made is gone); False if that is off."""
+        if self.enabled:
+            self._mark(done=False)
+        return self.enabled
+
+    def done(self) -> None:
+        """Everything was set up (``messaging.setup()``): no first use needs to."""
+        self._mark(done=True)
+
+    def _mark(self, done: bool) -> None:
+        for once in (self.sql, *self._channels.values()):
+            once.done = done
 
     def sending(self, channel: str) -> None:
         once = self._channels.get(channel)
