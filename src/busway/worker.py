@@ -181,10 +181,19 @@ class Worker:
 
     def run(self, concurrency: int = 1) -> RunResult:
         if concurrency > 1:
+            errors: list[BaseException] = []
+
+            def loop() -> None:
+                try:
+                    self._loop()
+                except BaseException as error:  # the run's error, raised once all have stopped
+                    errors.append(error)
+                    self.stop("error")
+
             threads = [
                 threading.Thread(
                     target=contextvars.copy_context().run,
-                    args=(self._loop,),
+                    args=(loop,),
                     name=f"busway-worker-{index}",
                 )
                 for index in range(concurrency)
@@ -193,6 +202,8 @@ class Worker:
                 thread.start()
             for thread in threads:
                 thread.join()
+            if errors:
+                raise errors[0]
         else:
             self._loop()
         self.result.reason = self._stop_reason or "empty"

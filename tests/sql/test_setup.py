@@ -194,9 +194,12 @@ def test_run_without_setup_says_to_set_up(manual: Messaging) -> None:
     assert_setup_required(error.value, "busway_messages")
 
 
-def test_a_worker_until_stopped_does_not_retry_a_missing_table(manual: Messaging) -> None:
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_worker_until_stopped_does_not_retry_a_missing_table(
+    manual: Messaging, concurrency: int
+) -> None:
     with pytest.raises(SetupRequired) as error:
-        manual.run("jobs", until_empty=False)
+        manual.run("jobs", until_empty=False, concurrency=concurrency)
     assert_setup_required(error.value, "busway_messages")
 
 
@@ -301,6 +304,7 @@ COMMANDS = [
     ("dead-letter", "list"),
     ("run", "jobs", "--until-empty"),
     ("run", "jobs"),
+    ("run", "jobs", "--concurrency", "2"),
 ]
 
 
