@@ -336,3 +336,22 @@ def test_the_command_line_on_a_fresh_database_sets_up_by_itself(
     assert letters.returncode == 0, letters.stderr
     assert ran.returncode == 0, ran.stderr
     assert rows(database_url, "busway_dead_letters") == 0
+
+
+def test_a_missing_table_of_the_application_keeps_the_drivers_error(database_url: str) -> None:
+    """Only busway's own tables are told as set-up; a name that merely starts like one is not."""
+    from sqlalchemy.exc import DBAPIError
+
+    messaging = app(database_url)
+    try:
+        messaging.setup()
+        for table in ("orders", "busway_messages_archive"):
+            with (
+                pytest.raises(DBAPIError) as error,
+                messaging.database_engine.connect() as connection,
+            ):
+                connection.execute(text(f"SELECT * FROM {table}"))
+            assert not isinstance(error.value, SetupRequired)
+            assert table in str(error.value)
+    finally:
+        messaging.close()
