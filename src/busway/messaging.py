@@ -300,7 +300,7 @@ class Messaging:
         from busway.sql.transactions import transaction_scope
 
         database = self._require_database("transaction()")
-        self._runtime.preparation.sql()  # before the transaction: it may hold SQLite's lock
+        self._runtime.preparation.dispatching()  # before the transaction: it holds SQLite's lock
         return transaction_scope(database, session)
 
     def atransaction(self, session: Any = None) -> AbstractAsyncContextManager[Any]:
@@ -308,7 +308,7 @@ class Messaging:
         from busway.sql.transactions import atransaction_scope
 
         scope = atransaction_scope(self._require_database("atransaction()"), session)
-        return _after(self._runtime.preparation.sql.arun, scope)
+        return _after(self._runtime.preparation.adispatching, scope)
 
     @property
     def database_engine(self) -> Any:

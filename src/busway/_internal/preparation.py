@@ -9,10 +9,13 @@ time it is used. After that, each use costs one attribute check.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from busway.channels.base import Channel
+
+log = logging.getLogger("busway")
 
 
 class Once:
@@ -36,6 +39,25 @@ class Once:
                 self._setup()
                 self.done = True
 
+    def attempt(self) -> None:
+        """Run it if it is due; if it fails, go on: what uses it next meets the same problem
+        its own way (a relay keeps back what it could not send), and set-up runs again at the
+        next use."""
+        if self.done:
+            return
+        try:
+            self()
+        except Exception as error:
+            _failed(error)
+
+    async def aattempt(self) -> None:
+        if self.done:
+            return
+        try:
+            await self.arun()
+        except Exception as error:
+            _failed(error)
+
     async def arun(self) -> None:
         if self.done:
             return
@@ -48,6 +70,14 @@ class Once:
 
 def _nothing() -> None:
     pass
+
+
+def _failed(error: Exception) -> None:
+    log.warning(
+        "set-up at first use failed (%s: %s); tried again at the next use",
+        type(error).__name__,
+        error,
+    )
 
 
 class Preparation:
@@ -85,21 +115,36 @@ class Preparation:
         for once in (self.sql, *self._channels.values()):
             once.done = done
 
+    def dispatching(self) -> None:
+        """Before a message is sent or handled, which may open a transaction: on SQLite that
+        holds the write lock, and a set-up inside it would wait for it."""
+        if not self.sql.done:
+            self.sql.attempt()
+
+    async def adispatching(self) -> None:
+        if not self.sql.done:
+            await self.sql.aattempt()
+
     def sending(self, channel: str) -> None:
         once = self._channels.get(channel)
         if once is not None and not once.done:
-            once()
+            once.attempt()
 
     async def asending(self, channel: str) -> None:
         once = self._channels.get(channel)
         if once is not None and not once.done:
-            await once.arun()
+            await once.aattempt()
 
     def consuming(self, channel: str) -> None:
-        """Consuming needs the channel and the stores (dead letters, inbox)."""
+        """Consuming needs the channel and the stores (dead letters, inbox); a failure is the
+        worker's to handle, as any failing channel's."""
         self.sql()
-        self.sending(channel)
+        once = self._channels.get(channel)
+        if once is not None:
+            once()
 
     async def aconsuming(self, channel: str) -> None:
         await self.sql.arun()
-        await self.asending(channel)
+        once = self._channels.get(channel)
+        if once is not None:
+            await once.arun()

@@ -260,6 +260,7 @@ class Runtime:
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
     ) -> Any:
+        self.preparation.dispatching()
         steps = self._dispatching(gateway, kind, payload, key, headers, delay, channels, retry, ttl)
         return drive(steps, self.carry_out)
 
@@ -275,6 +276,7 @@ class Runtime:
         retry: RetryPolicy | None = None,
         ttl: float | timedelta | None = None,
     ) -> Any:
+        await self.preparation.adispatching()
         steps = self._dispatching(gateway, kind, payload, key, headers, delay, channels, retry, ttl)
         return await adrive(steps, self.acarry_out)
 
