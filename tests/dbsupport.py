@@ -26,7 +26,12 @@ SERVERS = {
     "mariadb": os.environ.get("BUSWAY_TEST_MARIADB_URL", "mysql://root@127.0.0.1/test"),
 }
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
-BUSWAY_TABLES = ("busway_messages", "busway_dead_letters", "busway_inbox")
+BUSWAY_TABLES = (
+    "busway_messages",
+    "busway_messages_in_hand",
+    "busway_dead_letters",
+    "busway_inbox",
+)
 
 # The driver used for a URL that names only the database kind, as busway picks it.
 SYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}

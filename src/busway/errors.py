@@ -59,6 +59,20 @@ class MalformedMessageError(BuswayError, ValueError):
     """A message read from a channel is not one busway can dispatch."""
 
 
+class WorkerDiedError(BuswayError):
+    """Workers died (``os._exit``, a segfault, the out-of-memory killer) while a message was
+    in hand, as many times as ``Messaging(max_crashes=...)`` allows: it is dead-lettered with
+    this error instead of being handed out again."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__(
+            f"the worker died {crashes} times handling it: a handler may kill the process "
+            "(os._exit, a crash in native code, the memory limit); fix it, then replay the "
+            "dead letter"
+        )
+        self.crashes = crashes
+
+
 class UnknownChannelError(BuswayError, LookupError):
     """A channel name that the configuration does not define."""
 

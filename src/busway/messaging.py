@@ -63,6 +63,7 @@ class Messaging:
         deduplicate_by: str | Callable[[Message[Any]], str | None] | None = None,
         deduplication: bool = True,
         dead_letters: DeadLetterStore | None = None,
+        max_crashes: int | None = 3,
         gateways: Iterable[type[Gateway] | ModuleType] = (),
         clock: Callable[[], float] = time.time,
         auto_setup: bool = True,
@@ -97,7 +98,8 @@ class Messaging:
             Router([]), conversion, self.channels, clock, dead_letters, retry or RetryPolicy()
         )
         self._runtime.command_failures = command_failures
-        self._consumer = Consumer(self._runtime, channel_retries or {})
+        problems += _max_crashes_problems(max_crashes)
+        self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         for name in [*(channel_retries or {}), *([command_failures] if command_failures else [])]:
             if name not in self.channels:
                 problems.append(_unknown_channel(name, self.channels))
@@ -123,7 +125,11 @@ class Messaging:
             self._bind_or_note(cls)
         problems += self._gateway_problems
 
-        context = ChannelContext(clock=clock, database=extension.engine if extension else None)
+        context = ChannelContext(
+            clock=clock,
+            database=extension.engine if extension else None,
+            max_crashes=max_crashes,
+        )
         for channel in self.channels.values():
             channel.attach(context)
             problems += channel.validate()
@@ -131,8 +137,12 @@ class Messaging:
             raise ConfigurationError(_unique(problems))
         self._extension = extension
         self.auto_setup = auto_setup
+        sql_channels = self._sql_channels()
         self._runtime.preparation = Preparation(
-            auto_setup, self._setup_sql_tables, self._sql_channels(), self.channels
+            auto_setup,
+            self._setup_sql_tables if extension is not None or sql_channels else None,
+            sql_channels,
+            self.channels,
         )
         self.dead_letters = DeadLetters(self._runtime)
 
@@ -463,6 +473,20 @@ async def _after(
     await prepare()
     async with scope as value:
         yield value
+
+
+def _max_crashes_problems(max_crashes: object) -> list[str]:
+    """``max_crashes`` must let a fatal message's batch-mates live: a death in a batch counts
+    against every message in it, once, and then each is handed out alone."""
+    if max_crashes is None or (
+        isinstance(max_crashes, int) and not isinstance(max_crashes, bool) and max_crashes >= 2
+    ):
+        return []
+    return [
+        f"max_crashes={max_crashes!r}: the number of worker deaths after which a message is "
+        "dead-lettered must be a whole number of at least 2 (a death in a batch counts once "
+        "against every message in it), or None to turn the crash-loop guard off"
+    ]
 
 
 def _unknown_channel(name: str, channels: Mapping[str, Channel]) -> str:

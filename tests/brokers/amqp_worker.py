@@ -36,6 +36,7 @@ from busway import (
 )
 from busway.amqp import AmqpChannel
 from busway.channels.base import Envelope, current_batch
+from markers import write_atomically
 
 
 @dataclass
@@ -59,7 +60,7 @@ effects = Table(
 
 def _hang(marker: Path | None, text: str) -> None:
     assert marker is not None
-    marker.write_text(text)
+    write_atomically(marker, text)
     while True:
         time.sleep(60)
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from busway import CommandBus, Messaging, RetryPolicy, SqlChannel, asynchronous, command_handler
 from busway.channels.base import Envelope, current_batch
 from busway.nats import NatsChannel
+from markers import write_atomically
 
 
 @dataclass
@@ -47,7 +48,7 @@ effects = Table("test_nats_effects", metadata, Column("id", Integer, primary_key
 
 def _block(marker: Path | None, text: str) -> None:
     assert marker is not None
-    marker.write_text(text)
+    write_atomically(marker, text)
     while True:
         time.sleep(60)
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from busway import CommandBus, Messaging, RetryPolicy, SqlChannel, asynchronous, command_handler
 from busway.channels.base import Envelope, current_batch
 from busway.redis import RedisChannel
+from markers import write_atomically
 
 
 @dataclass
@@ -54,7 +55,7 @@ handled = Table(
 
 def _block(marker: Path | None, text: str) -> None:
     assert marker is not None
-    marker.write_text(text)
+    write_atomically(marker, text)
     while True:
         time.sleep(60)
 

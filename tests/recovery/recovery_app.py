@@ -24,6 +24,7 @@ transaction busway gives it: the rows say how many times a job took effect.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from busway import (
     asynchronous,
     command_handler,
 )
+from markers import write_atomically
 
 PAUSE_LIMIT = 60.0
 """A paused worker gives up after this long, so a failed test never leaves it behind."""
@@ -82,7 +84,7 @@ class Pause:
 
     def hold(self, what: str) -> None:
         self.done = True
-        self.marker.write_text(what)
+        write_atomically(self.marker, what)
         deadline = time.monotonic() + PAUSE_LIMIT
         while self.release is None or not self.release.exists():
             if time.monotonic() > deadline:
@@ -161,14 +163,16 @@ def build(
     return messaging
 
 
+ACKNOWLEDGEMENT = re.compile(r"DELETE (M, N )?FROM BUSWAY_MESSAGES ")
+"""The statement that deletes what a batch handled (with its notes of messages in hand)."""
+
+
 def _pause_at_acknowledgement(messaging: Messaging, jobs: Jobs, pause: Pause) -> None:
     """Hold the worker as it deletes what it handled: after the handler, before the ack."""
 
     def before_execute(*args: Any) -> None:
         statement = str(args[2]).lstrip().upper()
-        if statement.startswith("DELETE FROM BUSWAY_MESSAGES") and pause.applies(
-            "ack", jobs.handled
-        ):
+        if ACKNOWLEDGEMENT.search(statement) and pause.applies("ack", jobs.handled):
             pause.hold(jobs.handled or "")
 
     # On every engine of the process: workers claim through an engine of their own.
@@ -194,7 +198,7 @@ def _from_environment() -> Messaging:
         jobs=Jobs(env.get("RECOVERY_WORKER", "worker"), pause, env.get("RECOVERY_FAILING") != "0"),
     )
     if env.get("RECOVERY_READY"):
-        Path(env["RECOVERY_READY"]).write_text("ready")
+        write_atomically(Path(env["RECOVERY_READY"]), "ready")
         go = Path(env["RECOVERY_GO"])
         deadline = time.monotonic() + PAUSE_LIMIT
         while not go.exists():

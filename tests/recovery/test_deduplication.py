@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from busway import InMemoryChannel, SqlChannel, command_handler
 from busway.testing import record
 from dbsupport import sync_url
+from markers import write_atomically
 
 DAY = 86_400
 
@@ -166,7 +167,7 @@ def test_two_workers_given_the_same_message_at_once_take_effect_once(app, databa
                 "the second worker has handled its copy or waits",
                 (first,),
             )
-        release.write_text("go on")
+        write_atomically(release, "go on")
         assert first.wait(30) == 0, first.err()
         assert second.wait(30) == 0, second.err()
     finally:

@@ -11,6 +11,7 @@ from recovery_app import Job, JobBus, Jobs
 from recovery_support import effects, environment, settled, start, wait_until, waiting
 
 from busway.testing import FakeClock
+from markers import write_atomically
 
 RUN = ("run", "jobs", "--app", "recovery_app:messaging")
 
@@ -37,7 +38,7 @@ def test_sigterm_mid_handler_finishes_that_message_and_leaves_the_next(
         wait_until(marker.exists, "the worker is inside the handler", (worker,))
         os.kill(worker.pid, signal.SIGTERM)
         assert worker.poll() is None  # still in the handler, which it finishes
-        release.write_text("go on")
+        write_atomically(release, "go on")
         assert worker.wait(30) == 0, worker.err()
     finally:
         worker.stop()

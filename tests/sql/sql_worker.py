@@ -17,6 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, update
 from sqlalchemy.orm import Session
 
 from busway import CommandBus, Messaging, RetryPolicy, SqlChannel, asynchronous, command_handler
+from markers import write_atomically
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Recorder:
         if self.calls == self.block_at:
             # The business row is written, not committed: stay here until killed.
             assert self.marker is not None
-            self.marker.write_text(str(command.id))
+            write_atomically(self.marker, str(command.id))
             while True:
                 time.sleep(60)
 
@@ -103,7 +104,7 @@ def main() -> None:
     with messaging.transaction() as session:
         session.execute(insert(counters).values(worker=args.worker, n=0))
     if args.ready:
-        args.ready.write_text("ready")
+        write_atomically(args.ready, "ready")
     if args.go:
         _wait_for(args.go, time.monotonic() + 60)
     result = messaging.run("work")

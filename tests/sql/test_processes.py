@@ -13,6 +13,7 @@ import sql_worker
 from sqlalchemy import create_engine, func, select
 
 from dbsupport import create_tables, sync_url
+from markers import write_atomically
 
 HERE = Path(__file__).parent
 
@@ -106,7 +107,7 @@ def test_two_worker_processes_handle_each_message_once(database_url, backlog, tm
     ]
     try:
         wait_until(lambda: all(path.exists() for path in ready), "both workers are ready", workers)
-        go.write_text("go")  # both start consuming at the same moment
+        write_atomically(go, "go")  # both start consuming at the same moment
         results = [finish(worker) for worker in workers]
     finally:
         for worker in workers:

@@ -35,6 +35,7 @@ from busway.errors import (
     MalformedMessageError,
     NoHandlerError,
     SetupRequired,
+    WorkerDiedError,
 )
 from busway.message import (
     ATTEMPT,
@@ -92,9 +93,15 @@ POISON = (ConversionError, MalformedMessageError)
 class Consumer:
     """Handles deliveries from channels for one runtime."""
 
-    def __init__(self, runtime: Runtime, channel_retries: Mapping[str, RetryPolicy]) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        channel_retries: Mapping[str, RetryPolicy],
+        max_crashes: int | None = 3,
+    ) -> None:
         self.runtime = runtime
         self.channel_retries = dict(channel_retries)
+        self.max_crashes = max_crashes
 
     # -- deciding --------------------------------------------------------------------------
 
@@ -106,6 +113,9 @@ class Consumer:
             expires_at = headers.get(EXPIRES_AT)
             if isinstance(expires_at, int | float) and expires_at < runtime.clock():
                 return Drop(f"its time to live ended at {expires_at:.3f}")
+            if self.max_crashes is not None and delivery.crashes >= self.max_crashes:
+                # Handing it out again would most likely kill this worker too.
+                return Reject(self.dead_letter(delivery, None, WorkerDiedError(delivery.crashes)))
             slip = headers.get(SLIP)
             if slip:
                 if not isinstance(slip, str):

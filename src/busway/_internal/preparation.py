@@ -98,8 +98,8 @@ class Preparation:
                 self._channels[name] = self.sql
             elif enabled:
                 self._channels[name] = Once(channel.setup, channel.asetup)
-        if not enabled:
-            self.sql.done = True
+        self.sql.done = not enabled or sql is None
+        self._steps = [*([] if self.sql.done else [self.sql]), *self._channels.values()]
 
     def again(self) -> bool:
         """Set up again at the next use (what was made is gone); False if that is off."""
@@ -112,7 +112,7 @@ class Preparation:
         self._mark(done=True)
 
     def _mark(self, done: bool) -> None:
-        for once in (self.sql, *self._channels.values()):
+        for once in self._steps:
             once.done = done
 
     def dispatching(self) -> None:

@@ -88,6 +88,9 @@ class Delivery:
     known_failure: BaseException | None = None
     """Set when the channel redoes a batch: the error this message's handler raised the first
     time, so the handler is not run again and the failure is dealt with at once."""
+    crashes: int = 0
+    """How many times a worker died with this message in hand, as far as the channel can
+    tell: the core dead-letters it once that reaches ``Messaging(max_crashes=...)``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -159,6 +162,9 @@ class ChannelContext:
     clock: Callable[[], float]
     database: Any = None
     """The ``Messaging(database=...)`` Engine or AsyncEngine, if one is configured."""
+    max_crashes: int | None = 3
+    """``Messaging(max_crashes=...)``: a channel that pays to count the deaths of workers
+    with a message in hand may skip it when this is None."""
 
 
 Handle = Callable[[Delivery], None]

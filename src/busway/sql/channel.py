@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import Connection, MetaData, Row, Table, inspect
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.schema import CreateTable
 
 from busway._internal.steps import adrive, drive
 from busway.channels.base import (
@@ -52,7 +52,6 @@ from busway.sql.batch_io import (
     Hand,
     HandlerFailed,
     Io,
-    StaleClaim,
     acarry_out,
     after_commit,
     aonce_more_if_stale,
@@ -60,10 +59,21 @@ from busway.sql.batch_io import (
     kept_back,
     once_more_if_stale,
 )
+from busway.sql.crashes import (
+    Aside,
+    InHand,
+    acknowledge,
+    agiven_back_on_failure,
+    awith_asides,
+    claim_batch,
+    claim_first,
+    given_back_on_failure,
+    with_asides,
+)
 from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
 from busway.sql.leases import aconsume_leased, consume_leased
-from busway.sql.schema import messages_table
+from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import Transaction, current_transaction, open_transaction
 from busway.sql.waiting import Waiting, next_due
@@ -104,6 +114,8 @@ class SqlChannel(Channel):
         self._own_database = Database.of(database) if database is not None else None
         self._database: Database | None = self._own_database
         self.table: Table = messages_table(MetaData(), table)
+        self.in_hand_table: Table = in_hand_table(MetaData(), f"{table}_in_hand")
+        self._max_crashes: int | None = 3
         self._clock: Callable[[], float] = time.time
         self._waiting = Waiting(name)
         self._relaying = False
@@ -115,10 +127,11 @@ class SqlChannel(Channel):
 
     def attach(self, context: ChannelContext) -> None:
         self._clock = context.clock
+        self._max_crashes = context.max_crashes
         if self._database is None and context.database is not None:
             self._database = Database.of(context.database)
         if self._database is not None:
-            self._database.tables.add(self.table.name)
+            self._database.tables.update((self.table.name, self.in_hand_table.name))
 
     def validate(self) -> list[str]:
         if self._database is None:
@@ -139,15 +152,27 @@ class SqlChannel(Channel):
         """The channel's statements, for its database's backend (known once attached)."""
         return Statements(self.table, self.name, self.database.backend)
 
+    @functools.cached_property
+    def _in_hand(self) -> InHand | None:
+        """The notes of the messages in hand in ``transaction`` mode; None when the
+        crash-loop guard is off (``Messaging(max_crashes=None)``)."""
+        if self._max_crashes is None or self.mode != "transaction":
+            return None
+        claim, _ = self._sql.claim(0, 0.0)
+        return InHand(self.table, self.in_hand_table, self.name, self.database.backend, claim)
+
     def ddl(self) -> list[str]:
         """The statements ``setup`` runs, for those who migrate with Alembic or by hand."""
-        return self._sql.ddl(self.database.engine.dialect)
+        dialect = self.database.engine.dialect
+        notes = CreateTable(self.in_hand_table, if_not_exists=True).compile(dialect=dialect)
+        return [*self._sql.ddl(dialect), str(notes).strip()]
 
     def setup(self) -> None:
         set_up(self.database, self._is_set_up, self._create)
 
     def _is_set_up(self, connection: Connection) -> bool:
-        if not inspect(connection).has_table(self.table.name):
+        found = inspect(connection)
+        if not all(found.has_table(table.name) for table in (self.table, self.in_hand_table)):
             return False
         self._check_columns(connection)
         if self.database.backend == "postgresql":
@@ -156,6 +181,7 @@ class SqlChannel(Channel):
 
     def _create(self, connection: Connection) -> None:
         self.table.create(connection, checkfirst=True)
+        self.in_hand_table.create(connection, checkfirst=True)
         self._check_columns(connection)
         if self.database.backend == "postgresql":
             for statement in self._sql.notify_trigger():
@@ -289,11 +315,23 @@ class SqlChannel(Channel):
         failures: dict[int, BaseException],
         handed: set[int],
     ) -> int:
+        taken: list[int] = []
         with self.database.worker_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
-            with connection.begin():
-                steps = self._batch(transaction, limit, isolated, failures, handed)
-                handled, unsent = drive(steps, functools.partial(carry_out, connection, handle))
+            carry = with_asides(self.database, functools.partial(carry_out, connection, handle))
+            with given_back_on_failure(self.database, self._in_hand, taken):
+                claimed = None
+                if self._claims_first:
+                    with connection.begin():
+                        claimed = drive(claim_first(self, limit), carry)
+                    if not claimed:
+                        return 0
+                    taken += claimed
+                with connection.begin():
+                    steps = self._batch(
+                        transaction, limit, isolated, failures, handed, claimed, taken
+                    )
+                    handled, unsent = drive(steps, carry)
         return after_commit(transaction, handled, unsent)
 
     def _batch(
@@ -303,16 +341,14 @@ class SqlChannel(Channel):
         isolated: bool,
         failures: dict[int, BaseException],
         handed: set[int],
-    ) -> Generator[Io, Any, tuple[int, Unsent | None]]:
+        claimed: list[int] | None,
+        taken: list[int],
+    ) -> Generator[Io | Aside, Any, tuple[int, Unsent | None]]:
         """Claim a batch, hand it out and acknowledge it, in the open ``transaction``: the
         I/O is yielded for the sync or asyncio edge to carry out. Returns how many messages
-        were handled and the sends the batch could not make."""
-        try:
-            rows = (yield Execute(*self._sql.claim(limit, self._clock()))).all()
-        except DBAPIError as error:
-            if error.connection_invalidated:
-                raise StaleClaim(error) from error
-            raise
+        were handled and the sends the batch could not make. ``claimed``: the rows a short
+        transaction claimed and noted in hand first (SQLite); ``taken`` gets the rows noted."""
+        rows = yield from claim_batch(self, limit, claimed, taken)
         if not rows:
             next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
             return 0, None
@@ -332,6 +368,7 @@ class SqlChannel(Channel):
                 delivery = self._delivery(row, transaction.connection, isolated)
                 delivery.known_failure = failures.get(row.seq)
                 delivery.repeated = row.seq in handed
+                delivery.crashes = row.crashes if self._in_hand is not None else 0
                 try:
                     yield Hand(delivery)
                 except MessageReturned:
@@ -346,11 +383,17 @@ class SqlChannel(Channel):
             current_transaction.reset(token)
         self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
         kept = kept_back(self.name, unsent, rows, done)
-        if done:
-            yield Execute(*self._sql.ack(done))
+        yield from acknowledge(self, done, taken)
         if kept:
             yield Execute(*self._sql.keep_back(kept, self._clock()))
         return len(done), unsent
+
+    @property
+    def _claims_first(self) -> bool:
+        """Whether a batch is claimed and noted in hand in a transaction of its own first:
+        on SQLite, where the batch's transaction holds the write lock, a note written
+        beside it would wait for that lock."""
+        return self._in_hand is not None and self.database.is_sqlite
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         take = self._aconsume_in_transaction
@@ -385,12 +428,23 @@ class SqlChannel(Channel):
         failures: dict[int, BaseException],
         handed: set[int],
     ) -> int:
+        taken: list[int] = []
         async with self.database.worker_async_engine.connect() as connection:
             transaction = Transaction(self.database.key, connection)
-            async with connection.begin():
-                steps = self._batch(transaction, limit, isolated, failures, handed)
-                carry = functools.partial(acarry_out, connection, handle)
-                handled, unsent = await adrive(steps, carry)
+            carry = awith_asides(self.database, functools.partial(acarry_out, connection, handle))
+            async with agiven_back_on_failure(self.database, self._in_hand, taken):
+                claimed = None
+                if self._claims_first:
+                    async with connection.begin():
+                        claimed = await adrive(claim_first(self, limit), carry)
+                    if not claimed:
+                        return 0
+                    taken += claimed
+                async with connection.begin():
+                    steps = self._batch(
+                        transaction, limit, isolated, failures, handed, claimed, taken
+                    )
+                    handled, unsent = await adrive(steps, carry)
         return after_commit(transaction, handled, unsent)
 
     # -- waiting ---------------------------------------------------------------------------

@@ -47,6 +47,21 @@ def messages_table(metadata: MetaData, name: str = "busway_messages") -> Table:
     )
 
 
+def in_hand_table(metadata: MetaData, name: str = "busway_messages_in_hand") -> Table:
+    """Messages a ``transaction``-mode worker has taken in hand, noted outside the batch's
+    transaction: ``taken`` counts the deliveries begun and not yet ended, so a row found at a
+    claim is a worker that died with the message in hand. The acknowledgement deletes the row
+    with its message. No foreign key: noting a message must not wait for the lock its batch
+    holds on the message's row."""
+    return Table(
+        name,
+        metadata,
+        Column("seq", Sequence, primary_key=True, autoincrement=False),
+        Column("channel", String(200), nullable=False),
+        Column("taken", Integer, nullable=False),
+    )
+
+
 def dead_letters_table(metadata: MetaData, name: str = "busway_dead_letters") -> Table:
     return Table(
         name,

@@ -102,7 +102,12 @@ END $$ LANGUAGE plpgsql""",
         return self._by_key(statement, seqs)
 
     def release(self, seqs: list[int], now: float) -> tuple[Any, Any]:
-        return self._by_key(update(self.table).values(available_at=int(now * 1000)), seqs)
+        """Give leased rows back untouched, available ``now``: their lease is not counted."""
+        table = self.table
+        statement = update(table).values(
+            available_at=int(now * 1000), deliveries=table.c.deliveries - 1
+        )
+        return self._by_key(statement, seqs)
 
     def ack(self, seqs: list[int]) -> tuple[Any, Any]:
         if self.backend == "mysql":
