@@ -98,8 +98,7 @@ messaging = Messaging(
 
 
 def main() -> None:
-    messaging.setup()
-    engine = messaging.database_engine
+    engine = messaging.database_engine  # busway's own tables are created at their first use
     Base.metadata.create_all(engine)
 
     say(f"busway demo on {engine.url}\n")

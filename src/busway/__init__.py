@@ -1,5 +1,7 @@
 """busway: command, event and query buses where one marker makes a whole bus asynchronous."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from busway.channels.base import Channel
 from busway.channels.memory import InMemoryChannel
 from busway.conversion import Converter, named
@@ -9,6 +11,7 @@ from busway.errors import (
     ConversionError,
     HandlerTimeout,
     NoHandlerError,
+    SetupRequired,
 )
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus, route
 from busway.handlers import asynchronous, command_handler, event_handler, query_handler
@@ -19,6 +22,11 @@ from busway.recovery import DeadLetter, RetryPolicy, retry_policy
 from busway.sql.channel import SqlChannel
 from busway.timeouts import handler_timeout
 from busway.worker import RunResult
+
+try:
+    __version__ = version("busway")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "BuswayError",
@@ -42,7 +50,9 @@ __all__ = [
     "QueryBus",
     "RetryPolicy",
     "RunResult",
+    "SetupRequired",
     "SqlChannel",
+    "__version__",
     "asynchronous",
     "command_handler",
     "event_handler",

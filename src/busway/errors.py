@@ -99,3 +99,13 @@ class HandlerTimeout(BuswayError, TimeoutError):
         )
         self.handler = handler
         self.limit = limit
+
+
+class SetupRequired(ConfigurationError):
+    """A table, queue or stream busway needs does not exist, and ``auto_setup`` is off."""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(
+            f"{what} does not exist in {where}; create what busway needs with `busway setup` "
+            "(or messaging.setup()), or let Messaging(auto_setup=True) create it on first use"
+        )

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from datetime import timedelta
+from types import ModuleType
 from typing import Any, TypeVar
 
 from busway._internal.consuming import Consumer
 from busway._internal.outlet import bind_gateway
-from busway._internal.registry import HandlerRegistry, ParameterProvider, Services, routing_keys
+from busway._internal.preparation import Preparation
+from busway._internal.registry import (
+    HandlerRegistry,
+    ParameterProvider,
+    Services,
+    building_module,
+    gateway_classes_in,
+    routing_keys,
+)
 from busway._internal.router import Router
 from busway._internal.runtime import Runtime
 from busway.channels.base import Channel, ChannelContext, Envelope
@@ -35,6 +45,13 @@ class Messaging:
     """Handlers, channels and gateways wired together.
 
     Every configuration problem found here is reported at once, in one ``ConfigurationError``.
+    The gateway classes checked here: the built-in buses, those in ``gateways=[...]`` (a class,
+    or a module for every gateway class it defines or imports), those handlers ask for, and,
+    when ``Messaging(...)`` is built at the top level of a module, every gateway class that
+    module defines or imports above it. Any other is checked when first asked for.
+
+    With ``auto_setup`` (the default), busway's tables and the channels' queues and streams
+    are created at their first use; without, a missing one raises ``SetupRequired``.
     """
 
     def __init__(
@@ -53,8 +70,9 @@ class Messaging:
         deduplication: bool = True,
         dead_letters: DeadLetterStore | None = None,
         max_crashes: int | None = 3,
-        gateways: Iterable[type[Gateway]] = (),
+        gateways: Iterable[type[Gateway] | ModuleType] = (),
         clock: Callable[[], float] = time.time,
+        auto_setup: bool = True,
     ) -> None:
         problems: list[str] = []
         handlers = list(handlers)
@@ -109,7 +127,7 @@ class Messaging:
                         f"channel is named {name!r}; add it to Messaging(channels=[...])"
                     )
         built_in: tuple[type[Gateway], ...] = (CommandBus, EventBus, QueryBus)
-        for cls in (*built_in, *gateways):
+        for cls in (*built_in, *_gateway_classes(gateways, building_module(sys._getframe(1)))):
             self._bind_or_note(cls)
         problems += self._gateway_problems
 
@@ -124,6 +142,14 @@ class Messaging:
         if problems:
             raise ConfigurationError(_unique(problems))
         self._extension = extension
+        self.auto_setup = auto_setup
+        sql_channels = self._sql_channels()
+        self._runtime.preparation = Preparation(
+            auto_setup,
+            self._setup_sql_tables if extension is not None or sql_channels else None,
+            sql_channels,
+            self.channels,
+        )
         self.dead_letters = DeadLetters(self._runtime)
 
     # -- gateways --------------------------------------------------------------------------
@@ -145,7 +171,10 @@ class Messaging:
         gateway = self._gateways.get(cls)
         if gateway is None:
             if not (isinstance(cls, type) and issubclass(cls, Gateway)):
-                raise TypeError(f"{cls!r} is not a Gateway subclass")
+                raise TypeError(
+                    f"{cls!r} is not a Gateway subclass; pass CommandBus, EventBus, QueryBus, "
+                    "or a class that subclasses one of them or Gateway"
+                )
             self._gateway_problems = []
             gateway = self._bind_or_note(cls)
             if gateway is None:
@@ -178,12 +207,24 @@ class Messaging:
             self._extension.setup()
         for channel in self.channels.values():
             channel.setup()
+        self._runtime.preparation.done()
 
     async def asetup(self) -> None:
         if self._extension is not None:
             await self._extension.asetup()
         for channel in self.channels.values():
             await channel.asetup()
+        self._runtime.preparation.done()
+
+    def _sql_channels(self) -> set[str]:
+        return {name for name, channel in self.channels.items() if callable(_ddl(channel))}
+
+    def _setup_sql_tables(self) -> None:
+        """busway's own tables and every SQL channel's: what ``auto_setup`` creates at once."""
+        if self._extension is not None:
+            self._extension.setup()
+        for name in self._sql_channels():
+            self.channels[name].setup()
 
     def worker(
         self,
@@ -274,7 +315,7 @@ class Messaging:
         """The DDL ``setup`` runs on SQL databases, for migrations kept by hand or Alembic."""
         statements: list[str] = list(self._extension.ddl()) if self._extension else []
         for channel in self.channels.values():
-            ddl = getattr(channel, "ddl", None)
+            ddl = _ddl(channel)
             if callable(ddl):
                 statements += [s for s in ddl() if s not in statements]
         return statements
@@ -288,13 +329,16 @@ class Messaging:
         """
         from busway.sql.transactions import transaction_scope
 
-        return transaction_scope(self._require_database("transaction()"), session)
+        database = self._require_database("transaction()")
+        self._runtime.preparation.dispatching()  # before the transaction: it holds SQLite's lock
+        return transaction_scope(database, session)
 
     def atransaction(self, session: Any = None) -> AbstractAsyncContextManager[Any]:
         """``transaction`` for asyncio code: takes and yields an ``AsyncSession``."""
         from busway.sql.transactions import atransaction_scope
 
-        return atransaction_scope(self._require_database("atransaction()"), session)
+        scope = atransaction_scope(self._require_database("atransaction()"), session)
+        return _after(self._runtime.preparation.adispatching, scope)
 
     @property
     def database_engine(self) -> Any:
@@ -354,6 +398,7 @@ class Messaging:
         """
         self._require_database("cleanup_inbox()")
         assert self._extension is not None
+        self._runtime.preparation.sql()
         return int(self._extension.inbox.cleanup(older_than))
 
 
@@ -365,6 +410,7 @@ class DeadLetters:
 
     @property
     def store(self) -> DeadLetterStore:
+        self._runtime.preparation.sql()
         return self._runtime.dead_letters
 
     def list(
@@ -445,6 +491,30 @@ def _database_extension(
     from busway.sql.extension import SqlExtension
 
     return SqlExtension.from_database(database, deduplication, deduplicate_by)
+
+
+def _gateway_classes(
+    gateways: Iterable[type[Gateway] | ModuleType], module: Mapping[str, Any] | None
+) -> list[type[Gateway]]:
+    classes: list[type[Gateway]] = []
+    for entry in gateways:
+        classes += gateway_classes_in(vars(entry)) if isinstance(entry, ModuleType) else [entry]
+    if module is not None:
+        classes += gateway_classes_in(module)
+    return list(dict.fromkeys(classes))
+
+
+def _ddl(channel: Channel) -> Any:
+    return getattr(channel, "ddl", None)
+
+
+@asynccontextmanager
+async def _after(
+    prepare: Callable[[], Awaitable[None]], scope: AbstractAsyncContextManager[Any]
+) -> AsyncIterator[Any]:
+    await prepare()
+    async with scope as value:
+        yield value
 
 
 def _max_crashes_problems(max_crashes: object) -> list[str]:

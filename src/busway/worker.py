@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from busway._internal.consuming import Consumer
 from busway.channels.base import Channel, Delivery, MessageReturned
+from busway.errors import SetupRequired
 
 log = logging.getLogger("busway.worker")
 
@@ -184,10 +185,19 @@ class Worker:
 
     def run(self, concurrency: int = 1) -> RunResult:
         if concurrency > 1:
+            errors: list[BaseException] = []
+
+            def loop() -> None:
+                try:
+                    self._loop()
+                except BaseException as error:  # the run's error, raised once all have stopped
+                    errors.append(error)
+                    self.stop("error")
+
             threads = [
                 threading.Thread(
                     target=contextvars.copy_context().run,
-                    args=(self._loop,),
+                    args=(loop,),
                     name=f"busway-worker-{index}",
                 )
                 for index in range(concurrency)
@@ -196,6 +206,8 @@ class Worker:
                 thread.start()
             for thread in threads:
                 thread.join()
+            if errors:
+                raise errors[0]
         else:
             self._loop()
         self.result.reason = self._stop_reason or "empty"
@@ -226,6 +238,7 @@ class Worker:
 
     def _consume(self, channel: Channel) -> int:
         try:
+            self.runtime.preparation.consuming(channel.name)
             handled = channel.consume(self._handle, self._budget(), self._wait())
         except StopConsuming:
             return 0
@@ -237,6 +250,7 @@ class Worker:
 
     async def _aconsume(self, channel: Channel) -> int:
         try:
+            await self.runtime.preparation.aconsuming(channel.name)
             handled = await channel.aconsume(self._ahandle, self._budget(), self._wait())
         except StopConsuming:
             return 0
@@ -252,8 +266,11 @@ class Worker:
 
     def _outage(self, channel: Channel, error: Exception) -> float:
         """How long to wait before trying a failing channel again; raises if a run from code
-        should stop instead (it ends when the channel is empty, so it cannot wait it out)."""
+        should stop instead (it ends when the channel is empty, so it cannot wait it out), or
+        if waiting cannot help: a missing table appears only if set-up runs again."""
         if self.limits.until_empty:
+            raise error
+        if isinstance(error, SetupRequired) and not self.runtime.preparation.again():
             raise error
         self._outages += 1
         pause = min(MAX_OUTAGE_PAUSE, FIRST_OUTAGE_PAUSE * 2.0 ** (self._outages - 1))

@@ -638,6 +638,7 @@ def test_a_relay_keeps_back_the_messages_for_a_stream_that_is_missing(
         ],
         database=f"sqlite:///{tmp_path / 'outbox.db'}",
         clock=clock,
+        auto_setup=False,  # a stream left missing
     )
     outbox, relayed, audit = (messaging.channel(name) for name in ("outbox", "nats", "audit"))
     outbox.setup()

@@ -763,3 +763,19 @@ def test_what_a_script_sends_is_handled_by_a_worker_that_imports_the_script(
         "SELECT COUNT(*) FROM busway_dead_letters"
     )
     assert letters.fetchone() == (0,)
+
+
+# -- the version ------------------------------------------------------------------------------
+
+
+def test_version_is_the_installed_package_version(tmp_path: Path) -> None:
+    import importlib.metadata
+
+    import busway as package
+
+    done = busway(tmp_path, "--version")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"busway, version {package.__version__}"
+    assert package.__version__ == importlib.metadata.version("busway")
+    assert package.__version__[0].isdigit()

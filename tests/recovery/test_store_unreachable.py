@@ -6,9 +6,8 @@ import threading
 import pytest
 from recovery_app import Job, JobBus, Jobs
 from recovery_support import effect_counts, execute, make_tables, wait_until, waiting
-from sqlalchemy.exc import DBAPIError
 
-from busway import InMemoryChannel, RetryPolicy, SqlChannel
+from busway import InMemoryChannel, RetryPolicy, SetupRequired, SqlChannel
 from busway.testing import FakeClock
 
 RETRY = RetryPolicy(retries=1, initial_delay=5, jitter=0)
@@ -49,7 +48,7 @@ def test_with_the_store_gone_the_last_failure_leaves_the_message_on_its_channel(
     clock.advance(5)  # the last retry is due
 
     execute(database_url, "DROP TABLE busway_dead_letters")
-    with pytest.raises(DBAPIError, match="busway_dead_letters"):
+    with pytest.raises(SetupRequired, match="busway_dead_letters"):
         messaging.run("jobs")  # the run stops on the error: it does not lose the message
 
     assert jobs.calls == ["fail-1", "fail-1"]
@@ -77,7 +76,7 @@ async def test_with_the_store_gone_an_asyncio_worker_leaves_the_message_too(
     await messaging.gateway(JobBus).asend(Job("fail-1"))
 
     execute(database_url, "DROP TABLE busway_dead_letters")
-    with pytest.raises(DBAPIError, match="busway_dead_letters"):
+    with pytest.raises(SetupRequired, match="busway_dead_letters"):
         await messaging.arun("jobs")
 
     # One transaction claimed both: the handled one rolled back with the failed one's.

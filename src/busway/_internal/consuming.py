@@ -36,6 +36,7 @@ from busway.errors import (
     HandlerTimeout,
     MalformedMessageError,
     NoHandlerError,
+    SetupRequired,
     UnreadableMessageError,
     WorkerDiedError,
 )
@@ -316,8 +317,8 @@ class Consumer:
                 message = self.message_for(definition, delivery, headers)
                 yield Call(definition, message, delivery)
                 return None
-            except BatchRollback:
-                raise
+            except (BatchRollback, SetupRequired):
+                raise  # not the handler's failure: a missing table fails every message alike
             except Exception as error:
                 tries += 1
                 if not self.retries_instantly(definition, delivery, error, tries):

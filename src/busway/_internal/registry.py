@@ -5,10 +5,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Protocol, get_type_hints
 
 from busway.conversion import Conversion, type_name
-from busway.gateways import Gateway
+from busway.gateways import BUILT_IN_BUSES, Gateway
 from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
 from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation
 from busway.message import Headers, Message, qualified_name
@@ -272,3 +273,28 @@ def routing_keys(entries: Iterable[Any]) -> dict[str, Kind]:
                 if mark.key is not None:
                     kinds.setdefault(mark.key, mark.kind)
     return kinds
+
+
+def gateway_classes_in(namespace: Mapping[str, Any]) -> list[type[Gateway]]:
+    """The gateway classes a module defines or imports, the built-in buses left out."""
+    return [
+        value
+        for value in namespace.values()
+        if isinstance(value, type)
+        and issubclass(value, Gateway)
+        and value is not Gateway
+        and value not in BUILT_IN_BUSES
+    ]
+
+
+def building_module(frame: FrameType | None) -> Mapping[str, Any] | None:
+    """The namespace of the module whose top level is building the application, if one is.
+
+    ``frame`` is the caller of ``Messaging(...)``; busway's own frames are looked past. A
+    ``Messaging`` built inside a function (a factory, a test) belongs to no module this way.
+    """
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("busway."):
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_name != "<module>":
+        return None
+    return frame.f_globals

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from busway._context import current_message
 from busway._internal.bridge import run_coroutine
+from busway._internal.preparation import Preparation
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
 from busway._internal.steps import adrive, drive
@@ -128,6 +129,8 @@ class Runtime:
         self._plans: dict[tuple[Kind, type[Any] | None, str | None, str | None], list[Step]] = {}
         self.command_failures: str | None = None
         """The channel where commands whose synchronous handling failed go, if any."""
+        self.preparation = Preparation(enabled=False)
+        """What is set up at its first use (``Messaging(auto_setup=...)``)."""
 
     # -- making messages -------------------------------------------------------------------
 
@@ -263,6 +266,7 @@ class Runtime:
         ttl: float | timedelta | None = None,
         handler_timeout: float | None = None,
     ) -> Any:
+        self.preparation.dispatching()
         steps = self._dispatching(
             gateway, kind, payload, key, headers, delay, channels, retry, ttl, handler_timeout
         )
@@ -281,6 +285,7 @@ class Runtime:
         ttl: float | timedelta | None = None,
         handler_timeout: float | None = None,
     ) -> Any:
+        await self.preparation.adispatching()
         steps = self._dispatching(
             gateway, kind, payload, key, headers, delay, channels, retry, ttl, handler_timeout
         )
@@ -337,11 +342,13 @@ class Runtime:
     # -- I/O edges -------------------------------------------------------------------------
 
     def send(self, channel: str, envelope: Envelope) -> None:
+        self.preparation.sending(channel)
         self.channels[channel].send(envelope)
         for observer in self.observers:
             observer.enqueued(channel, envelope)
 
     async def asend(self, channel: str, envelope: Envelope) -> None:
+        await self.preparation.asending(channel)
         await self.channels[channel].asend(envelope)
         for observer in self.observers:
             observer.enqueued(channel, envelope)

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import click
 
+from busway import __version__
 from busway.cli.app import ConfigError, load_messaging
 from busway.cli.channels import channels, setup
 from busway.cli.dead_letters import dead_letter
@@ -21,6 +22,7 @@ __all__ = ["ConfigError", "cli", "load_messaging", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="busway")
 def cli() -> None:
     """busway: command, event and query buses, and the workers that consume their channels."""
 

@@ -62,6 +62,8 @@ def opened(spec: str) -> Iterator[Messaging]:
     messaging = load_messaging(spec)
     try:
         yield messaging
+    except ConfigurationError as error:  # SetupRequired among them: one sentence, exit code 2
+        raise ConfigError(str(error)) from None
     finally:
         messaging.close()
 

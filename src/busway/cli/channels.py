@@ -44,6 +44,7 @@ def channels(app: str) -> None:
     rows = [("NAME", "KIND", "DEPTH", "OLDEST")]
     with opened(app) as messaging:
         for name, channel in messaging.channels.items():
+            messaging.runtime.preparation.sending(name)
             depth = channel.depth()
             age = channel.oldest_age()
             rows.append(

@@ -72,6 +72,7 @@ from busway.sql.crashes import (
     given_back_on_failure,
     with_asides,
 )
+from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
 from busway.sql.leases import aconsume_leased, consume_leased
 from busway.sql.redo import Redo, begin_watch, check_alive, watch
@@ -132,6 +133,8 @@ class SqlChannel(Channel):
         self._max_crashes = context.max_crashes
         if self._database is None and context.database is not None:
             self._database = Database.of(context.database)
+        if self._database is not None:
+            self._database.tables.update((self.table.name, self.in_hand_table.name))
 
     def validate(self) -> list[str]:
         if self._database is None:
@@ -168,13 +171,24 @@ class SqlChannel(Channel):
         return [*self._sql.ddl(dialect), str(notes).strip()]
 
     def setup(self) -> None:
-        with self.database.engine.begin() as connection:
-            self.table.create(connection, checkfirst=True)
-            self.in_hand_table.create(connection, checkfirst=True)
-            self._check_columns(connection)
-            if self.database.backend == "postgresql":
-                for statement in self._sql.notify_trigger():
-                    connection.exec_driver_sql(statement)
+        set_up(self.database, self._is_set_up, self._create)
+
+    def _is_set_up(self, connection: Connection) -> bool:
+        found = inspect(connection)
+        if not all(found.has_table(table.name) for table in (self.table, self.in_hand_table)):
+            return False
+        self._check_columns(connection)
+        if self.database.backend == "postgresql":
+            return has_trigger(connection, self.table.name, f"{self.table.name}_notify")
+        return True
+
+    def _create(self, connection: Connection) -> None:
+        self.table.create(connection, checkfirst=True)
+        self.in_hand_table.create(connection, checkfirst=True)
+        self._check_columns(connection)
+        if self.database.backend == "postgresql":
+            for statement in self._sql.notify_trigger():
+                connection.exec_driver_sql(statement)
 
     async def asetup(self) -> None:
         await asyncio.to_thread(self.setup)

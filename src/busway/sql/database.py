@@ -7,13 +7,16 @@ import sqlite3
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from busway.errors import ConfigurationError, MissingExtraError
+from busway.sql.missing import watch_for_missing_tables
+
+E = TypeVar("E", Engine, AsyncEngine)
 
 # The driver busway picks when a URL names only the database kind.
 _SYNC_DRIVERS = {
@@ -62,6 +65,13 @@ class Database:
         self._from_url = engine is None and async_engine is None
         self._worker_engine: Engine | None = None
         self._worker_async_engine: AsyncEngine | None = None
+        self.tables: set[str] = set()
+        """busway's tables in this database: an error naming one that is missing says to
+        set up, instead of showing the driver's error."""
+        if engine is not None:
+            self._watch(engine)
+        if async_engine is not None:
+            self._watch(async_engine)
 
     @classmethod
     def of(cls, database: Any) -> Database:
@@ -87,7 +97,7 @@ class Database:
             url = _with_driver(self.url, _SYNC_DRIVERS)
             engine = _create(url, asynchronous=False)
             assert isinstance(engine, Engine)
-            self._engine = engine
+            self._engine = self._watch(engine)
         return self._engine
 
     @property
@@ -96,7 +106,7 @@ class Database:
             url = _with_driver(self.url, _ASYNC_DRIVERS)
             engine = _create(url, asynchronous=True)
             assert isinstance(engine, AsyncEngine)
-            self._async_engine = engine
+            self._async_engine = self._watch(engine)
         return self._async_engine
 
     def reading(self) -> Connection:
@@ -121,7 +131,7 @@ class Database:
             url = _with_driver(self.url, _SYNC_DRIVERS)
             engine = _create(url, asynchronous=False, pre_ping=False)
             assert isinstance(engine, Engine)
-            self._worker_engine = engine
+            self._worker_engine = self._watch(engine)
         return self._worker_engine
 
     @property
@@ -133,8 +143,12 @@ class Database:
             url = _with_driver(self.url, _ASYNC_DRIVERS)
             engine = _create(url, asynchronous=True, pre_ping=False)
             assert isinstance(engine, AsyncEngine)
-            self._worker_async_engine = engine
+            self._worker_async_engine = self._watch(engine)
         return self._worker_async_engine
+
+    def _watch(self, engine: E) -> E:
+        watch_for_missing_tables(engine, self)
+        return engine
 
     @property
     def is_sqlite(self) -> bool:
@@ -151,6 +165,10 @@ class Database:
             if engine is not None:
                 await engine.dispose()
         self.dispose()
+
+    @property
+    def described(self) -> str:
+        return f"database {self.url.render_as_string(hide_password=True)}"
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"

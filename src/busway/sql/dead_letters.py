@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from busway.channels.reading import kept_raw, readable
 from busway.recovery import DeadLetter
+from busway.sql.creating import create_table, has_table, set_up
 from busway.sql.database import Database
 from busway.sql.schema import dead_letters_table
 from busway.sql.transactions import open_transaction
@@ -28,10 +29,10 @@ class SqlDeadLetterStore:
     def __init__(self, database: Database, table: str = "busway_dead_letters") -> None:
         self.database = database
         self.table: Table = dead_letters_table(MetaData(), table)
+        database.tables.add(table)
 
     def setup(self) -> None:
-        with self.database.engine.begin() as connection:
-            self.table.create(connection, checkfirst=True)
+        set_up(self.database, has_table(self.table), create_table(self.table))
 
     def add(self, letter: DeadLetter) -> None:
         row = self._row(letter)

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from busway.channels.base import Batch, BatchRollback, current_batch
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import ID, Message
+from busway.sql.creating import create_table, has_table, set_up
 from busway.sql.database import Database
 from busway.sql.schema import inbox_table
 from busway.sql.transactions import Transaction, blocking, open_transaction
@@ -77,10 +78,10 @@ class Inbox:
     def __init__(self, database: Database, table: str = "busway_inbox") -> None:
         self.database = database
         self.table: Table = inbox_table(MetaData(), table)
+        database.tables.add(table)
 
     def setup(self) -> None:
-        with self.database.engine.begin() as connection:
-            self.table.create(connection, checkfirst=True)
+        set_up(self.database, has_table(self.table), create_table(self.table))
 
     @functools.cached_property
     def _insert(self) -> Any:

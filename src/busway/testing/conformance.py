@@ -242,6 +242,46 @@ class ChannelContract:
         assert journal.notes == [Note(9, "async")]
         assert len(journal.events) == 1
 
+    def test_a_fresh_channel_works_without_setup(
+        self, channel_factory: ChannelFactory, database_url: str
+    ) -> None:
+        taken: list[Note] = []
+
+        @command_handler
+        def take_note(note: Note) -> None:
+            taken.append(note)
+
+        messaging = Messaging(
+            handlers=[take_note], channels=[channel_factory("contract")], database=database_url
+        )
+        try:
+            messaging.gateway(ContractCommands).send(Note(10, "fresh"))
+            assert messaging.run("contract").handled == 1
+        finally:
+            messaging.close()
+
+        assert taken == [Note(10, "fresh")]
+
+    async def test_a_fresh_channel_works_without_setup_in_asyncio_code(
+        self, channel_factory: ChannelFactory, database_url: str
+    ) -> None:
+        taken: list[Note] = []
+
+        @command_handler
+        async def take_note(note: Note) -> None:
+            taken.append(note)
+
+        messaging = Messaging(
+            handlers=[take_note], channels=[channel_factory("contract")], database=database_url
+        )
+        try:
+            await messaging.gateway(ContractCommands).asend(Note(11, "fresh"))
+            assert (await messaging.arun("contract")).handled == 1
+        finally:
+            await messaging.aclose()
+
+        assert taken == [Note(11, "fresh")]
+
 
 def _consume_until_delivered(channel: Channel, handle: Callable[[Delivery], None]) -> None:
     """Hand one message to ``handle``, waiting up to ten seconds for it to arrive."""
