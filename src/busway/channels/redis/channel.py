@@ -88,6 +88,7 @@ class RedisChannel(Channel):
 
     def attach(self, context: ChannelContext) -> None:
         self._clock = context.clock
+        self._stream.counting = context.max_crashes is not None
 
     def setup(self) -> None:
         self._link.setup()
@@ -124,6 +125,7 @@ class RedisChannel(Channel):
             self._link.call(self._stream.touch(entries))  # held a while: not for others to claim
         else:
             entries = self._fetch(limit, wait)
+        entries = self._stream.in_turn(entries)
         return self._hand_out(handle, entries) if entries else 0
 
     def _fetch(self, limit: int, wait: float) -> list[Entry]:
@@ -149,8 +151,8 @@ class RedisChannel(Channel):
         token = current_batch.set(hand.batch)
         try:
             for delivery in hand:
-                if hand.slow():  # keep the batch here until acknowledged
-                    self._link.call(self._stream.touch(entries))
+                if hand.slow():  # keep the batch (and those held) here until acknowledged
+                    self._link.call(self._stream.touch([*entries, *self._stream.held()]))
                 try:
                     handle(delivery)
                 except MessageReturned:
@@ -168,6 +170,8 @@ class RedisChannel(Channel):
         done = hand.settle()
         if done:
             self._link.execute(self._stream.acknowledge(done))
+        if hand.kept and self._stream.counting:
+            self._link.call(*self._stream.keep_count(hand.kept))
         hand.raise_failure()
         return len(done)
 
@@ -180,6 +184,7 @@ class RedisChannel(Channel):
             await self._link.acall(self._stream.touch(entries))
         else:
             entries = await self._afetch(limit, wait)
+        entries = self._stream.in_turn(entries)
         return await self._ahand_out(handle, entries) if entries else 0
 
     async def _afetch(self, limit: int, wait: float) -> list[Entry]:
@@ -206,7 +211,7 @@ class RedisChannel(Channel):
         try:
             for delivery in hand:
                 if hand.slow():
-                    await self._link.acall(self._stream.touch(entries))
+                    await self._link.acall(self._stream.touch([*entries, *self._stream.held()]))
                 try:
                     await handle(delivery)
                 except MessageReturned:
@@ -224,6 +229,8 @@ class RedisChannel(Channel):
         done = hand.settle()
         if done:
             await self._link.aexecute(self._stream.acknowledge(done))
+        if hand.kept and self._stream.counting:
+            await self._link.acall(*self._stream.keep_count(hand.kept))
         hand.raise_failure()
         return len(done)
 

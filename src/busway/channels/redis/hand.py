@@ -30,17 +30,25 @@ class Hand:
         self.handled = 0
         self.failure: BaseException | None = None
         self.unsent: Unsent | None = None
+        self.kept: list[Entry] = []
+        """Handled, but not sent on: left pending for a later claim, with this consumer alive."""
         self._sources: list[Hashable] = []
         self._touch_every = stream.claim_idle / 3
         self._touch_at = time.monotonic() + self._touch_every
 
     def __iter__(self) -> Iterator[Delivery]:
         batch, sources = self.batch, self._sources
-        for entry_id, headers, body, redelivered in self.entries:
+        for entry_id, headers, body, redelivered, crashes in self.entries:
             envelope, unreadable = read(body, headers)
             batch.current = entry_id
             sources.append(entry_id)
-            yield Delivery(envelope, self.channel, redelivered=redelivered, unreadable=unreadable)
+            yield Delivery(
+                envelope,
+                self.channel,
+                redelivered=redelivered,
+                crashes=crashes,
+                unreadable=unreadable,
+            )
 
     def slow(self) -> bool:
         """Whether to keep the entries here a while longer, lest another consumer claims them."""
@@ -70,6 +78,7 @@ class Hand:
             tagged = list(zip(done, self._sources[: self.handled], strict=True))
             kept = [entry for entry, source in tagged if source in unsent]
             done = [entry for entry, source in tagged if source not in unsent]
+            self.kept = kept
             log.warning(
                 "channel %r: %d message(s) not sent on, left pending for a later try: %s",
                 self.channel,

@@ -1,6 +1,7 @@
 """The Lua scripts a Redis channel runs on the server, each in one atomic step.
 
-Every script gets KEYS = {stream, delayed set} and ARGV[1] = the group, except ``RETIRE``.
+Every script gets KEYS = {stream, delayed set} and ARGV[1] = the group, except ``RETIRE`` and
+``CLAIM``.
 """
 
 from __future__ import annotations
@@ -97,3 +98,16 @@ return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 """At close: forget this consumer, unless it still has pending entries (they would be lost).
 KEYS = {stream}, ARGV = {group, consumer}."""
+
+CLAIM = """
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+                           'COUNT', ARGV[5])
+local counts = {}
+for i, entry in ipairs(claimed[2]) do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+  counts[i] = pending[1] and pending[1][4] or 1
+end
+return {claimed[1], claimed[2], counts}
+"""
+"""``XAUTOCLAIM`` of the entries idle for long enough, and how many times each was delivered
+(this claim included). KEYS = {stream}, ARGV = {group, consumer, min idle ms, cursor, count}."""

@@ -15,12 +15,15 @@ from typing import Any
 import msgspec
 
 from busway.channels.base import Envelope
-from busway.channels.redis.scripts import DEPTH, HEADS, PREPARE, RETIRE
+from busway.channels.crashes import in_turn
+from busway.channels.redis.scripts import CLAIM, DEPTH, HEADS, PREPARE, RETIRE
 from busway.errors import ConversionError
 
 Command = tuple[Any, ...]
-Entry = tuple[bytes, bytes, bytes, bool]
-"""A stream entry read: its id, headers as JSON, body, and whether it was handed out before."""
+Entry = tuple[bytes, bytes, bytes, bool, int]
+"""A stream entry read: its id, headers as JSON, body, whether it was handed out before, and
+how many of its deliveries ended without an acknowledgement (deaths of consumers, see
+``claimed``)."""
 
 LAST_CURSOR = b"0-0"
 
@@ -31,12 +34,16 @@ class Stream:
     """The keys, the commands, what replies mean, and the entries held back for a later
     delivery."""
 
-    def __init__(self, stream: str, group: str, consumer: str, claim_idle: float) -> None:
+    def __init__(
+        self, stream: str, group: str, consumer: str, claim_idle: float, counting: bool = True
+    ) -> None:
         self.stream = stream
         self.delayed = f"{stream}:delayed"
         self.group = group
         self.consumer = consumer
         self.claim_idle = claim_idle
+        self.counting = counting
+        """Whether to count the deaths of consumers, for the crash-loop guard."""
         self.reading = False
         self._next_claim = 0.0
         self._cursor = LAST_CURSOR
@@ -69,7 +76,13 @@ class Stream:
         return time.monotonic() >= self._next_claim
 
     def claim(self, limit: int) -> Command:
+        """Claim entries idle for ``claim_idle``; counting, with their delivery counts."""
         idle = int(self.claim_idle * 1000)
+        if self.counting:
+            return (
+                "EVAL", CLAIM, 1, self.stream, self.group, self.consumer, idle, self._cursor,
+                limit,
+            )  # fmt: skip
         return (
             "XAUTOCLAIM", self.stream, self.group, self.consumer, idle, self._cursor,
             "COUNT", limit,
@@ -92,6 +105,17 @@ class Stream:
         ids = [entry[0] for entry in entries]
         return ("XCLAIM", self.stream, self.group, self.consumer, 0, *ids, "JUSTID")
 
+    def keep_count(self, entries: list[Entry]) -> list[Command]:
+        """Left pending with this consumer alive: set each delivery count back, so that the
+        claim to come counts no death for it (``XCLAIM`` with ``RETRYCOUNT``)."""
+        by_crashes: dict[int, list[bytes]] = {}
+        for entry in entries:
+            by_crashes.setdefault(entry[4], []).append(entry[0])
+        pending = "XCLAIM", self.stream, self.group, self.consumer, 0
+        return [
+            (*pending, *ids, "RETRYCOUNT", crashes, "JUSTID") for crashes, ids in by_crashes.items()
+        ]
+
     def acknowledge(self, entries: list[Entry]) -> Command:
         """Acknowledged entries leave the stream at the next ``fetch``, by any consumer."""
         return ("XACK", self.stream, self.group, *[entry[0] for entry in entries])
@@ -103,7 +127,8 @@ class Stream:
             self._held.clear()
             self._held_ids.clear()
         self.reading = False
-        added = [("XADD", self.stream, "*", "headers", h, "body", b) for _, h, b, _ in held]
+        # Added anew, each starts with no deaths counted: a graceful stop counts none.
+        added = [("XADD", self.stream, "*", "headers", h, "body", b) for _, h, b, _, _ in held]
         retire = ("EVAL", RETIRE, 1, self.stream, self.group, self.consumer)
         return [*added, *([self.acknowledge(held)] if held else []), retire]
 
@@ -119,12 +144,15 @@ class Stream:
     # -- replies ---------------------------------------------------------------------------
 
     def claimed(self, reply: list[Any]) -> list[Entry]:
+        """The entries a ``claim`` got, counting, each with its deaths: its deliveries before
+        this claim, none of which ended with an acknowledgement."""
         cursor, entries = reply[0], reply[1]
         self._cursor = cursor
         # Scanned to the end: look again later; else go on with the next fetch.
         pause = self.claim_idle / 2 if cursor == LAST_CURSOR else 0.0
         self._next_claim = time.monotonic() + pause
-        return self._entries(entries, redelivered=True)
+        counts = reply[2] if self.counting else [1] * len(entries)
+        return self._entries(entries, redelivered=True, deliveries=counts)
 
     def fetched(self, replies: list[Any], now: float) -> tuple[list[Entry], float]:
         """The entries a ``fetch`` got, and how long until another might find more."""
@@ -138,7 +166,7 @@ class Stream:
             return []
         # RESP3 replies with a map of streams, RESP2 with a list of [stream, entries].
         entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return self._entries(entries, redelivered=False)
+        return self._entries(entries, redelivered=False, deliveries=None)
 
     def age(self, reply: list[Any], now: float) -> float | None:
         """Seconds since the oldest message became available, from the ``heads`` reply."""
@@ -148,20 +176,36 @@ class Stream:
             ages.append(now - float(due))
         return max(0.0, *ages) if ages else None
 
-    def _entries(self, raw: list[Any], redelivered: bool) -> list[Entry]:
+    def _entries(
+        self, raw: list[Any], redelivered: bool, deliveries: list[int] | None
+    ) -> list[Entry]:
         entries: list[Entry] = []
-        for entry_id, fields in raw:
+        for index, (entry_id, fields) in enumerate(raw):
             if not fields or entry_id in self._held_ids:
                 continue  # deleted before it was claimed, or already held here
+            crashes = max(0, int(deliveries[index]) - 1) if deliveries else 0
             if len(fields) == 4 and fields[0] == b"headers":
-                entries.append((entry_id, fields[1], fields[3], redelivered))
+                entries.append((entry_id, fields[1], fields[3], redelivered, crashes))
             else:  # written by another program: without headers, it cannot be read
                 named = dict(zip(fields[::2], fields[1::2], strict=False))
                 headers, body = named.get(b"headers", b""), named.get(b"body", b"")
-                entries.append((entry_id, headers, body, redelivered))
+                entries.append((entry_id, headers, body, redelivered, crashes))
         return entries
 
     # -- entries held back -----------------------------------------------------------------
+
+    def in_turn(self, entries: list[Entry]) -> list[Entry]:
+        """Counting, the entries to hand out now (a suspect alone, see ``crashes.in_turn``);
+        the rest held for the next consume."""
+        if not self.counting:
+            return entries
+        now = in_turn(entries, _crashes)
+        self.hold(entries[len(now) :], 0)
+        return now
+
+    def held(self) -> list[Entry]:
+        with self._lock:
+            return list(self._held)
 
     def take_held(self, limit: int) -> list[Entry]:
         if not self._held:
@@ -178,7 +222,11 @@ class Stream:
         """
         if not entries:
             return
-        kept = [(i, h, b, r or n < handed) for n, (i, h, b, r) in enumerate(entries)]
+        kept = [(i, h, b, r or n < handed, c) for n, (i, h, b, r, c) in enumerate(entries)]
         with self._lock:
             self._held.extendleft(reversed(kept))
             self._held_ids.update(entry[0] for entry in kept)
+
+
+def _crashes(entry: Entry) -> int:
+    return entry[4]
