@@ -9,12 +9,16 @@ must absorb every message delivered twice.
 
 ``--block-at N`` makes the process stop for good at the Nth message (consumer: inside the
 handler, nothing written yet; relay: once the batch of its Nth send is on Redis, before the
-outbox rows are deleted), after writing ``--marker``: the test kills it there.
+outbox rows are deleted), after writing ``--marker``: the test kills it there. Role ``drain``
+consumes until nothing is left on the stream, pending entries of dead consumers included;
+``--poison ID`` makes the handler of that record end the process with ``os._exit(1)``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +65,11 @@ def _block(marker: Path | None, text: str) -> None:
 
 
 class Recorder:
-    def __init__(self, worker: str, block_at: int | None, marker: Path | None) -> None:
+    def __init__(
+        self, worker: str, block_at: int | None, marker: Path | None, poison: int | None = None
+    ) -> None:
         self.worker = worker
+        self.poison = poison
         self.block_at = block_at
         self.marker = marker
         self.calls = 0
@@ -72,6 +79,8 @@ class Recorder:
         self.calls += 1
         if self.calls == self.block_at:
             _block(self.marker, str(command.id))  # mid-handler, nothing written yet
+        if command.id == self.poison:
+            os._exit(1)  # a handler that kills its worker, as a segfault would
         session.execute(insert(handled).values(id=command.id, worker=self.worker))
 
 
@@ -105,6 +114,8 @@ def build(
     block_at: int | None = None,
     relay_block_at: int | None = None,
     marker: Path | None = None,
+    poison: int | None = None,
+    max_crashes: int | None = 3,
 ) -> Messaging:
     options: dict[str, Any] = {"stream": stream, "batch_size": batch_size, "claim_idle": claim_idle}
     channel = (
@@ -113,16 +124,34 @@ def build(
         else RedisChannel("work", redis_url, **options)
     )
     return Messaging(
-        handlers=[Recorder(worker, block_at, marker)],
+        handlers=[Recorder(worker, block_at, marker, poison)],
         channels=[SqlChannel("outbox"), channel],
         database=database_url,
         retry=RetryPolicy(retries=0),  # a duplicate would fail on the unique id: keep it
+        max_crashes=max_crashes,
     )
+
+
+def drain(messaging: Messaging, asynchronously: bool) -> None:
+    """Consume ``work`` until nothing is left, what other consumers left pending included."""
+    channel = messaging.channel("work")
+    while channel.depth():
+        if asynchronously:
+            asyncio.run(_arun(messaging))
+        else:
+            messaging.run("work", until_empty=False, time_limit=0.5)
+
+
+async def _arun(messaging: Messaging) -> None:
+    try:
+        await messaging.arun("work", until_empty=False, time_limit=0.5)
+    finally:
+        await messaging.aclose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["consume", "relay"])
+    parser.add_argument("role", choices=["consume", "relay", "drain"])
     parser.add_argument("redis_url")
     parser.add_argument("stream")
     parser.add_argument("database_url")
@@ -130,6 +159,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--block-at", type=int)
     parser.add_argument("--marker", type=Path)
+    parser.add_argument("--poison", type=int)
+    parser.add_argument("--max-crashes", type=int, default=3)
+    parser.add_argument("--claim-idle", type=float, default=30.0)
+    parser.add_argument("--asyncio", action="store_true")
     args = parser.parse_args()
 
     relay = args.role == "relay"
@@ -142,6 +175,13 @@ def main() -> None:
         block_at=None if relay else args.block_at,
         relay_block_at=args.block_at if relay else None,
         marker=args.marker,
+        poison=args.poison,
+        max_crashes=args.max_crashes,
+        claim_idle=args.claim_idle,
     )
+    if args.role == "drain":
+        drain(messaging, args.asyncio)
+        messaging.close()
+        return
     messaging.run("outbox" if relay else "work")
     messaging.close()

@@ -830,6 +830,90 @@ def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
     assert rows[in_hand] == "final"
 
 
+# -- a handler that kills its worker, workers restarted in a loop --------------------------
+
+MAX_CRASHES = 2  # the least: the poisoned message's batch-mates count one death each
+GOOD, POISON = 10, 4
+
+
+def restart_until_drained(stream: str, database: str, *options: str) -> int:
+    """Start a worker, again each time one dies; how many died. Fails past the bound."""
+    deaths = 0
+    for restart in range(MAX_CRASHES + 3):
+        worker = start_redis_worker(
+            "drain", stream, database, f"w{restart}", "--batch-size", "4",
+            "--poison", str(POISON), "--max-crashes", str(MAX_CRASHES),
+            "--claim-idle", "0.3", *options,
+        )  # fmt: skip
+        _, errors = worker.communicate(timeout=120)
+        if worker.returncode == 0:
+            return deaths
+        assert worker.returncode == 1, errors  # os._exit(1) in the poisoned handler
+        deaths += 1
+    pytest.fail(f"workers died {deaths} times and the stream is still not drained")
+
+
+@pytest.mark.parametrize("front_door", ["run", "arun"])
+def test_a_message_that_kills_its_worker_is_dead_lettered_after_max_crashes(
+    application: tuple[str, Messaging], client: redis.Redis, stream: str, front_door: str
+) -> None:
+    database, messaging = application
+    bus = messaging.gateway(redis_worker.WorkBus)
+    for number in range(GOOD + 1):
+        bus.send(redis_worker.Record(number))
+
+    deaths = restart_until_drained(stream, database, *(["--asyncio"] * (front_door == "arun")))
+
+    assert deaths == MAX_CRASHES
+    good = [number for number in range(GOOD + 1) if number != POISON]
+    assert sorted(handled_by(database)) == good  # each once: the primary key allows no more
+    assert messaging.channel("work").depth() == 0
+    assert client.xpending(stream, "busway")["pending"] == 0
+    letters = messaging.dead_letters.list()
+    assert [letter.body for letter in letters] == [b'{"id":%d}' % POISON]
+    assert letters[0].error_type == "busway.errors.WorkerDiedError"
+    assert f"the worker died {MAX_CRASHES} times handling it" in letters[0].error_message
+
+
+def test_a_graceful_stop_counts_no_death(channels: Callable[..., RedisChannel]) -> None:
+    """Entries given back at a stop, or left pending after a failed send, are not deaths."""
+    first = channels(claim_idle=0.2)
+    for number in range(3):
+        first.send(Envelope(b"%d" % number, {}))
+
+    def stop(delivery: Delivery) -> None:
+        raise MessageReturned
+
+    assert first.consume(stop, 10, 1) == 0  # all three held, then given back at close
+    first.close()
+    seen: list[tuple[bytes, int]] = []
+    second = channels(claim_idle=0.2)
+    second.consume(lambda delivery: seen.append((delivery.envelope.body, delivery.crashes)), 10, 1)
+    assert seen == [(b"0", 0), (b"1", 0), (b"2", 0)]
+
+
+def test_a_claimed_entry_counts_the_deliveries_before_it(
+    channels: Callable[..., RedisChannel], client: redis.Redis
+) -> None:
+    dead = channels(claim_idle=0.1)
+    for number in range(3):
+        dead.send(Envelope(b"%d" % number, {}))
+    stream = dead.stream
+    client.xreadgroup("busway", "dead", {stream: ">"}, count=3)  # a consumer that died
+    seen: list[tuple[bytes, int]] = []
+    alive = channels(claim_idle=0.1)
+
+    def note(delivery: Delivery) -> None:
+        seen.append((delivery.envelope.body, delivery.crashes))
+
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        alive.consume(note, 10, 0.2)
+    # Each suspect alone, in order; a held one is not claimed again by its holder.
+    assert seen == [(b"0", 1), (b"1", 1), (b"2", 1)]
+    assert client.xpending(stream, "busway")["pending"] == 0
+
+
 # -- Redis restarted in the middle of a run ------------------------------------------------
 
 REDIS_SERVER = [

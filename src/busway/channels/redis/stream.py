@@ -76,12 +76,16 @@ class Stream:
         return time.monotonic() >= self._next_claim
 
     def claim(self, limit: int) -> Command:
-        """Claim entries idle for ``claim_idle``; counting, with their delivery counts."""
+        """Claim entries idle for ``claim_idle``; counting, one at a time, with its count.
+
+        A claimed entry was in hand when its consumer died: a suspect. Claimed one at a time,
+        it is alone here, and a next death counts against it alone (the others stay pending
+        with the dead consumer until claimed in turn).
+        """
         idle = int(self.claim_idle * 1000)
         if self.counting:
             return (
-                "EVAL", CLAIM, 1, self.stream, self.group, self.consumer, idle, self._cursor,
-                limit,
+                "EVAL", CLAIM, 1, self.stream, self.group, self.consumer, idle, self._cursor, 1,
             )  # fmt: skip
         return (
             "XAUTOCLAIM", self.stream, self.group, self.consumer, idle, self._cursor,
