@@ -9,10 +9,14 @@ the handler's Session; the database's inbox must absorb every message delivered 
 ``--block-at N`` makes the process stop for good at the Nth message (consumer: inside the
 handler, its row written and not committed; relay: once JetStream acknowledged the batch of
 its Nth send, before the outbox rows are deleted), after writing ``--marker``: the test
-kills it there.
+kills it there. Role ``drain`` consumes until nothing is left, what dead consumers left
+unacknowledged included; ``--poison ID`` makes the handler of that record end the process
+with ``os._exit(1)``.
 """
 
 import argparse
+import asyncio
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +58,18 @@ def _block(marker: Path | None, text: str) -> None:
 
 
 class Recorder:
-    def __init__(self, block_at: int | None = None, marker: Path | None = None) -> None:
+    def __init__(
+        self, block_at: int | None = None, marker: Path | None = None, poison: int | None = None
+    ) -> None:
+        self.poison = poison
         self.block_at = block_at
         self.marker = marker
         self.calls = 0
 
     @command_handler
     def record(self, command: Record, session: Session) -> None:
+        if command.id == self.poison:
+            os._exit(1)  # a handler that kills its worker, as a segfault would
         session.execute(insert(effects).values(id=command.id))
         self.calls += 1
         if self.calls == self.block_at:
@@ -95,12 +104,16 @@ def build(
     marker: Path | None = None,
     ack_wait: float = 1.0,
     relay_block_at: int | None = None,
+    *,
+    batch_size: int = 10,
+    poison: int | None = None,
+    max_crashes: int | None = 3,
 ) -> Messaging:
     options: dict[str, Any] = {
         "stream": stream,
         "subject": f"{stream}.work",
         "ack_wait": ack_wait,
-        "batch_size": 10,
+        "batch_size": batch_size,
     }
     channel = (
         BlockingRelayChannel("work", url, block_at=relay_block_at, marker=marker, **options)
@@ -108,23 +121,51 @@ def build(
         else NatsChannel("work", url, **options)
     )
     return Messaging(
-        handlers=[Recorder(block_at, marker)],
+        handlers=[Recorder(block_at, marker, poison)],
         channels=[SqlChannel("outbox"), channel],
         database=database,
         retry=RetryPolicy(retries=0),  # a repeated effect would fail on the unique id: keep it
+        max_crashes=max_crashes,
     )
+
+
+def drain(messaging: Messaging, asynchronously: bool) -> None:
+    """Consume ``work`` until nothing is left, what dead consumers left unacknowledged too."""
+    channel = messaging.channel("work")
+    while channel.depth():
+        if asynchronously:
+            asyncio.run(_arun(messaging))
+        else:
+            messaging.run("work", until_empty=False, time_limit=0.5)
+
+
+async def _arun(messaging: Messaging) -> None:
+    try:
+        await messaging.arun("work", until_empty=False, time_limit=0.5)
+    finally:
+        await messaging.aclose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["consume", "relay"])
+    parser.add_argument("role", choices=["consume", "relay", "drain"])
     parser.add_argument("url")
     parser.add_argument("stream")
     parser.add_argument("database")
     parser.add_argument("--block-at", type=int)
     parser.add_argument("--marker", type=Path)
+    parser.add_argument("--poison", type=int)
+    parser.add_argument("--max-crashes", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--asyncio", action="store_true")
     args = parser.parse_args()
-    if args.role == "relay":
+    if args.role == "drain":
+        messaging = build(
+            args.url, args.stream, args.database, batch_size=args.batch_size,
+            poison=args.poison, max_crashes=args.max_crashes,
+        )  # fmt: skip
+        drain(messaging, args.asyncio)
+    elif args.role == "relay":
         messaging = build(
             args.url, args.stream, args.database, marker=args.marker, relay_block_at=args.block_at
         )

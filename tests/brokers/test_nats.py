@@ -777,6 +777,60 @@ def test_a_consumer_killed_mid_handler_loses_nothing_and_repeats_nothing(
         messaging.close()
 
 
+MAX_CRASHES = 2
+GOOD, POISON = 10, 4
+
+
+def _restart_until_drained(stream: str, database: str, *options: str) -> int:
+    """Start a worker, again each time one dies; how many died. Fails past the bound."""
+    deaths = 0
+    for _ in range(MAX_CRASHES + 3):
+        worker = _start_worker(
+            "drain", stream, database, "--batch-size", "1", "--poison", str(POISON),
+            "--max-crashes", str(MAX_CRASHES), *options,
+        )  # fmt: skip
+        _, errors = worker.communicate(timeout=120)
+        if worker.returncode == 0:
+            return deaths
+        assert worker.returncode == 1, errors  # os._exit(1) in the poisoned handler
+        deaths += 1
+    pytest.fail(f"workers died {deaths} times and the stream is still not drained")
+
+
+@pytest.mark.parametrize("front_door", ["run", "arun"])
+def test_a_message_that_kills_its_worker_is_dead_lettered_after_max_crashes(
+    tmp_path: Path, streams: Callable[[], str], front_door: str
+) -> None:
+    stream, database = streams(), f"sqlite:///{tmp_path / 'effects.db'}"
+    messaging = _application(stream, database)
+    try:
+        bus = messaging.gateway(nats_worker.WorkBus)
+        for number in range(GOOD + 1):
+            bus.send(nats_worker.Record(number))
+
+        deaths = _restart_until_drained(stream, database, *(["--asyncio"] * (front_door == "arun")))
+
+        assert deaths == MAX_CRASHES
+        good = [number for number in range(GOOD + 1) if number != POISON]
+        assert _effects(database) == good  # each once: the id is unique
+        assert depth_settles_at(messaging.channel("work"), 0)
+        letters = messaging.dead_letters.list()
+        assert [letter.body for letter in letters] == [b'{"id":%d}' % POISON]
+        assert letters[0].error_type == "busway.errors.WorkerDiedError"
+        assert f"the worker died {MAX_CRASHES} times handling it" in letters[0].error_message
+    finally:
+        messaging.close()
+
+
+def test_a_delayed_message_given_back_until_due_counts_no_death(channel: NatsChannel) -> None:
+    channel.send(envelope(1, **{DELIVER_AT: time.time() + 0.5}))
+    assert take(channel, 1) == []  # fetched too early: given back with a nak until due
+    deadline = time.monotonic() + 10
+    while not (deliveries := take(channel, 1, wait=0.2)) and time.monotonic() < deadline:
+        pass
+    assert [(delivery.redelivered, delivery.crashes) for delivery in deliveries] == [(True, 0)]
+
+
 def _server_pid() -> int | None:
     found = subprocess.run(["pgrep", "-x", "nats-server"], capture_output=True, text=True)
     pids = found.stdout.split()

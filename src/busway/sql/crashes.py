@@ -20,10 +20,10 @@ it alone: a batch stops before its first suspect. In ``lease`` mode, the lease's
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     Select,
@@ -40,7 +40,6 @@ from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 
-from busway.channels.crashes import in_turn
 from busway.sql.batch_io import Execute, Io, StaleClaim
 from busway.sql.database import Database
 from busway.sql.waiting import next_due
@@ -49,6 +48,16 @@ if TYPE_CHECKING:
     from busway.sql.channel import SqlChannel
 
 log = logging.getLogger("busway.sql")
+
+R = TypeVar("R")
+
+
+def in_turn(rows: Sequence[R], crashes: Callable[[R], int]) -> list[R]:
+    """The rows to hand out now: a suspect alone, or the rows before the first suspect."""
+    for index, row in enumerate(rows):
+        if crashes(row):
+            return list(rows[:index]) if index else [row]
+    return list(rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Row
 
 from busway.channels.base import AsyncHandle, Delivery, Handle, MessageReturned
-from busway.channels.crashes import in_turn
+from busway.sql.crashes import in_turn
 
 if TYPE_CHECKING:
     from busway.sql.channel import SqlChannel

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from nats.aio.msg import Msg
 
@@ -38,9 +39,13 @@ class Hand:
                 self.later.append((message, deliver_at))
                 continue
             self.in_hand = message
-            redelivered = message.metadata.num_delivered > 1
+            delivered = message.metadata.num_delivered
             delivery = Delivery(
-                envelope, self.channel, redelivered=redelivered, unreadable=unreadable
+                envelope,
+                self.channel,
+                redelivered=delivered > 1,
+                crashes=crashes(delivered, deliver_at, message.metadata.timestamp),
+                unreadable=unreadable,
             )
             yield message, delivery
 
@@ -62,3 +67,16 @@ class Hand:
     def unhandled(self) -> list[Msg]:
         rest = self.messages[self.position :]
         return [self.in_hand, *rest] if self.in_hand is not None else rest
+
+
+def crashes(delivered: int, deliver_at: float | None, stored: datetime) -> int:
+    """How many deliveries of a message ended without an ack or a nak of busway's own.
+
+    JetStream counts every delivery: one that ended with its worker dead (redelivered after
+    ``ack_wait``), and one busway gave back with a nak. A message stored before its
+    ``deliver_at`` was, most likely, fetched too early once and given back until then: that
+    delivery is not counted. The other naks (the rest of a batch at a graceful stop, or after
+    an error outside the handlers) are counted.
+    """
+    early = deliver_at is not None and deliver_at > stored.timestamp()
+    return max(0, delivered - 1 - early)

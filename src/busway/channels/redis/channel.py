@@ -125,7 +125,6 @@ class RedisChannel(Channel):
             self._link.call(self._stream.touch(entries))  # held a while: not for others to claim
         else:
             entries = self._fetch(limit, wait)
-        entries = self._stream.in_turn(entries)
         return self._hand_out(handle, entries) if entries else 0
 
     def _fetch(self, limit: int, wait: float) -> list[Entry]:
@@ -151,8 +150,8 @@ class RedisChannel(Channel):
         token = current_batch.set(hand.batch)
         try:
             for delivery in hand:
-                if hand.slow():  # keep the batch (and those held) here until acknowledged
-                    self._link.call(self._stream.touch([*entries, *self._stream.held()]))
+                if hand.slow():  # keep the batch here until acknowledged
+                    self._link.call(self._stream.touch(entries))
                 try:
                     handle(delivery)
                 except MessageReturned:
@@ -184,7 +183,6 @@ class RedisChannel(Channel):
             await self._link.acall(self._stream.touch(entries))
         else:
             entries = await self._afetch(limit, wait)
-        entries = self._stream.in_turn(entries)
         return await self._ahand_out(handle, entries) if entries else 0
 
     async def _afetch(self, limit: int, wait: float) -> list[Entry]:
@@ -211,7 +209,7 @@ class RedisChannel(Channel):
         try:
             for delivery in hand:
                 if hand.slow():
-                    await self._link.acall(self._stream.touch([*entries, *self._stream.held()]))
+                    await self._link.acall(self._stream.touch(entries))
                 try:
                     await handle(delivery)
                 except MessageReturned:

@@ -15,7 +15,6 @@ from typing import Any
 import msgspec
 
 from busway.channels.base import Envelope
-from busway.channels.crashes import in_turn
 from busway.channels.redis.scripts import CLAIM, DEPTH, HEADS, PREPARE, RETIRE
 from busway.errors import ConversionError
 
@@ -198,19 +197,6 @@ class Stream:
 
     # -- entries held back -----------------------------------------------------------------
 
-    def in_turn(self, entries: list[Entry]) -> list[Entry]:
-        """Counting, the entries to hand out now (a suspect alone, see ``crashes.in_turn``);
-        the rest held for the next consume."""
-        if not self.counting:
-            return entries
-        now = in_turn(entries, _crashes)
-        self.hold(entries[len(now) :], 0)
-        return now
-
-    def held(self) -> list[Entry]:
-        with self._lock:
-            return list(self._held)
-
     def take_held(self, limit: int) -> list[Entry]:
         if not self._held:
             return []
@@ -230,7 +216,3 @@ class Stream:
         with self._lock:
             self._held.extendleft(reversed(kept))
             self._held_ids.update(entry[0] for entry in kept)
-
-
-def _crashes(entry: Entry) -> int:
-    return entry[4]
