@@ -686,6 +686,9 @@ def test_a_redis_consumer_that_relays_acknowledges_what_it_sent_on(
         assert jobs.depth() == 4
         assert client.xpending(stream, "busway")["pending"] == 4  # left pending, unacknowledged
         assert relay.orders(relay.a) == ["a-0", "a-1", "a-2", "a-3"]
+        # Set back, so that the claim to come counts no death: the consumer is alive.
+        pending = client.xpending_range(stream, "busway", "-", "+", 10)
+        assert [entry["times_delivered"] for entry in pending] == [0, 0, 0, 0]
 
         relay.repair_b()
         # Left pending, not held: claimed again once idle for claim_idle.
