@@ -786,7 +786,7 @@ def _restart_until_drained(stream: str, database: str, *options: str) -> int:
     deaths = 0
     for _ in range(MAX_CRASHES + 3):
         worker = _start_worker(
-            "drain", stream, database, "--batch-size", "1", "--poison", str(POISON),
+            "drain", stream, database, "--batch-size", "4", "--poison", str(POISON),
             "--max-crashes", str(MAX_CRASHES), *options,
         )  # fmt: skip
         _, errors = worker.communicate(timeout=120)

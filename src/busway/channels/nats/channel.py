@@ -31,7 +31,7 @@ from busway.channels.base import (
     current_batch,
 )
 from busway.channels.nats.confirmations import Confirmations
-from busway.channels.nats.hand import Hand
+from busway.channels.nats.hand import Hand, suspect
 from busway.channels.nats.headers import HEADERS, encode_headers
 from busway.channels.nats.link import (
     Link,
@@ -77,6 +77,7 @@ class NatsChannel(Channel):
         self.stream = stream or "busway_" + _UNSAFE_NAME.sub("_", name)
         self.subject = subject or "busway." + re.sub(r"[\s*>]", "_", name)
         self.durable = durable or "busway"
+        self._counting = True
         self.ack_wait = ack_wait
         self.batch_size = batch_size
         self.timeout = timeout
@@ -94,6 +95,7 @@ class NatsChannel(Channel):
 
     def attach(self, context: ChannelContext) -> None:
         self._clock = context.clock
+        self._counting = context.max_crashes is not None
 
     def validate(self) -> list[str]:
         problems = []
@@ -291,6 +293,15 @@ class NatsChannel(Channel):
             batch.before_ack.append(confirmations.callback)
         return confirmations
 
+    def _more(self, messages: list[Msg], count: int) -> bool:
+        """Whether to fetch the rest of a batch after ``messages``: not after a suspect.
+
+        JetStream hands out redeliveries first: after a suspect, more would most likely be
+        suspects too, in hand with it if it kills the worker, and a death would count against
+        each of them. Fetched alone, it is alone in hand.
+        """
+        return 0 < len(messages) < count and not (self._counting and suspect(messages[0]))
+
     async def _fetch(self, count: int, wait: float) -> tuple[Link, list[Msg]]:
         """Up to ``count`` messages: those ready now, else the first to come within ``wait``."""
         link = await self._link()
@@ -300,11 +311,12 @@ class NatsChannel(Channel):
             served = True
             async with link.pulling:
                 try:
-                    messages = await link.pull(count, None)
+                    # Counting deaths, one first: a suspect is handed out alone (see _more).
+                    messages = await link.pull(1 if self._counting else count, None)
                     if not messages and wait > 0:
                         messages = await link.pull(1, wait)
-                        if messages and count > 1:
-                            messages += await link.pull(count - 1, None)
+                    if self._more(messages, count):
+                        messages += await link.pull(count - len(messages), None)
                 except Unavailable:
                     messages, served = [], False
             # Nothing, because the server was away, is not "empty": ask again when it is back.

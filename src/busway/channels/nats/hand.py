@@ -80,3 +80,12 @@ def crashes(delivered: int, deliver_at: float | None, stored: datetime) -> int:
     """
     early = deliver_at is not None and deliver_at > stored.timestamp()
     return max(0, delivered - 1 - early)
+
+
+def suspect(message: Msg) -> bool:
+    """Whether a worker died with ``message`` in hand before (see ``crashes``)."""
+    delivered = message.metadata.num_delivered
+    if delivered <= 1:
+        return False
+    envelope, _ = read_message(message.data, message.headers)
+    return crashes(delivered, envelope.deliver_at, message.metadata.timestamp) > 0
