@@ -102,6 +102,8 @@ class savepoint:
     ) -> None:
         self.transaction.savepoints.remove(self.promised)
         nested = self.promised.nested
+        if self.transaction.connection.invalidated:
+            raise lost(error, None)  # its savepoint went with the connection
         if isinstance(nested, NestedTransaction):
             try:
                 if kind is None:
@@ -121,6 +123,8 @@ class savepoint:
     ) -> None:
         self.transaction.savepoints.remove(self.promised)
         nested = self.promised.nested
+        if self.transaction.connection.invalidated:
+            raise lost(error, None)  # its savepoint went with the connection
         if isinstance(nested, AsyncTransaction):
             try:
                 if kind is None:
