@@ -591,14 +591,17 @@ async def test_a_handler_that_swallows_the_end_of_its_transaction_loses_nothing(
         "left on the channel": messaging.channel("jobs").depth(),
         "dead letters": messaging.dead_letters.list(),
         "victim's runs": handlers.runs[VICTIM],
-        "handled, failed": (result.handled, result.failed),
     } == {
         "effects": {n: 1 for n in range(JOBS)},
         "left on the channel": 0,
         "dead letters": [],
         "victim's runs": 2,
-        "handled, failed": (JOBS, 0) if redo_batches else (JOBS + 1, 1),
     }
+    # Without savepoints the ended transaction is found as the handler returns (the batch
+    # redone, no failure) or, on a loaded MariaDB, by the victim's next statement (its
+    # failure, retried): either way every effect counts once.
+    allowed = [(JOBS, 0), (JOBS + 1, 1)] if redo_batches else [(JOBS + 1, 1)]
+    assert (result.handled, result.failed) in allowed
 
 
 class Relentless(QuietKiller):
