@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,17 @@ def kill_when(marker: Path, worker: subprocess.Popen[str], timeout: float = 30) 
             worker.communicate(timeout=30)
     assert worker.returncode == -signal.SIGKILL
     return marker.read_text()
+
+
+def deaths_until_drained(start: Callable[[int], subprocess.Popen[str]], bound: int) -> int:
+    """Start a worker (``start(restart)``) again each time one dies of ``os._exit(1)``, until
+    one drains its channel and exits 0; how many died. Fails past ``bound + 3`` deaths."""
+    deaths = 0
+    for restart in range(bound + 3):
+        worker = start(restart)
+        _, errors = worker.communicate(timeout=120)
+        if worker.returncode == 0:
+            return deaths
+        assert worker.returncode == 1, errors  # os._exit(1) in the poisoned handler
+        deaths += 1
+    pytest.fail(f"workers died {deaths} times and the channel is still not drained")

@@ -49,7 +49,7 @@ from busway.message import DELIVER_AT
 from busway.nats import NatsChannel
 from busway.testing import ChannelContract, FakeClock
 from busway.testing.conformance import ChannelFactory
-from workers import kill_when, start_worker
+from workers import deaths_until_drained, kill_when, start_worker
 
 URL = os.environ.get("BUSWAY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 PREFIX = "test_busway_"
@@ -783,18 +783,21 @@ GOOD, POISON = 10, 4
 
 def _restart_until_drained(stream: str, database: str, *options: str) -> int:
     """Start a worker, again each time one dies; how many died. Fails past the bound."""
-    deaths = 0
-    for _ in range(MAX_CRASHES + 3):
-        worker = _start_worker(
-            "drain", stream, database, "--batch-size", "4", "--poison", str(POISON),
-            "--max-crashes", str(MAX_CRASHES), *options,
-        )  # fmt: skip
-        _, errors = worker.communicate(timeout=120)
-        if worker.returncode == 0:
-            return deaths
-        assert worker.returncode == 1, errors  # os._exit(1) in the poisoned handler
-        deaths += 1
-    pytest.fail(f"workers died {deaths} times and the stream is still not drained")
+    return deaths_until_drained(
+        lambda _: _start_worker(
+            "drain",
+            stream,
+            database,
+            "--batch-size",
+            "4",
+            "--poison",
+            str(POISON),
+            "--max-crashes",
+            str(MAX_CRASHES),
+            *options,
+        ),
+        MAX_CRASHES,
+    )
 
 
 @pytest.mark.parametrize("front_door", ["run", "arun"])

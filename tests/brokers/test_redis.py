@@ -36,7 +36,7 @@ from busway.message import DELIVER_AT
 from busway.redis import RedisChannel
 from busway.testing import ChannelContract, FakeClock
 from busway.testing.conformance import ChannelFactory
-from workers import kill_when, start_worker
+from workers import deaths_until_drained, kill_when, start_worker
 
 REDIS_URL = os.environ.get("BUSWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 HERE = Path(__file__).parent
@@ -841,19 +841,24 @@ GOOD, POISON = 10, 4
 
 def restart_until_drained(stream: str, database: str, *options: str) -> int:
     """Start a worker, again each time one dies; how many died. Fails past the bound."""
-    deaths = 0
-    for restart in range(MAX_CRASHES + 3):
-        worker = start_redis_worker(
-            "drain", stream, database, f"w{restart}", "--batch-size", "4",
-            "--poison", str(POISON), "--max-crashes", str(MAX_CRASHES),
-            "--claim-idle", "0.3", *options,
-        )  # fmt: skip
-        _, errors = worker.communicate(timeout=120)
-        if worker.returncode == 0:
-            return deaths
-        assert worker.returncode == 1, errors  # os._exit(1) in the poisoned handler
-        deaths += 1
-    pytest.fail(f"workers died {deaths} times and the stream is still not drained")
+    return deaths_until_drained(
+        lambda restart: start_redis_worker(
+            "drain",
+            stream,
+            database,
+            f"w{restart}",
+            "--batch-size",
+            "4",
+            "--poison",
+            str(POISON),
+            "--max-crashes",
+            str(MAX_CRASHES),
+            "--claim-idle",
+            "0.3",
+            *options,
+        ),
+        MAX_CRASHES,
+    )
 
 
 @pytest.mark.parametrize("front_door", ["run", "arun"])

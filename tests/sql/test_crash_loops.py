@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, func, select
 from busway import Messaging, SqlChannel
 from busway.errors import ConfigurationError
 from dbsupport import create_tables, sync_url
-from workers import start_worker
+from workers import deaths_until_drained, start_worker
 
 HERE = Path(__file__).parent
 MAX_CRASHES = 2  # the least: the poisoned message's batch-mates count one death each
@@ -35,9 +35,8 @@ def send_backlog(url, mode):
 
 def restart_until_drained(url, mode, *options):
     """Start a worker, again each time one dies; how many died. Fails past the bound."""
-    deaths = 0
-    for restart in range(MAX_CRASHES + 3):
-        worker = start_worker(
+    return deaths_until_drained(
+        lambda restart: start_worker(
             HERE,
             "crash_worker",
             url,
@@ -49,13 +48,9 @@ def restart_until_drained(url, mode, *options):
             "--mode",
             mode,
             *options,
-        )
-        _, errors = worker.communicate(timeout=120)
-        if worker.returncode == 0:
-            return deaths
-        assert worker.returncode == 1, errors  # os._exit(1) in the poisoned handler
-        deaths += 1
-    pytest.fail(f"workers died {deaths} times and the channel is still not drained")
+        ),
+        MAX_CRASHES,
+    )
 
 
 def business_state(url):
