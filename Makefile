@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint generate typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,8 +14,12 @@ demo: $(STAMP)
 	ORDERS_DATABASE=sqlite:///$$(mktemp -d)/orders.db $(PY) examples/orders.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench examples
-	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples tools
+	$(VENV)/bin/ruff format --check src tests bench examples tools
+	$(PY) tools/unasync.py --check
+
+generate: $(STAMP)
+	$(PY) tools/unasync.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -5,15 +5,13 @@ of a claim on a connection found broken."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Row
 
-from busway.channels.base import AsyncHandle, Batch, Delivery, Handle, Unsent
+from busway.channels.base import Batch, Delivery, Unsent
 from busway.sql.transactions import Transaction
 
 log = logging.getLogger("busway.sql")
@@ -52,22 +50,6 @@ class HandlerFailed(Exception):
         super().__init__(seq)
         self.seq = seq
         self.error = error
-
-
-def carry_out(connection: Connection, handle: Handle, io: Io) -> Any:
-    if isinstance(io, Execute):
-        return connection.execute(io.statement, io.parameters)
-    if isinstance(io, Hand):
-        return handle(io.delivery)
-    return io.batch.run_before_ack()
-
-
-async def acarry_out(connection: AsyncConnection, handle: AsyncHandle, io: Io) -> Any:
-    if isinstance(io, Execute):
-        return await connection.execute(io.statement, io.parameters)
-    if isinstance(io, Hand):
-        return await handle(io.delivery)
-    return await io.batch.arun_before_ack()
 
 
 def after_commit(transaction: Transaction, handled: int, unsent: Unsent | None) -> int:
@@ -110,27 +92,3 @@ def given_up(error: BaseException) -> bool:
 class StaleClaim(Exception):
     """The claim failed on a pooled connection a server restart broke: nothing was handed
     out, so the claim can be made again at once on a new connection."""
-
-
-def once_more_if_stale(take: Callable[[Handle, int], int], handle: Handle, limit: int) -> int:
-    """``take``, again once if its claim failed on a broken pooled connection."""
-    try:
-        return take(handle, limit)
-    except StaleClaim as stale:
-        log.info("a pooled database connection was broken (%s); claiming on a new one", stale)
-        return take(handle, limit)
-
-
-async def aonce_more_if_stale(
-    take: Callable[[AsyncHandle, int], Awaitable[int]], handle: AsyncHandle, limit: int
-) -> int:
-    try:
-        return await take(handle, limit)
-    except StaleClaim as stale:
-        log.info("a pooled database connection was broken (%s); claiming on a new one", stale)
-        return await take(handle, limit)
-    except DBAPIError as error:
-        if not error.connection_invalidated or given_up(error):
-            raise
-        log.info("a pooled database connection was broken (%s); claiming on a new one", error)
-        return await take(handle, limit)

@@ -32,7 +32,6 @@ from sqlalchemy import Connection, MetaData, Row, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
-from busway._internal.steps import adrive, drive
 from busway.channels.base import (
     AsyncHandle,
     Batch,
@@ -48,34 +47,25 @@ from busway.channels.base import (
 )
 from busway.errors import BuswayError, ConfigurationError
 from busway.message import ID
+from busway.sql._async import consuming as aconsuming
+from busway.sql._sync import consuming
 from busway.sql.batch_io import (
     BeforeAck,
     Execute,
     Hand,
     HandlerFailed,
     Io,
-    acarry_out,
-    after_commit,
-    aonce_more_if_stale,
-    carry_out,
     kept_back,
-    once_more_if_stale,
 )
 from busway.sql.crashes import (
     Aside,
     InHand,
     acknowledge,
-    agiven_back_on_failure,
-    awith_asides,
     claim_batch,
-    claim_first,
-    given_back_on_failure,
-    with_asides,
 )
 from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
-from busway.sql.leases import aconsume_leased, consume_leased
-from busway.sql.redo import Redo, begin_watch, check_alive, watch
+from busway.sql.redo import Redo, begin_watch, check_alive
 from busway.sql.rows import delivery_of
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
@@ -280,43 +270,10 @@ class SqlChannel(Channel):
         return delivery_of(row, self.name, connection, isolated)
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
-        take = self._consume_in_transaction
-        if self.mode == "lease":
-            take = functools.partial(consume_leased, self)
-        handled = once_more_if_stale(take, handle, min(max_messages, self._claim_size()))
-        if handled == 0 and wait > 0:
-            self._wait(wait)
-            handled = once_more_if_stale(take, handle, min(max_messages, self._claim_size()))
-        return handled
+        return consuming.consume(self, handle, max_messages, wait)
 
-    def _consume_in_transaction(self, handle: Handle, limit: int) -> int:
-        redo = Redo(self.name, isolated=not self.redo_batches)
-        while True:
-            try:
-                return self._consume_batch(handle, limit, redo)
-            except Exception as error:
-                pause = redo.after(error)  # everything was rolled back, or this raises
-            if pause:
-                time.sleep(pause)
-
-    def _consume_batch(self, handle: Handle, limit: int, redo: Redo) -> int:
-        taken: list[int] = []
-        watch(self.database.worker_engine)
-        with self.database.worker_engine.connect() as connection:
-            transaction = Transaction(self.database.key, connection)
-            carry = with_asides(self.database, functools.partial(carry_out, connection, handle))
-            with given_back_on_failure(self.database, self._in_hand, taken):
-                claimed = None
-                if self._claims_first:
-                    with connection.begin():
-                        claimed = drive(claim_first(self, limit), carry)
-                    if not claimed:
-                        return 0
-                    taken += claimed
-                with connection.begin():
-                    steps = self._batch(transaction, limit, redo, claimed, taken)
-                    handled, unsent = drive(steps, carry)
-        return after_commit(transaction, handled, unsent)
+    async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
+        return await aconsuming.aconsume(self, handle, max_messages, wait)
 
     def _batch(
         self,
@@ -381,45 +338,6 @@ class SqlChannel(Channel):
         on SQLite, where the batch's transaction holds the write lock, a note written
         beside it would wait for that lock."""
         return self._in_hand is not None and self.database.is_sqlite
-
-    async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
-        take = self._aconsume_in_transaction
-        if self.mode == "lease":
-            take = functools.partial(aconsume_leased, self)
-        handled = await aonce_more_if_stale(take, handle, min(max_messages, self._claim_size()))
-        if handled == 0 and wait > 0:
-            await self._await(wait)
-            handled = await aonce_more_if_stale(take, handle, min(max_messages, self._claim_size()))
-        return handled
-
-    async def _aconsume_in_transaction(self, handle: AsyncHandle, limit: int) -> int:
-        redo = Redo(self.name, isolated=not self.redo_batches)
-        while True:
-            try:
-                return await self._aconsume_batch(handle, limit, redo)
-            except Exception as error:
-                pause = redo.after(error)  # everything was rolled back, or this raises
-            if pause:
-                await asyncio.sleep(pause)
-
-    async def _aconsume_batch(self, handle: AsyncHandle, limit: int, redo: Redo) -> int:
-        taken: list[int] = []
-        watch(self.database.worker_async_engine.sync_engine)
-        async with self.database.worker_async_engine.connect() as connection:
-            transaction = Transaction(self.database.key, connection)
-            carry = awith_asides(self.database, functools.partial(acarry_out, connection, handle))
-            async with agiven_back_on_failure(self.database, self._in_hand, taken):
-                claimed = None
-                if self._claims_first:
-                    async with connection.begin():
-                        claimed = await adrive(claim_first(self, limit), carry)
-                    if not claimed:
-                        return 0
-                    taken += claimed
-                async with connection.begin():
-                    steps = self._batch(transaction, limit, redo, claimed, taken)
-                    handled, unsent = await adrive(steps, carry)
-        return after_commit(transaction, handled, unsent)
 
     # -- waiting ---------------------------------------------------------------------------
 

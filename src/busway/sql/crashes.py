@@ -20,8 +20,7 @@ it alone: a batch stops before its first suspect. In ``lease`` mode, the lease's
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -41,7 +40,6 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 
 from busway.sql.batch_io import Execute, Io, StaleClaim
-from busway.sql.database import Database
 from busway.sql.waiting import next_due
 
 if TYPE_CHECKING:
@@ -211,100 +209,3 @@ def acknowledge(channel: SqlChannel, done: list[int], taken: list[int]) -> Gener
 
 def _crashes(row: Row[Any]) -> int:
     return int(row.crashes)
-
-
-def with_asides(database: Database, carry_out: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``carry_out``, which also carries out ``Aside`` I/O, blocking."""
-
-    def carry(io: Any) -> Any:
-        if isinstance(io, Aside):
-            run_aside(database, io)
-            return None
-        return carry_out(io)
-
-    return carry
-
-
-def awith_asides(database: Database, carry_out: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``carry_out``, which also carries out ``Aside`` I/O, awaiting."""
-
-    async def carry(io: Any) -> Any:
-        if isinstance(io, Aside):
-            await arun_aside(database, io)
-            return None
-        return await carry_out(io)
-
-    return carry
-
-
-def run_aside(database: Database, io: Aside) -> None:
-    """Run ``io`` at once, again once on a new connection if a pooled one was found broken."""
-    try:
-        _run_aside(database, io)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        _run_aside(database, io)
-
-
-def _run_aside(database: Database, io: Aside) -> None:
-    if database.is_sqlite:
-        with database.engine.begin() as connection:
-            connection.execute(io.statement, io.parameters)
-        return
-    with database.worker_engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(io.statement, io.parameters)
-
-
-async def arun_aside(database: Database, io: Aside) -> None:
-    try:
-        await _arun_aside(database, io)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        await _arun_aside(database, io)
-
-
-async def _arun_aside(database: Database, io: Aside) -> None:
-    if database.is_sqlite:
-        async with database.async_engine.begin() as connection:
-            await connection.execute(io.statement, io.parameters)
-        return
-    async with database.worker_async_engine.connect() as connection:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await connection.execute(io.statement, io.parameters)
-
-
-@contextmanager
-def given_back_on_failure(
-    database: Database, in_hand: InHand | None, taken: list[int]
-) -> Iterator[None]:
-    """If the block fails, its worker alive, count out the deliveries noted in ``taken``:
-    the batch rolled back, and no death must be counted for it."""
-    try:
-        yield
-    except BaseException:
-        if in_hand is not None and taken:
-            try:
-                for statement in in_hand.give_back(taken):
-                    run_aside(database, Aside(*statement))
-            except Exception as error:
-                log.warning("could not count out the %d message(s) in hand: %s", len(taken), error)
-        raise
-
-
-@asynccontextmanager
-async def agiven_back_on_failure(
-    database: Database, in_hand: InHand | None, taken: list[int]
-) -> AsyncIterator[None]:
-    try:
-        yield
-    except BaseException:
-        if in_hand is not None and taken:
-            try:
-                for statement in in_hand.give_back(taken):
-                    await arun_aside(database, Aside(*statement))
-            except Exception as error:
-                log.warning("could not count out the %d message(s) in hand: %s", len(taken), error)
-        raise
