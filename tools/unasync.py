@@ -45,7 +45,10 @@ NAMES = {
     "worker_async_engine": "worker_engine",
     # busway's own asyncio names
     "AsyncHandle": "Handle",
-    "AsyncStreamConsumer": "StreamConsumer",
+    "AsyncCommands": "Commands",
+    "aclient": "client",
+    "areplies": "replies",
+    "asetup": "setup",
     "aconsume": "consume",
     "AsyncConsuming": "Consuming",
     "_aconsume_in_transaction": "_consume_in_transaction",

@@ -19,13 +19,13 @@ from busway.channels.base import (
     ChannelContext,
     Envelope,
     Handle,
-    MessageReturned,
     current_batch,
 )
+from busway.channels.redis._async import consuming as aconsuming
+from busway.channels.redis._sync import consuming
 from busway.channels.redis.deferred import Deferred
-from busway.channels.redis.hand import Hand
 from busway.channels.redis.link import Link
-from busway.channels.redis.stream import Entry, Stream
+from busway.channels.redis.stream import Stream
 
 log = logging.getLogger("busway.redis")
 
@@ -117,120 +117,10 @@ class RedisChannel(Channel):
     # -- consuming -------------------------------------------------------------------------
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
-        limit = min(max_messages, self.batch_size)
-        if limit < 1:
-            return 0
-        entries = self._stream.take_held(limit)
-        if entries:
-            self._link.call(self._stream.touch(entries))  # held a while: not for others to claim
-        else:
-            entries = self._fetch(limit, wait)
-        return self._hand_out(handle, entries) if entries else 0
-
-    def _fetch(self, limit: int, wait: float) -> list[Entry]:
-        call, stream = self._link.call, self._stream
-        deadline = time.monotonic() + wait
-        while True:
-            if stream.claim_due():
-                claimed = stream.claimed(*call(stream.claim(limit)))
-                if claimed:
-                    return claimed
-            now = self._clock()
-            entries, pause = stream.fetched(call(*stream.fetch(now, limit)), now)
-            remaining = deadline - time.monotonic()
-            if entries or remaining <= 0:
-                return entries
-            (reply,) = call(stream.read(limit, min(remaining, pause)))
-            entries = stream.read_reply(reply)
-            if entries or time.monotonic() >= deadline:
-                return entries
-
-    def _hand_out(self, handle: Handle, entries: list[Entry]) -> int:
-        hand = Hand(self.name, self._stream, entries)
-        token = current_batch.set(hand.batch)
-        try:
-            for delivery in hand:
-                if hand.slow():  # keep the batch here until acknowledged
-                    self._link.call(self._stream.touch(entries))
-                try:
-                    handle(delivery)
-                except MessageReturned:
-                    break
-                except BaseException as error:
-                    hand.failure = error
-                    break
-                hand.handled += 1
-            hand.before_ack()
-        except BaseException:
-            hand.give_back()
-            raise
-        finally:
-            current_batch.reset(token)
-        done = hand.settle()
-        if done:
-            self._link.execute(self._stream.acknowledge(done))
-        if hand.kept and self._stream.counting:
-            self._link.call(*self._stream.keep_count(hand.kept))
-        hand.raise_failure()
-        return len(done)
+        return consuming.consume(self, handle, max_messages, wait)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
-        limit = min(max_messages, self.batch_size)
-        if limit < 1:
-            return 0
-        entries = self._stream.take_held(limit)
-        if entries:
-            await self._link.acall(self._stream.touch(entries))
-        else:
-            entries = await self._afetch(limit, wait)
-        return await self._ahand_out(handle, entries) if entries else 0
-
-    async def _afetch(self, limit: int, wait: float) -> list[Entry]:
-        call, stream = self._link.acall, self._stream
-        deadline = time.monotonic() + wait
-        while True:
-            if stream.claim_due():
-                claimed = stream.claimed(*await call(stream.claim(limit)))
-                if claimed:
-                    return claimed
-            now = self._clock()
-            entries, pause = stream.fetched(await call(*stream.fetch(now, limit)), now)
-            remaining = deadline - time.monotonic()
-            if entries or remaining <= 0:
-                return entries
-            (reply,) = await call(stream.read(limit, min(remaining, pause)))
-            entries = stream.read_reply(reply)
-            if entries or time.monotonic() >= deadline:
-                return entries
-
-    async def _ahand_out(self, handle: AsyncHandle, entries: list[Entry]) -> int:
-        hand = Hand(self.name, self._stream, entries)
-        token = current_batch.set(hand.batch)
-        try:
-            for delivery in hand:
-                if hand.slow():
-                    await self._link.acall(self._stream.touch(entries))
-                try:
-                    await handle(delivery)
-                except MessageReturned:
-                    break
-                except BaseException as error:
-                    hand.failure = error
-                    break
-                hand.handled += 1
-            await hand.abefore_ack()
-        except BaseException:
-            hand.give_back()
-            raise
-        finally:
-            current_batch.reset(token)
-        done = hand.settle()
-        if done:
-            await self._link.aexecute(self._stream.acknowledge(done))
-        if hand.kept and self._stream.counting:
-            await self._link.acall(*self._stream.keep_count(hand.kept))
-        hand.raise_failure()
-        return len(done)
+        return await aconsuming.aconsume(self, handle, max_messages, wait)
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -1,0 +1,80 @@
+"""How a Redis channel consumes: entries held back from an earlier batch first, then those
+other consumers left pending too long, then due delayed ones and new ones, waiting at most
+``wait`` seconds; each batch handed out, then acknowledged or held for a later delivery."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from busway.channels.base import AsyncHandle, MessageReturned, current_batch
+from busway.channels.redis.hand import Hand
+from busway.channels.redis.stream import Entry
+
+if TYPE_CHECKING:
+    from busway.channels.redis.channel import RedisChannel
+
+
+async def aconsume(
+    channel: RedisChannel, handle: AsyncHandle, max_messages: int, wait: float
+) -> int:
+    limit = min(max_messages, channel.batch_size)
+    if limit < 1:
+        return 0
+    link, stream = channel._link, channel._stream
+    entries = stream.take_held(limit)
+    if entries:
+        await link.acall(stream.touch(entries))  # held a while: not for others to claim
+    else:
+        entries = await _afetch(channel, limit, wait)
+    return await _ahand_out(channel, handle, entries) if entries else 0
+
+
+async def _afetch(channel: RedisChannel, limit: int, wait: float) -> list[Entry]:
+    call, stream = channel._link.acall, channel._stream
+    deadline = time.monotonic() + wait
+    while True:
+        if stream.claim_due():
+            claimed = stream.claimed(*await call(stream.claim(limit)))
+            if claimed:
+                return claimed
+        now = channel._clock()
+        entries, pause = stream.fetched(await call(*stream.fetch(now, limit)), now)
+        remaining = deadline - time.monotonic()
+        if entries or remaining <= 0:
+            return entries
+        (reply,) = await call(stream.read(limit, min(remaining, pause)))
+        entries = stream.read_reply(reply)
+        if entries or time.monotonic() >= deadline:
+            return entries
+
+
+async def _ahand_out(channel: RedisChannel, handle: AsyncHandle, entries: list[Entry]) -> int:
+    link, stream = channel._link, channel._stream
+    hand = Hand(channel.name, stream, entries)
+    token = current_batch.set(hand.batch)
+    try:
+        for delivery in hand:
+            if hand.slow():  # keep the batch here until acknowledged
+                await link.acall(stream.touch(entries))
+            try:
+                await handle(delivery)
+            except MessageReturned:
+                break
+            except BaseException as error:
+                hand.failure = error
+                break
+            hand.handled += 1
+        await hand.abefore_ack()
+    except BaseException:
+        hand.give_back()
+        raise
+    finally:
+        current_batch.reset(token)
+    done = hand.settle()
+    if done:
+        await link.aexecute(stream.acknowledge(done))
+    if hand.kept and stream.counting:
+        await link.acall(*stream.keep_count(hand.kept))
+    hand.raise_failure()
+    return len(done)
