@@ -50,6 +50,7 @@ def test_the_tree_keeps_every_contract() -> None:
             "busway.channels.redis.hand -> busway.channels.nats",
         ),
         ("worker.py", "import sqlalchemy", "busway.worker -> sqlalchemy"),
+        ("_internal/bridge.py", "import redis", "busway._internal.bridge -> redis"),
     ],
 )
 def test_an_import_against_the_layers_is_caught(
