@@ -16,6 +16,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples tools
 	$(VENV)/bin/ruff format --check src tests bench examples tools
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(PY) tools/unasync.py --check
 
 generate: $(STAMP)
