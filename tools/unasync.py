@@ -41,11 +41,15 @@ NAMES = {
     "AsyncConnection": "Connection",
     "AsyncSession": "Session",
     "AsyncEngine": "Engine",
+    "AsyncTransaction": "NestedTransaction",
+    "async_session": "sync_session",
     "async_engine": "engine",
     "worker_async_engine": "worker_engine",
     # busway's own asyncio names
     "AsyncHandle": "Handle",
     "AsyncCommands": "Commands",
+    "asavepoint": "savepoint",
+    "atransaction_scope": "transaction_scope",
     "aclient": "client",
     "areplies": "replies",
     "asetup": "setup",
@@ -75,6 +79,10 @@ NAMES = {
 """Names of the asyncio source and the sync names they become, wherever they occur."""
 
 PATTERNS = [
+    (
+        re.compile(r"\bfrom sqlalchemy\.ext\.asyncio\.session import\b"),
+        "from sqlalchemy.orm import",
+    ),
     (re.compile(r"\bfrom sqlalchemy\.ext\.asyncio import\b"), "from sqlalchemy import"),
     (re.compile(r"\.worker_async_engine\.sync_engine\b"), ".worker_engine"),
     (re.compile(r"\bawait asyncio\.to_thread\((\w+), "), r"\1("),

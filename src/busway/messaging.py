@@ -327,7 +327,7 @@ class Messaging:
         commit when its owner commits. Without, a new transaction on the messaging database
         opens, and commits when the block ends without an error.
         """
-        from busway.sql.transactions import transaction_scope
+        from busway.sql._sync.scopes import transaction_scope
 
         database = self._require_database("transaction()")
         self._runtime.preparation.dispatching()  # before the transaction: it holds SQLite's lock
@@ -335,7 +335,7 @@ class Messaging:
 
     def atransaction(self, session: Any = None) -> AbstractAsyncContextManager[Any]:
         """``transaction`` for asyncio code: takes and yields an ``AsyncSession``."""
-        from busway.sql.transactions import atransaction_scope
+        from busway.sql._async.scopes import atransaction_scope
 
         scope = atransaction_scope(self._require_database("atransaction()"), session)
         return _after(self._runtime.preparation.adispatching, scope)

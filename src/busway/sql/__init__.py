@@ -3,7 +3,8 @@
 from busway.sql.channel import SqlChannel
 from busway.sql.database import Database
 from busway.sql.dead_letters import SqlDeadLetterStore
-from busway.sql.transactions import TransactionInterceptor, current_transaction
+from busway.sql.interceptor import TransactionInterceptor
+from busway.sql.transactions import current_transaction
 
 __all__ = [
     "Database",

@@ -10,7 +10,8 @@ from busway.interceptors import Interceptor
 from busway.sql.database import Database
 from busway.sql.dead_letters import SqlDeadLetterStore
 from busway.sql.inbox import DeduplicationInterceptor, Inbox, KeyFunction, key_function
-from busway.sql.transactions import DatabaseParameters, TransactionInterceptor
+from busway.sql.interceptor import TransactionInterceptor
+from busway.sql.transactions import DatabaseParameters
 
 
 class SqlExtension:
