@@ -49,6 +49,8 @@ NAMES = {
     "AsyncHandle": "Handle",
     "AsyncCommands": "Commands",
     "asavepoint": "savepoint",
+    "AsyncListener": "Listener",
+    "alisten": "listen",
     "atransaction_scope": "transaction_scope",
     "aclient": "client",
     "areplies": "replies",

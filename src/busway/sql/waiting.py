@@ -11,8 +11,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+from busway.sql._async.listening import AsyncListener
+from busway.sql._sync.listening import Listener
 from busway.sql.database import Database
-from busway.sql.statements import NOTIFY_CHANNEL
 
 _UNKNOWN = object()
 next_due: ContextVar[Any] = ContextVar("busway_sql_next_due", default=_UNKNOWN)
@@ -29,8 +30,8 @@ class Waiting:
     def __init__(self, channel: str) -> None:
         self.channel = channel
         self._wakeup = threading.Condition()
-        self._listener: Any = None
-        self._alistener: Any = None
+        self._listener = Listener(channel)
+        self._alistener = AsyncListener(channel)
 
     def wait(
         self,
@@ -46,24 +47,10 @@ class Waiting:
         timeout = _seconds_until_due(wait, self.channel, database, due, clock)
         timeout = timeout or min(wait, _BUSY_PAUSE)
         if database.backend == "postgresql":
-            self._listen(database, timeout)
+            self._listener.listen(database, timeout)
             return
         with self._wakeup:
             self._wakeup.wait(min(timeout, poll_interval))
-
-    def _listen(self, database: Database, timeout: float) -> None:
-        import psycopg
-
-        if self._listener is None or self._listener.closed:
-            url = database.url.set(drivername="postgresql")
-            self._listener = psycopg.connect(
-                url.render_as_string(hide_password=False), autocommit=True
-            )
-            self._listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            return  # a message may have committed before LISTEN: look again at once
-        for notify in self._listener.notifies(timeout=timeout):
-            if notify.payload == self.channel:
-                break
 
     async def await_(
         self,
@@ -83,23 +70,9 @@ class Waiting:
             timeout = _seconds_until_due(wait, self.channel, database, due, clock)
         timeout = timeout or min(wait, _BUSY_PAUSE)
         if database.backend == "postgresql":
-            await self._alisten(database, timeout)
+            await self._alistener.alisten(database, timeout)
         else:
             await asyncio.sleep(min(timeout, poll_interval))
-
-    async def _alisten(self, database: Database, seconds: float) -> None:
-        import psycopg
-
-        if self._alistener is None or self._alistener.closed:
-            url = database.url.set(drivername="postgresql")
-            self._alistener = await psycopg.AsyncConnection.connect(
-                url.render_as_string(hide_password=False), autocommit=True
-            )
-            await self._alistener.execute(f"LISTEN {NOTIFY_CHANNEL}")
-            return
-        async for notify in self._alistener.notifies(timeout=seconds):
-            if notify.payload == self.channel:
-                break
 
     def wake_local(self) -> None:
         """End the waits in this process that poll; a PostgreSQL listener's ends at its
@@ -108,14 +81,10 @@ class Waiting:
             self._wakeup.notify_all()
 
     def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        self._listener.close()
 
     async def aclose(self) -> None:
-        listener, self._alistener = self._alistener, None
-        if listener is not None:
-            await listener.close()
+        await self._alistener.aclose()
 
 
 def _found(channel: str) -> Any:
