@@ -94,19 +94,13 @@ class Database:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            url = _with_driver(self.url, _SYNC_DRIVERS)
-            engine = _create(url, asynchronous=False)
-            assert isinstance(engine, Engine)
-            self._engine = self._watch(engine)
+            self._engine = self._made_engine(pre_ping=True)
         return self._engine
 
     @property
     def async_engine(self) -> AsyncEngine:
         if self._async_engine is None:
-            url = _with_driver(self.url, _ASYNC_DRIVERS)
-            engine = _create(url, asynchronous=True)
-            assert isinstance(engine, AsyncEngine)
-            self._async_engine = self._watch(engine)
+            self._async_engine = self._made_async_engine(pre_ping=True)
         return self._async_engine
 
     def reading(self) -> Connection:
@@ -128,10 +122,7 @@ class Database:
         if not self._from_url or self.backend == "sqlite":
             return self.engine
         if self._worker_engine is None:
-            url = _with_driver(self.url, _SYNC_DRIVERS)
-            engine = _create(url, asynchronous=False, pre_ping=False)
-            assert isinstance(engine, Engine)
-            self._worker_engine = self._watch(engine)
+            self._worker_engine = self._made_engine(pre_ping=False)
         return self._worker_engine
 
     @property
@@ -140,11 +131,21 @@ class Database:
         if not self._from_url or self.backend == "sqlite":
             return self.async_engine
         if self._worker_async_engine is None:
-            url = _with_driver(self.url, _ASYNC_DRIVERS)
-            engine = _create(url, asynchronous=True, pre_ping=False)
-            assert isinstance(engine, AsyncEngine)
-            self._worker_async_engine = self._watch(engine)
+            self._worker_async_engine = self._made_async_engine(pre_ping=False)
         return self._worker_async_engine
+
+    def _made_engine(self, *, pre_ping: bool) -> Engine:
+        engine = _create(
+            _with_driver(self.url, _SYNC_DRIVERS), asynchronous=False, pre_ping=pre_ping
+        )
+        assert isinstance(engine, Engine)
+        return self._watch(engine)
+
+    def _made_async_engine(self, *, pre_ping: bool) -> AsyncEngine:
+        url = _with_driver(self.url, _ASYNC_DRIVERS)
+        engine = _create(url, asynchronous=True, pre_ping=pre_ping)
+        assert isinstance(engine, AsyncEngine)
+        return self._watch(engine)
 
     def _watch(self, engine: E) -> E:
         watch_for_missing_tables(engine, self)
