@@ -49,7 +49,7 @@ def test_the_tree_keeps_every_contract() -> None:
             "import busway.channels.nats",
             "busway.channels.redis.hand -> busway.channels.nats",
         ),
-        ("worker.py", "import sqlalchemy", "busway.worker -> sqlalchemy"),
+        ("worker/state.py", "import sqlalchemy", "busway.worker.state -> sqlalchemy"),
         ("_internal/bridge.py", "import redis", "busway._internal.bridge -> redis"),
     ],
 )

@@ -42,7 +42,7 @@ class FlakyChannel(InMemoryChannel):
 
 @pytest.fixture(autouse=True)
 def short_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("busway.worker.FIRST_OUTAGE_PAUSE", 0.01)
+    monkeypatch.setattr("busway.worker.state.FIRST_OUTAGE_PAUSE", 0.01)
 
 
 def build(failures: int) -> tuple[Messaging, list[int]]:

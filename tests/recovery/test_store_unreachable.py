@@ -93,7 +93,7 @@ async def test_with_the_store_gone_an_asyncio_worker_leaves_the_message_too(
 
 
 def test_a_claim_that_fails_is_retried_on_a_later_pass(app, database_url, caplog, monkeypatch):
-    monkeypatch.setattr("busway.worker.FIRST_OUTAGE_PAUSE", 0.05)
+    monkeypatch.setattr("busway.worker.state.FIRST_OUTAGE_PAUSE", 0.05)
     jobs = Jobs()
     messaging = app(jobs=jobs)
     execute(database_url, "DROP TABLE busway_messages")  # the channel's table is unreachable

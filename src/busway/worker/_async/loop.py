@@ -1,0 +1,56 @@
+"""The loop of a worker: passes over its channels until it stops, each pass taking what each
+channel hands out within the budget; a pass that found nothing waits for other consumers'
+passes in progress, or for the run to end."""
+
+from __future__ import annotations
+
+from busway.channels.base import Channel, Delivery
+from busway.worker.state import StopConsuming, WorkerState
+
+
+class AsyncLoop(WorkerState):
+    async def _aloop(self) -> None:
+        changed = self._achanged
+        assert changed is not None
+        self._check_limits()
+        while not self.stopping:
+            async with changed:
+                self._passes += 1
+                seen = self.result.handled
+            handled = 0
+            try:
+                for channel in self.channels:
+                    if self.stopping or not self._budget():
+                        break
+                    handled += await self._aconsume(channel)
+            finally:
+                async with changed:
+                    self._passes -= 1
+                    changed.notify_all()
+            if handled == 0:
+                async with changed:
+                    # Found nothing: start no new pass until another consumer handles
+                    # something, or until every pass is over and the run can end.
+                    while self._after_idle_pass(seen):
+                        await changed.wait()
+
+    async def _aconsume(self, channel: Channel) -> int:
+        try:
+            await self.runtime.preparation.aconsuming(channel.name)
+            handled = await channel.aconsume(self._ahandle, self._budget(), self._wait())
+        except StopConsuming:
+            return 0
+        except Exception as error:
+            await self._apause(self._outage(channel, error))
+            return 0
+        self._outages = 0
+        return handled
+
+    async def _ahandle(self, delivery: Delivery) -> None:
+        self._claim()
+        try:
+            ok = await self.consumer.areceive(delivery, self.limits.handler_timeout)
+        except BaseException:
+            self._unclaim()
+            raise
+        self._count(ok, delivery.repeated)

@@ -1,0 +1,58 @@
+# Generated from src/busway/worker/_async/loop.py by tools/unasync.py: do not edit.
+# Change the asyncio source, then run `make generate`.
+"""The loop of a worker: passes over its channels until it stops, each pass taking what each
+channel hands out within the budget; a pass that found nothing waits for other consumers'
+passes in progress, or for the run to end."""
+
+from __future__ import annotations
+
+from busway.channels.base import Channel, Delivery
+from busway.worker.state import StopConsuming, WorkerState
+
+
+class Loop(WorkerState):
+    def _loop(self) -> None:
+        changed = self._changed
+        assert changed is not None
+        self._check_limits()
+        while not self.stopping:
+            with changed:
+                self._passes += 1
+                seen = self.result.handled
+            handled = 0
+            try:
+                for channel in self.channels:
+                    if self.stopping or not self._budget():
+                        break
+                    handled += self._consume(channel)
+            finally:
+                with changed:
+                    self._passes -= 1
+                    changed.notify_all()
+            if handled == 0:
+                with changed:
+                    # Found nothing: start no new pass until another consumer handles
+                    # something, or until every pass is over and the run can end.
+                    while self._after_idle_pass(seen):
+                        changed.wait()
+
+    def _consume(self, channel: Channel) -> int:
+        try:
+            self.runtime.preparation.consuming(channel.name)
+            handled = channel.consume(self._handle, self._budget(), self._wait())
+        except StopConsuming:
+            return 0
+        except Exception as error:
+            self._pause(self._outage(channel, error))
+            return 0
+        self._outages = 0
+        return handled
+
+    def _handle(self, delivery: Delivery) -> None:
+        self._claim()
+        try:
+            ok = self.consumer.receive(delivery, self.limits.handler_timeout)
+        except BaseException:
+            self._unclaim()
+            raise
+        self._count(ok, delivery.repeated)

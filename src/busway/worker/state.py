@@ -1,0 +1,219 @@
+"""What a worker knows while it runs, and the decisions taken on it: the budget of messages,
+the limits, when a pass that found nothing waits for others and when the run is over. The
+loops that consume channels are ``busway.worker._async.loop`` and the sync one generated
+from it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from busway._internal.consuming import Consumer
+from busway.channels.base import Channel, MessageReturned
+from busway.errors import SetupRequired
+
+log = logging.getLogger("busway.worker")
+
+
+StopConsuming = MessageReturned
+FIRST_OUTAGE_PAUSE = 0.5
+MAX_OUTAGE_PAUSE = 30.0
+"""The longest wait before a long-running worker tries a failing channel again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    limit: int | None = None
+    time_limit: float | None = None
+    memory_limit: int | None = None
+    """Stop once the process's peak resident memory passes this many bytes."""
+    until_empty: bool = True
+    stop_on_failure: bool = False
+    batch_size: int = 1000
+    """The most messages one pass over a channel hands out; each channel takes at most its
+    own ``batch_size`` at a time within that."""
+    poll_interval: float = 1.0
+    handler_timeout: float | None = None
+    """The time limit of a handling whose handler and bus set none."""
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did, and why it stopped."""
+
+    handled: int = 0
+    failed: int = 0
+    reason: str = "running"
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Changes:
+    """``threading.Condition``'s use in the sync loop, for the consumers of one event loop:
+    nothing to lock; ``notify_all`` wakes every waiter."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+    def notify_all(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        self._event.clear()
+        await self._event.wait()
+
+
+class WorkerState:
+    def __init__(
+        self,
+        consumer: Consumer,
+        channels: list[str],
+        limits: Limits,
+        on_progress: Callable[[RunResult], None] | None = None,
+    ) -> None:
+        runtime = consumer.runtime
+        self.consumer = consumer
+        self.runtime = runtime
+        self.channels = [runtime.channels[name] for name in channels]
+        self.limits = limits
+        self.result = RunResult()
+        self.on_progress = on_progress
+        self._stop_reason: str | None = None
+        self._stopped = threading.Event()
+        self._wake_on_stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._outages = 0
+        self._lock = threading.Lock()
+        # With several consumers, "empty" needs more than one consumer finding nothing: another
+        # consumer's message in hand may still send more. So count the passes in progress, and
+        # the messages in hand, which also count against the limit.
+        self._passes = 0
+        self._in_hand = 0
+        self._changed = threading.Condition(self._lock)
+        self._achanged: Changes | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Finish the message in hand, then stop; safe from signal handlers and threads."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stopped.set()
+        for loop, event in self._wake_on_stop:
+            loop.call_soon_threadsafe(event.set)
+        for channel in self.channels:
+            channel.interrupt()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    def _budget(self) -> int:
+        if self.limits.limit is None:
+            return self.limits.batch_size
+        left = self.limits.limit - self.result.handled - self._in_hand
+        return max(0, min(self.limits.batch_size, left))
+
+    def _check_limits(self) -> None:
+        limits = self.limits
+        if limits.limit is not None and self.result.handled >= limits.limit:
+            self.stop("limit")
+        elif limits.time_limit is not None and self.result.elapsed >= limits.time_limit:
+            self.stop("time-limit")
+        elif limits.memory_limit is not None and _peak_memory() >= limits.memory_limit:
+            self.stop("memory-limit")
+
+    def _claim(self) -> None:
+        """Take a place for the message about to be handled, or refuse it: the run is over."""
+        with self._lock:
+            if self.stopping or not self._budget():
+                raise StopConsuming
+            self._in_hand += 1
+
+    def _unclaim(self) -> None:
+        with self._lock:
+            self._in_hand -= 1
+            self._changed.notify_all()
+        if self._achanged is not None:
+            self._achanged.notify_all()
+
+    def _count(self, ok: bool, repeated: bool) -> None:
+        with self._lock:
+            self._in_hand -= 1
+            if not repeated:  # a redone batch hands out again what was counted before
+                self.result.handled += 1
+            if not ok and not repeated:
+                self.result.failed += 1
+                if self.limits.stop_on_failure:
+                    self.stop("failure")
+            self._check_limits()
+            self._changed.notify_all()
+        if self._achanged is not None:
+            self._achanged.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(self.result)
+
+    def _after_idle_pass(self, seen: int) -> bool:
+        """After a pass that handled nothing: stop if the run is over; True to wait for others.
+
+        ``seen`` is the count handled when the pass began. While another consumer's pass is in
+        progress, its message in hand may send more work or use up the limit: wait for it.
+        """
+        wait = False
+        if self.result.handled == seen:
+            if self._passes == 0 and self.limits.until_empty:
+                self.stop("empty")
+            elif self._passes and (self.limits.until_empty or not self._budget()):
+                wait = True
+        self._check_limits()
+        return wait and not self.stopping
+
+    def _wait(self) -> float:
+        if self.limits.until_empty:
+            return 0.0
+        return self.limits.poll_interval / max(1, len(self.channels))
+
+    def _outage(self, channel: Channel, error: Exception) -> float:
+        """How long to wait before trying a failing channel again; raises if a run from code
+        should stop instead (it ends when the channel is empty, so it cannot wait it out), or
+        if waiting cannot help: a missing table appears only if set-up runs again."""
+        if self.limits.until_empty:
+            raise error
+        if isinstance(error, SetupRequired) and not self.runtime.preparation.again():
+            raise error
+        self._outages += 1
+        pause = min(MAX_OUTAGE_PAUSE, FIRST_OUTAGE_PAUSE * 2.0 ** (self._outages - 1))
+        log.error(
+            "channel %r failed (%s: %s); trying again in %.1fs",
+            channel.name,
+            type(error).__name__,
+            error,
+            pause,
+        )
+        return pause
+
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or until the worker is told to stop."""
+        self._stopped.wait(seconds)
+
+    async def _apause(self, seconds: float) -> None:
+        stopped = asyncio.Event()
+        self._wake_on_stop.append((asyncio.get_running_loop(), stopped))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), seconds)
+
+
+def _peak_memory() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
