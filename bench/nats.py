@@ -105,7 +105,6 @@ def benchmarks() -> list[Result]:
     both, drain = "raw nats-py, the same two loops", "raw nats-py, fetch 100 + decode + call + ack"
     from_sync = raw.publish_from_sync + raw.consume
     return [
-        *latency(f"{stream}_latency"),
         _result("publish + consume, asend and arun", asyncio_.together, both, raw.together),
         _result(
             "publish + consume, send and run",
@@ -127,6 +126,7 @@ def benchmarks() -> list[Result]:
         ),
         _result("drain, explicit ack, run", sync.consume, drain, raw.consume),
         _result("drain, explicit ack, arun", asyncio_.consume, drain, raw.consume),
+        *latency(f"{stream}_latency"),
     ]
 
 
