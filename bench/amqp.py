@@ -6,7 +6,11 @@
   handler and manual acknowledgements, against a raw aio-pika consumer that decodes each
   body, calls the handler and acknowledges, with the same prefetch;
 - relay: a 20,000-row outbox forwarded to RabbitMQ, on SQLite and on PostgreSQL, against raw
-  aio-pika publishing the same 20,000 messages with 100 confirms in flight.
+  aio-pika publishing the same 20,000 messages with 100 confirms in flight;
+- latency: from publish to handler at 200 msg/s, p50 and p99, with ``publish`` and a worker
+  thread, and with ``apublish`` and ``arun`` on one event loop, against raw aio-pika on one
+  loop publishing persistent messages, each awaiting its confirm, to a consumer that decodes,
+  calls and acks.
 
 Override the broker with ``BENCH_AMQP_URL``, PostgreSQL with ``BENCH_POSTGRESQL_URL``.
 """
@@ -18,6 +22,7 @@ import functools
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,7 +36,7 @@ import msgspec
 from sqlalchemy import insert
 
 from bench import Result, Skip
-from bench.timing import QUICK
+from bench.timing import QUICK, Latencies, apaced, latency_results, paced
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
 from busway.amqp import AmqpChannel
 from busway.channels.base import Envelope
@@ -62,11 +67,17 @@ class OutboxEvents(EventBus):
 
 
 handled: list[int] = []
+latencies = Latencies()
 
 
 @event_handler
 def work(job: Job) -> None:
     handled.append(job.number)
+
+
+@event_handler
+def timed_work(job: Job) -> None:
+    latencies.handled(job.number)
 
 
 def benchmarks() -> list[Result]:
@@ -91,7 +102,7 @@ def benchmarks() -> list[Result]:
             on_postgres = _postgres_relay(queue)
             if on_postgres is not None:
                 results.append(on_postgres)
-            return results
+            return results + latency(queue)
         finally:
             _raw(queue, lambda channel: channel.queue_delete(queue))
             messaging.close()
@@ -344,3 +355,78 @@ def relay(messaging: Messaging, queue: str, database: str) -> Result:
         f"raw aio-pika publishing the same, {IN_FLIGHT} confirms in flight",
         best_raw,
     )
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+def latency(queue: str) -> list[Result]:
+    # A Messaging of its own, so that `work`, which would take the messages too, is not in it.
+    messaging = Messaging(handlers=[timed_work], channels=[AmqpChannel("jobs", URL, queue=queue)])
+    messaging.setup()
+    bus = messaging.gateway(JobEvents)
+    try:
+        _purge(queue)
+        worker = messaging.worker("jobs", until_empty=False)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            paced(lambda number: bus.publish(Job(number)), latencies)
+        finally:
+            worker.stop()
+            thread.join()
+            messaging.channel("jobs").close()
+        sync = latencies.percentiles()
+
+        async def on_one_loop() -> tuple[float, float]:
+            worker = messaging.worker("jobs", until_empty=False)
+            running = asyncio.create_task(worker.arun())
+
+            async def send(number: int) -> None:
+                await bus.apublish(Job(number))
+
+            try:
+                await apaced(send, latencies)
+            finally:
+                worker.stop()
+                await running
+                await messaging.aclose()
+            return latencies.percentiles()
+
+        asyncio_ = asyncio.run(on_one_loop())
+    finally:
+        messaging.close()
+    _purge(queue)
+    raw = _raw(queue, functools.partial(_raw_latencies, queue=queue))
+    baseline = "raw aio-pika publish, confirm / consume, ack"
+    return [
+        *latency_results("RabbitMQ, publish and run", sync, baseline, raw),
+        *latency_results("RabbitMQ, apublish and arun", asyncio_, baseline, raw),
+    ]
+
+
+async def _raw_latencies(channel: Any, queue: str) -> tuple[float, float]:
+    raw = Latencies()
+    decode = msgspec.json.Decoder(Job).decode
+    exchange = channel.default_exchange
+
+    def call(job: Job) -> None:
+        raw.handled(job.number)
+
+    async def on_message(message: Any) -> None:
+        call(decode(message.body))
+        await message.ack()
+
+    async def send(number: int) -> None:
+        message = aio_pika.Message(
+            msgspec.json.encode(Job(number)), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        )
+        await exchange.publish(message, routing_key=queue)
+
+    declared = await channel.declare_queue(queue, passive=True)
+    tag = await declared.consume(on_message)
+    try:
+        await apaced(send, raw)
+    finally:
+        await declared.cancel(tag)
+    return raw.percentiles()

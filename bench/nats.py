@@ -8,7 +8,11 @@
   with ``run`` and with ``arun``, against a raw loop that fetches 100 at a time from the same
   durable pull consumer, decodes each body, calls the handler and acks it;
 - publish + consume: both together, the figure the target is set for (aim: at least 0.8x);
-  the sync path against raw nats-py publishing from sync code the same way, then draining.
+  the sync path against raw nats-py publishing from sync code the same way, then draining;
+- latency: from send to handler at 200 msg/s, p50 and p99, with ``send`` and a worker thread,
+  and with ``asend`` and ``arun`` on one event loop, against raw nats-py on one loop awaiting
+  each ``js.publish`` while a pull consumer fetches one message at a time, decodes, calls and
+  acks it.
 
 The server comes from ``BENCH_NATS_URL`` (default ``nats://127.0.0.1:4222``).
 """
@@ -30,7 +34,7 @@ import msgspec
 import nats
 
 from bench import Result, Skip
-from bench.timing import QUICK
+from bench.timing import QUICK, Latencies, apaced, latency_results, paced
 from busway import CommandBus, Messaging, asynchronous, command_handler
 from busway.nats import NatsChannel
 
@@ -50,11 +54,17 @@ class JobBus(CommandBus):
 
 
 handled: list[int] = []
+latencies = Latencies()
 
 
 @command_handler
 def work(job: Job) -> None:
     handled.append(job.number)
+
+
+@command_handler
+def timed_work(job: Job) -> None:
+    latencies.handled(job.number)
 
 
 @dataclass
@@ -116,6 +126,7 @@ def benchmarks() -> list[Result]:
         ),
         _result("drain, explicit ack, run", sync.consume, drain, raw.consume),
         _result("drain, explicit ack, arun", asyncio_.consume, drain, raw.consume),
+        *latency(f"{stream}_latency"),
     ]
 
 
@@ -228,3 +239,85 @@ async def _delete_stream(stream: str) -> None:
         await client.jetstream().delete_stream(stream)
     finally:
         await client.close()
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+def latency(stream: str) -> list[Result]:
+    # A Messaging of its own, so that `work`, which would take the messages too, is not in it.
+    channel = NatsChannel("jobs", URL, stream=stream, subject=f"{stream}.jobs")
+    messaging = Messaging(handlers=[timed_work], channels=[channel])
+    messaging.setup()
+    bus = messaging.gateway(JobBus)
+    try:
+        worker = messaging.worker("jobs", until_empty=False)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            paced(lambda number: bus.send(Job(number)), latencies)
+        finally:
+            worker.stop()
+            thread.join()
+        sync = latencies.percentiles()
+
+        async def on_one_loop() -> tuple[float, float]:
+            worker = messaging.worker("jobs", until_empty=False)
+            running = asyncio.create_task(worker.arun())
+
+            async def send(number: int) -> None:
+                await bus.asend(Job(number))
+
+            try:
+                await apaced(send, latencies)
+            finally:
+                worker.stop()
+                await running
+                await channel.aclose()
+            return latencies.percentiles()
+
+        asyncio_ = _run(on_one_loop())
+        messaging.close()
+        raw = _run(_raw_latencies(channel))
+    finally:
+        messaging.close()
+        _run(_delete_stream(stream))
+    baseline = "raw nats-py js.publish / fetch 1 + decode + call + ack"
+    return [
+        *latency_results("NATS, send and run", sync, baseline, raw),
+        *latency_results("NATS, asend and arun", asyncio_, baseline, raw),
+    ]
+
+
+async def _raw_latencies(channel: NatsChannel) -> tuple[float, float]:
+    raw = Latencies()
+    client = await nats.connect(URL)
+    js = client.jetstream()
+    subscription = await js.pull_subscribe_bind(channel.durable, channel.stream)
+    decode = msgspec.json.Decoder(Job).decode
+    stop = asyncio.Event()
+
+    def call(job: Job) -> None:
+        raw.handled(job.number)
+
+    async def consume() -> None:
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(1, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            for message in messages:
+                call(decode(message.data))
+                await message.ack()
+
+    async def send(number: int) -> None:
+        await js.publish(channel.subject, msgspec.json.encode(Job(number)))
+
+    consuming = asyncio.create_task(consume())
+    try:
+        await apaced(send, raw)
+    finally:
+        stop.set()
+        await consuming
+        await client.close()
+    return raw.percentiles()

@@ -7,7 +7,10 @@
   with a callback that does nothing, against the same raw loop: what the transport costs,
   apart from the core's dispatch and the worker;
 - publish: ``bus.send`` of one small command to a Redis channel, against a raw XADD of the
-  same headers and an encoded body.
+  same headers and an encoded body;
+- latency: from ``send`` to the handler run by a worker thread, at 200 msg/s, p50 and p99,
+  against raw XADD from one thread to a blocking XREADGROUP + decode + call + XACK loop in
+  another.
 
 The server is ``BENCH_REDIS_URL`` (default: Redis on loopback); unreachable, these are skipped.
 """
@@ -15,6 +18,7 @@ The server is ``BENCH_REDIS_URL`` (default: Redis on loopback); unreachable, the
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ import msgspec
 import redis
 
 from bench import Result, Skip
-from bench.timing import QUICK, compare
+from bench.timing import QUICK, Latencies, compare, latency_results, paced
 from busway import CommandBus, Messaging, asynchronous, command_handler
 from busway.channels.base import Delivery
 from busway.handlers import Kind
@@ -33,6 +37,10 @@ from busway.redis import RedisChannel
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 DRAIN = 2_000 if QUICK else 20_000
 BATCH = 100
+RAW_HEADERS = msgspec.json.encode(
+    {"id": str(uuid.uuid4()), "type": "bench.redis.Job", "busway.kind": "command"}
+)
+"""The headers field of a raw entry: what busway's would hold, near enough."""
 
 
 @dataclass
@@ -46,11 +54,17 @@ class JobBus(CommandBus):
 
 
 handled: list[int] = []
+latencies = Latencies()
 
 
 @command_handler
 def work(job: Job) -> None:
     handled.append(job.number)
+
+
+@command_handler
+def timed_work(job: Job) -> None:
+    latencies.handled(job.number)
 
 
 def benchmarks() -> list[Result]:
@@ -64,10 +78,15 @@ def benchmarks() -> list[Result]:
     messaging = Messaging(handlers=[work], channels=[channel])
     messaging.setup()
     try:
-        return [*drain(messaging, channel, client), publish(messaging, channel, client)]
+        return [
+            *drain(messaging, channel, client),
+            publish(messaging, channel, client),
+            *latency(stream),
+        ]
     finally:
         messaging.close()
-        client.delete(stream, f"{stream}:delayed")
+        client.delete(stream, f"{stream}:delayed", f"{stream}:raw")
+        client.delete(f"{stream}:latency", f"{stream}:latency:delayed")
         client.close()
 
 
@@ -126,7 +145,7 @@ def _drain_raw(client: redis.Redis, stream: str, count: int) -> float:
         reply: Any = client.xreadgroup(group, "raw", {stream: ">"}, count=BATCH)
         if not reply:
             break
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        entries = _entries(reply)
         for _entry_id, fields in entries:
             call(decode(fields[b"body"]))
         client.xack(stream, group, *[entry_id for entry_id, _ in entries])
@@ -135,6 +154,13 @@ def _drain_raw(client: redis.Redis, stream: str, count: int) -> float:
     client.delete(stream)
     assert len(done) == count, f"the raw loop handled {len(done)} of {count}"
     return _rate(count, seconds)
+
+
+def _entries(reply: Any) -> Any:
+    """The entries of an XREADGROUP reply on one stream, as RESP2 or RESP3 has it."""
+    if not reply:
+        return []
+    return next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
 
 
 def drain(messaging: Messaging, channel: RedisChannel, client: redis.Redis) -> list[Result]:
@@ -170,7 +196,7 @@ def publish(messaging: Messaging, channel: RedisChannel, client: redis.Redis) ->
     bus = messaging.gateway(JobBus)
     raw_stream = f"{channel.stream}:raw"
     encode = msgspec.json.encode
-    headers = encode({"id": str(uuid.uuid4()), "type": "bench.redis.Job", "busway.kind": "command"})
+    headers = RAW_HEADERS
 
     def through_busway(n: int) -> None:
         for number in range(n):
@@ -189,3 +215,60 @@ def publish(messaging: Messaging, channel: RedisChannel, client: redis.Redis) ->
         "raw XADD of the same headers and an encoded body",
         1 / raw_seconds,
     )
+
+
+def latency(stream: str) -> list[Result]:
+    # A Messaging of its own, so that `work`, which would take the messages too, is not in it.
+    channel = RedisChannel("jobs", URL, stream=f"{stream}:latency")
+    messaging = Messaging(handlers=[timed_work], channels=[channel])
+    messaging.setup()
+    bus = messaging.gateway(JobBus)
+    worker = messaging.worker("jobs", until_empty=False)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        paced(lambda number: bus.send(Job(number)), latencies)
+    finally:
+        worker.stop()
+        thread.join()
+        messaging.close()
+    baseline = "raw XADD / XREADGROUP BLOCK + decode + call + XACK"
+    return latency_results(
+        "Redis Streams", latencies.percentiles(), baseline, _raw_latencies(f"{stream}:raw")
+    )
+
+
+def _raw_latencies(stream: str) -> tuple[float, float]:
+    raw = Latencies()
+    decode = msgspec.json.Decoder(Job).decode
+    stop = threading.Event()
+    group = "raw"
+    producer = redis.Redis.from_url(URL)
+    producer.xgroup_create(stream, group, "$", mkstream=True)
+
+    def call(job: Job) -> None:
+        raw.handled(job.number)
+
+    def consume() -> None:
+        consumer = redis.Redis.from_url(URL)
+        while not stop.is_set():
+            reply: Any = consumer.xreadgroup(group, "raw", {stream: ">"}, count=BATCH, block=100)
+            entries = _entries(reply)
+            for _entry_id, fields in entries:
+                call(decode(fields[b"body"]))
+            if entries:
+                consumer.xack(stream, group, *[entry_id for entry_id, _ in entries])
+        consumer.close()
+
+    def send(number: int) -> None:
+        producer.xadd(stream, {"headers": RAW_HEADERS, "body": msgspec.json.encode(Job(number))})
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        paced(send, raw)
+    finally:
+        stop.set()
+        thread.join()
+        producer.close()
+    return raw.percentiles()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import statistics
 import tempfile
 import threading
 import time
@@ -31,7 +30,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlalchemy.orm import Session
 
 from bench import Result
-from bench.timing import QUICK
+from bench.timing import QUICK, Latencies, latency_results, paced
 from busway import CommandBus, EventBus, Messaging, SqlChannel, asynchronous, command_handler
 from busway.handlers import Kind
 
@@ -39,8 +38,6 @@ POSTGRES = os.environ.get("BENCH_POSTGRESQL_URL", "postgresql://postgres@127.0.0
 DRAIN = 2_000 if QUICK else 20_000
 BACKLOG = int(os.environ.get("BENCH_BACKLOG", "50000" if QUICK else "1000000"))
 OUTBOX = 300 if QUICK else 2_000
-RATE = 200
-LATENCY_SAMPLES = 200 if QUICK else 2_000
 
 
 @dataclass
@@ -354,42 +351,12 @@ def deep_backlog(url: str) -> Result:
 
 # -- latency -------------------------------------------------------------------------------
 
-sent_at: dict[int, float] = {}
-latencies: list[float] = []
+latencies = Latencies()
 
 
 @command_handler
 def timed_job(job: Job) -> None:
-    latencies.append(time.perf_counter() - sent_at.pop(job.number))
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return (
-        statistics.median(ordered) * 1000,
-        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-    )
-
-
-def _paced(send: Callable[[int], None]) -> None:
-    interval = 1 / RATE
-    next_at = time.perf_counter()
-    for number in range(LATENCY_SAMPLES):
-        next_at += interval
-        send(number)
-        pause = next_at - time.perf_counter()
-        if pause > 0:
-            time.sleep(pause)
-
-
-def _warm_up(bus: CommandBus) -> None:
-    """One message through, so the worker is listening before the measured ones."""
-    sent_at[-1] = time.perf_counter()
-    bus.send(Job(-1))
-    deadline = time.monotonic() + 10
-    while not latencies and time.monotonic() < deadline:
-        time.sleep(0.01)
-    latencies.clear()
+    latencies.handled(job.number)
 
 
 def latency(url: str) -> list[Result]:
@@ -399,40 +366,26 @@ def latency(url: str) -> list[Result]:
         connection.exec_driver_sql("DELETE FROM busway_messages")
     _vacuum(url)
     bus = messaging.gateway(JobBus)
-    latencies.clear()
     worker = messaging.worker("jobs", until_empty=False, poll_interval=1.0)
     thread = threading.Thread(target=worker.run)
     thread.start()
-    _warm_up(bus)
-
-    def send(number: int) -> None:
-        sent_at[number] = time.perf_counter()
-        bus.send(Job(number))
-
     try:
-        _paced(send)
-        deadline = time.monotonic() + 30
-        while len(latencies) < LATENCY_SAMPLES and time.monotonic() < deadline:
-            time.sleep(0.01)
+        paced(lambda number: bus.send(Job(number)), latencies)
     finally:
         worker.stop()
         thread.join()
         messaging.close()
-    busway_p50, busway_p99 = _percentiles(latencies)
+    busway = latencies.percentiles()
     _vacuum(url)
-    raw_p50, raw_p99 = _percentiles(_raw_latencies(url))
-    name = f"PostgreSQL: end-to-end latency at {RATE} msg/s"
-    return [
-        Result(f"{name}, p50", busway_p50, "ms", "raw INSERT+NOTIFY / LISTEN+claim, p50", raw_p50),
-        Result(f"{name}, p99", busway_p99, "ms", "raw INSERT+NOTIFY / LISTEN+claim, p99", raw_p99),
-    ]
+    return latency_results(
+        "PostgreSQL", busway, "raw INSERT+NOTIFY / LISTEN+claim", _raw_latencies(url)
+    )
 
 
-def _raw_latencies(url: str) -> list[float]:
+def _raw_latencies(url: str) -> tuple[float, float]:
     import psycopg
 
-    samples: list[float] = []
-    stamps: dict[int, float] = {}
+    raw = Latencies()
     stop = threading.Event()
     listening = threading.Event()
     claim = (
@@ -453,26 +406,23 @@ def _raw_latencies(url: str) -> list[float]:
                     break
                 with connection.transaction():
                     for (body,) in connection.execute(claim).fetchall():
-                        number = int(body)
-                        samples.append(time.perf_counter() - stamps.pop(number))
+                        raw.handled(int(body))
 
     thread = threading.Thread(target=consume)
     thread.start()
     listening.wait()
-    with psycopg.connect(_conninfo(url), autocommit=True) as producer:
+    try:
+        with psycopg.connect(_conninfo(url), autocommit=True) as producer:
 
-        def send(number: int) -> None:
-            stamps[number] = time.perf_counter()
-            producer.execute(
-                "INSERT INTO busway_messages (channel, available_at, queued_at, message_id, "
-                "headers, body, deliveries) VALUES ('raw', 0, 0, %s, '{}', %s, 0)",
-                (str(number), str(number).encode()),
-            )
+            def send(number: int) -> None:
+                producer.execute(
+                    "INSERT INTO busway_messages (channel, available_at, queued_at, message_id, "
+                    "headers, body, deliveries) VALUES ('raw', 0, 0, %s, '{}', %s, 0)",
+                    (str(number), str(number).encode()),
+                )
 
-        _paced(send)
-        deadline = time.monotonic() + 30
-        while len(samples) < LATENCY_SAMPLES and time.monotonic() < deadline:
-            time.sleep(0.01)
-    stop.set()
-    thread.join()
-    return samples
+            paced(send, raw)
+    finally:
+        stop.set()
+        thread.join()
+    return raw.percentiles()

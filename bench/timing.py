@@ -1,11 +1,17 @@
-"""Timing a loop against its baseline, timeit-style, with the repetitions interleaved."""
+"""Timing a loop against its baseline, timeit-style, with the repetitions interleaved; and
+measuring latency, from send to handler, at a fixed rate."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from bench import Result
 
 Loop = Callable[[int], None]
 """Runs the measured operation ``n`` times."""
@@ -56,3 +62,108 @@ def timed(loop: Loop, n: int) -> float:
     finally:
         if collecting:
             gc.enable()
+
+
+# -- latency -------------------------------------------------------------------------------
+
+RATE = 200
+"""Messages per second a latency benchmark sends."""
+LATENCY_SAMPLES = 200 if QUICK else 1_000
+PATIENCE = 30.0
+"""Seconds to wait for the messages sent to be handled, before giving up."""
+
+
+class Latencies:
+    """Seconds from the send of each numbered message to its handler, as they come in.
+
+    Stamp a number with ``sending`` just before it is sent (its handler may run before the
+    send returns), and call ``handled`` with it from the handler, on any thread.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._sent: dict[int, float] = {}
+        self._changed = threading.Condition()
+
+    def sending(self, number: int) -> None:
+        self._sent[number] = time.perf_counter()
+
+    def handled(self, number: int) -> None:
+        delay = time.perf_counter() - self._sent.pop(number)
+        with self._changed:
+            self.samples.append(delay)
+            self._changed.notify_all()
+
+    def wait(self, count: int = LATENCY_SAMPLES) -> None:
+        """Block until ``count`` messages were handled since the last ``clear``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.samples) >= count, PATIENCE):
+                raise TimeoutError(f"{len(self.samples)} of {count} messages handled")
+
+    async def await_(self, count: int = LATENCY_SAMPLES) -> None:
+        """``wait`` for a handler on this event loop."""
+        await asyncio.to_thread(self.wait, count)
+
+    def clear(self) -> None:
+        with self._changed:
+            self.samples.clear()
+            self._sent.clear()
+
+    def percentiles(self) -> tuple[float, float]:
+        """The p50 and p99 in milliseconds."""
+        ordered = sorted(self.samples)
+        return (
+            statistics.median(ordered) * 1000,
+            ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        )
+
+
+WARM_UP = -1
+"""The number of the message sent first, unmeasured, to see that the consumer listens."""
+
+
+def paced(send: Callable[[int], None], latencies: Latencies) -> None:
+    """Send a warm-up message, then ``LATENCY_SAMPLES`` at ``RATE``; wait for all of them."""
+    latencies.clear()
+    latencies.sending(WARM_UP)
+    send(WARM_UP)
+    latencies.wait(1)
+    latencies.clear()
+    interval = 1 / RATE
+    next_at = time.perf_counter()
+    for number in range(LATENCY_SAMPLES):
+        next_at += interval
+        latencies.sending(number)
+        send(number)
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    latencies.wait()
+
+
+async def apaced(send: Callable[[int], Awaitable[None]], latencies: Latencies) -> None:
+    """``paced`` from an event loop."""
+    latencies.clear()
+    latencies.sending(WARM_UP)
+    await send(WARM_UP)
+    await latencies.await_(1)
+    latencies.clear()
+    interval = 1 / RATE
+    next_at = time.perf_counter()
+    for number in range(LATENCY_SAMPLES):
+        next_at += interval
+        latencies.sending(number)
+        await send(number)
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    await latencies.await_()
+
+
+def latency_results(
+    name: str, busway: tuple[float, float], baseline: str, raw: tuple[float, float]
+) -> list[Result]:
+    """The p50 and p99 of ``name`` against those of ``baseline``, all in milliseconds."""
+    name = f"{name}: end-to-end latency at {RATE} msg/s"
+    return [
+        Result(f"{name}, {which}", value, "ms", f"{baseline}, {which}", raw_value)
+        for which, value, raw_value in zip(("p50", "p99"), busway, raw, strict=True)
+    ]
