@@ -1,45 +1,18 @@
-"""The I/O of a ``SqlChannel`` batch as its generator yields it, and how the sync and the
-asyncio edge carry it out; what a batch keeps back when its sends on fail; and the one retry
-of a claim on a connection found broken."""
+"""What a ``SqlChannel`` batch decides without I/O: the failure of one handler that ends it,
+what it keeps back when its sends on fail, and whether it was given up."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row
 
-from busway.channels.base import Batch, Delivery, Unsent
+from busway.channels.base import Unsent
 from busway.sql.transactions import Transaction
 
 log = logging.getLogger("busway.sql")
-
-
-@dataclass(frozen=True, slots=True)
-class Execute:
-    """I/O of a batch: run a statement on the batch's connection; its result comes back."""
-
-    statement: Any
-    parameters: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Hand:
-    """I/O of a batch: hand a delivery to the consumer."""
-
-    delivery: Delivery
-
-
-@dataclass(frozen=True, slots=True)
-class BeforeAck:
-    """I/O of a batch: run its ``before_ack`` callbacks; what they could not send comes back."""
-
-    batch: Batch
-
-
-Io = Execute | Hand | BeforeAck
 
 
 class HandlerFailed(Exception):

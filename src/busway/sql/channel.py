@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Literal
 
@@ -34,43 +34,26 @@ from sqlalchemy.schema import CreateTable
 
 from busway.channels.base import (
     AsyncHandle,
-    Batch,
-    BatchRollback,
     Channel,
     ChannelContext,
     Delivery,
     Envelope,
     Handle,
-    MessageReturned,
-    Unsent,
-    current_batch,
 )
 from busway.errors import BuswayError, ConfigurationError
 from busway.message import ID
 from busway.sql._async import consuming as aconsuming
 from busway.sql._sync import consuming
-from busway.sql.batch_io import (
-    BeforeAck,
-    Execute,
-    Hand,
-    HandlerFailed,
-    Io,
-    kept_back,
-)
 from busway.sql.crashes import (
-    Aside,
     InHand,
-    acknowledge,
-    claim_batch,
 )
 from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
-from busway.sql.redo import Redo, begin_watch, check_alive
 from busway.sql.rows import delivery_of
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
-from busway.sql.transactions import Transaction, current_transaction, open_transaction
-from busway.sql.waiting import Waiting, next_due
+from busway.sql.transactions import open_transaction
+from busway.sql.waiting import Waiting
 
 Mode = Literal["transaction", "lease"]
 
@@ -274,63 +257,6 @@ class SqlChannel(Channel):
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         return await aconsuming.aconsume(self, handle, max_messages, wait)
-
-    def _batch(
-        self,
-        transaction: Transaction,
-        limit: int,
-        redo: Redo,
-        claimed: list[int] | None,
-        taken: list[int],
-    ) -> Generator[Io | Aside, Any, tuple[int, Unsent | None]]:
-        """Claim a batch, hand it out and acknowledge it, in the open ``transaction``: the
-        I/O is yielded for the sync or asyncio edge to carry out. Returns how many messages
-        were handled and the sends the batch could not make. ``claimed``: the rows a short
-        transaction claimed and noted in hand first (SQLite); ``taken`` gets the rows noted."""
-        rows = yield from claim_batch(self, limit, claimed, taken)
-        if not rows:
-            next_due.set((self.name, (yield Execute(self._sql.next_due())).scalar()))
-            return 0, None
-        redo.claimed = True
-        begin_watch(transaction.connection)
-        failures, handed = redo.failures, redo.handed
-        # A lone message has no neighbour to run again: no savepoint needed.
-        isolated = redo.isolated and (len(rows) > 1 or bool(handed))
-        done: list[int] = []
-        token = current_transaction.set(transaction)
-        batch = Batch(
-            transaction.before_commit,
-            redone=bool(handed or failures),
-            message_ids=[row.message_id for row in rows],
-        )
-        batch_token = current_batch.set(batch)
-        try:
-            for row in rows:
-                batch.current = row.seq
-                delivery = self._delivery(row, transaction.connection, isolated)
-                delivery.known_failure = failures.get(row.seq)
-                delivery.repeated = row.seq in handed
-                delivery.crashes = row.crashes if self._in_hand is not None else 0
-                try:
-                    yield Hand(delivery)
-                except MessageReturned:
-                    break
-                except BatchRollback as rollback:
-                    raise HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
-                handed.add(row.seq)
-                check_alive(transaction.connection)
-                done.append(row.seq)
-            unsent = yield BeforeAck(batch)
-        finally:
-            current_batch.reset(batch_token)
-            current_transaction.reset(token)
-        self._relaying = len(rows) >= self.batch_size and len(batch.forwarded) == len(rows)
-        check_alive(transaction.connection)
-        kept = kept_back(self.name, unsent, rows, done)
-        yield from acknowledge(self, done, taken)
-        if kept:
-            yield Execute(*self._sql.keep_back(kept, self._clock()))
-        return len(done), unsent
 
     @property
     def _claims_first(self) -> bool:

@@ -20,8 +20,7 @@ it alone: a batch stops before its first suspect. In ``lease`` mode, the lease's
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
@@ -37,13 +36,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DBAPIError
-
-from busway.sql.batch_io import Execute, Io, StaleClaim
-from busway.sql.waiting import next_due
 
 if TYPE_CHECKING:
-    from busway.sql.channel import SqlChannel
+    pass
 
 log = logging.getLogger("busway.sql")
 
@@ -56,15 +51,6 @@ def in_turn(rows: Sequence[R], crashes: Callable[[R], int]) -> list[R]:
         if crashes(row):
             return list(rows[:index]) if index else [row]
     return list(rows)
-
-
-@dataclass(frozen=True, slots=True)
-class Aside:
-    """I/O of a batch: a statement run on a connection of its own and committed at once,
-    outside the batch's transaction."""
-
-    statement: Any
-    parameters: Any = None
 
 
 class InHand:
@@ -151,61 +137,6 @@ class InHand:
         ]
 
 
-def claim_batch(
-    channel: SqlChannel, limit: int, claimed: list[int] | None, taken: list[int]
-) -> Generator[Io | Aside, Any, list[Row[Any]]]:
-    """The rows of ``channel``'s batch; with the crash-loop guard, noted in hand outside the
-    batch's transaction before they are handed out (``taken`` gets them), and with their count
-    of deaths. ``claimed``: the rows ``claim_first`` claimed and noted (SQLite)."""
-    in_hand = channel._in_hand
-    statement, parameters = channel._sql.claim(limit, channel._clock())
-    try:
-        if in_hand is None:
-            return list((yield Execute(statement, parameters)).all())
-        if claimed is not None:
-            return list((yield Execute(in_hand.claimed_again, {"seqs": claimed})).all())
-        found = (yield Execute(in_hand.claim, parameters)).all()
-    except DBAPIError as error:
-        if error.connection_invalidated:
-            raise StaleClaim(error) from error
-        raise
-    rows = in_turn(found, _crashes)
-    if rows:
-        seqs = [row.seq for row in rows]
-        yield Aside(*in_hand.take(seqs))
-        taken += seqs
-    return rows
-
-
-def claim_first(channel: SqlChannel, limit: int) -> Generator[Io, Any, list[int]]:
-    """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
-    in_hand = channel._in_hand
-    assert in_hand is not None
-    _, parameters = channel._sql.claim(limit, channel._clock())
-    rows = in_turn((yield Execute(in_hand.claim, parameters)).all(), _crashes)
-    if not rows:
-        next_due.set((channel.name, (yield Execute(channel._sql.next_due())).scalar()))
-        return []
-    seqs = [row.seq for row in rows]
-    yield Execute(*in_hand.take(seqs))
-    return seqs
-
-
-def acknowledge(channel: SqlChannel, done: list[int], taken: list[int]) -> Generator[Io, Any, None]:
-    """Delete the messages ``done`` (and their notes); count out the other ones taken."""
-    in_hand = channel._in_hand
-    if in_hand is None:
-        if done:
-            yield Execute(*channel._sql.ack(done))
-        return
-    if done:
-        for statement in in_hand.acknowledge(done):
-            yield Execute(*statement)
-    finished = set(done)
-    left = [seq for seq in taken if seq not in finished]
-    for statement in in_hand.give_back(left) if left else ():
-        yield Execute(*statement)
-
-
-def _crashes(row: Row[Any]) -> int:
+def crashes_of(row: Row[Any]) -> int:
+    """A claimed row's count of deaths."""
     return int(row.crashes)

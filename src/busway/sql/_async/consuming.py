@@ -12,17 +12,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from busway._internal.steps import adrive
-from busway.channels.base import AsyncHandle, MessageReturned
-from busway.sql.batch_io import BeforeAck, Execute, Hand, Io, StaleClaim, after_commit, given_up
-from busway.sql.crashes import Aside, InHand, claim_first
+from busway.channels.base import (
+    AsyncHandle,
+    Batch,
+    BatchRollback,
+    MessageReturned,
+    Unsent,
+    current_batch,
+)
+from busway.sql.batch_io import HandlerFailed, StaleClaim, after_commit, given_up, kept_back
+from busway.sql.crashes import InHand, crashes_of, in_turn
 from busway.sql.database import Database
 from busway.sql.leases import leased, to_lease
-from busway.sql.redo import Redo, watch
-from busway.sql.transactions import Transaction
+from busway.sql.redo import Redo, begin_watch, check_alive, watch
+from busway.sql.transactions import Transaction, current_transaction
+from busway.sql.waiting import next_due
 
 if TYPE_CHECKING:
     from busway.sql.channel import SqlChannel
@@ -57,22 +65,153 @@ async def _aconsume_in_transaction(channel: SqlChannel, handle: AsyncHandle, lim
 
 async def _aconsume_batch(channel: SqlChannel, handle: AsyncHandle, limit: int, redo: Redo) -> int:
     taken: list[int] = []
-    watch(channel.database.worker_async_engine.sync_engine)
-    async with channel.database.worker_async_engine.connect() as connection:
-        transaction = Transaction(channel.database.key, connection)
-        carry = awith_asides(channel.database, functools.partial(acarry_out, connection, handle))
-        async with agiven_back_on_failure(channel.database, channel._in_hand, taken):
+    database = channel.database
+    watch(database.worker_async_engine.sync_engine)
+    async with database.worker_async_engine.connect() as connection:
+        transaction = Transaction(database.key, connection)
+        async with agiven_back_on_failure(database, channel._in_hand, taken):
             claimed = None
             if channel._claims_first:
                 async with connection.begin():
-                    claimed = await adrive(claim_first(channel, limit), carry)
+                    claimed = await _aclaim_first(channel, connection, limit)
                 if not claimed:
                     return 0
                 taken += claimed
             async with connection.begin():
-                steps = channel._batch(transaction, limit, redo, claimed, taken)
-                handled, unsent = await adrive(steps, carry)
+                handled, unsent = await _abatch(
+                    channel, transaction, handle, limit, redo, claimed, taken
+                )
     return after_commit(transaction, handled, unsent)
+
+
+async def _abatch(
+    channel: SqlChannel,
+    transaction: Transaction,
+    handle: AsyncHandle,
+    limit: int,
+    redo: Redo,
+    claimed: list[int] | None,
+    taken: list[int],
+) -> tuple[int, Unsent | None]:
+    """Claim a batch, hand it out and acknowledge it, in the open ``transaction``. Returns
+    how many messages were handled and the sends the batch could not make. ``claimed``: the
+    rows a short transaction claimed and noted in hand first (SQLite); ``taken`` gets the rows
+    noted."""
+    connection = transaction.connection
+    assert isinstance(connection, AsyncConnection)
+    rows = await _aclaim_batch(channel, connection, limit, claimed, taken)
+    if not rows:
+        found = await connection.execute(channel._sql.next_due())
+        next_due.set((channel.name, found.scalar()))
+        return 0, None
+    redo.claimed = True
+    begin_watch(connection)
+    failures, handed = redo.failures, redo.handed
+    # A lone message has no neighbour to run again: no savepoint needed.
+    isolated = redo.isolated and (len(rows) > 1 or bool(handed))
+    guarded = channel._in_hand is not None
+    done: list[int] = []
+    token = current_transaction.set(transaction)
+    batch = Batch(
+        transaction.before_commit,
+        redone=bool(handed or failures),
+        message_ids=[row.message_id for row in rows],
+    )
+    batch_token = current_batch.set(batch)
+    try:
+        for row in rows:
+            batch.current = row.seq
+            delivery = channel._delivery(row, connection, isolated)
+            delivery.known_failure = failures.get(row.seq)
+            delivery.repeated = row.seq in handed
+            delivery.crashes = row.crashes if guarded else 0
+            try:
+                await handle(delivery)
+            except MessageReturned:
+                break
+            except BatchRollback as rollback:
+                raise HandlerFailed(row.seq, rollback.__cause__ or rollback) from None
+            handed.add(row.seq)
+            check_alive(connection)
+            done.append(row.seq)
+        unsent = await batch.arun_before_ack()
+    finally:
+        current_batch.reset(batch_token)
+        current_transaction.reset(token)
+    channel._relaying = len(rows) >= channel.batch_size and len(batch.forwarded) == len(rows)
+    check_alive(connection)
+    kept = kept_back(channel.name, unsent, rows, done)
+    await _aacknowledge(channel, connection, done, taken)
+    if kept:
+        await connection.execute(*channel._sql.keep_back(kept, channel._clock()))
+    return len(done), unsent
+
+
+async def _aclaim_batch(
+    channel: SqlChannel,
+    connection: AsyncConnection,
+    limit: int,
+    claimed: list[int] | None,
+    taken: list[int],
+) -> list[Row[Any]]:
+    """The rows of ``channel``'s batch; with the crash-loop guard, noted in hand outside the
+    batch's transaction before they are handed out (``taken`` gets them), and with their count
+    of deaths. ``claimed``: the rows ``_aclaim_first`` claimed and noted (SQLite)."""
+    in_hand = channel._in_hand
+    statement, parameters = channel._sql.claim(limit, channel._clock())
+    try:
+        if in_hand is None:
+            result = await connection.execute(statement, parameters)
+            return list(result.all())
+        if claimed is not None:
+            result = await connection.execute(in_hand.claimed_again, {"seqs": claimed})
+            return list(result.all())
+        result = await connection.execute(in_hand.claim, parameters)
+        found = result.all()
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise StaleClaim(error) from error
+        raise
+    rows = in_turn(found, crashes_of)
+    if rows:
+        seqs = [row.seq for row in rows]
+        await arun_aside(channel.database, *in_hand.take(seqs))
+        taken += seqs
+    return rows
+
+
+async def _aclaim_first(channel: SqlChannel, connection: AsyncConnection, limit: int) -> list[int]:
+    """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
+    in_hand = channel._in_hand
+    assert in_hand is not None
+    _, parameters = channel._sql.claim(limit, channel._clock())
+    result = await connection.execute(in_hand.claim, parameters)
+    rows = in_turn(result.all(), crashes_of)
+    if not rows:
+        found = await connection.execute(channel._sql.next_due())
+        next_due.set((channel.name, found.scalar()))
+        return []
+    seqs = [row.seq for row in rows]
+    await connection.execute(*in_hand.take(seqs))
+    return seqs
+
+
+async def _aacknowledge(
+    channel: SqlChannel, connection: AsyncConnection, done: list[int], taken: list[int]
+) -> None:
+    """Delete the messages ``done`` (and their notes); count out the other ones taken."""
+    in_hand = channel._in_hand
+    if in_hand is None:
+        if done:
+            await connection.execute(*channel._sql.ack(done))
+        return
+    if done:
+        for statement in in_hand.acknowledge(done):
+            await connection.execute(*statement)
+    finished = set(done)
+    left = [seq for seq in taken if seq not in finished]
+    for statement in in_hand.give_back(left) if left else ():
+        await connection.execute(*statement)
 
 
 async def _aconsume_leased(channel: SqlChannel, handle: AsyncHandle, limit: int) -> int:
@@ -102,16 +241,6 @@ async def _aconsume_leased(channel: SqlChannel, handle: AsyncHandle, limit: int)
     return len(done)
 
 
-async def acarry_out(connection: AsyncConnection, handle: AsyncHandle, io: Io) -> Any:
-    """Carry out one piece of a batch's I/O."""
-    if isinstance(io, Execute):
-        return await connection.execute(io.statement, io.parameters)
-    if isinstance(io, Hand):
-        return await handle(io.delivery)
-    assert isinstance(io, BeforeAck)
-    return await io.batch.arun_before_ack()
-
-
 async def aonce_more_if_stale(
     take: Callable[[AsyncHandle, int], Awaitable[int]], handle: AsyncHandle, limit: int
 ) -> int:
@@ -128,38 +257,25 @@ async def aonce_more_if_stale(
         return await take(handle, limit)
 
 
-def awith_asides(
-    database: Database, carry_out: Callable[[Any], Awaitable[Any]]
-) -> Callable[[Any], Awaitable[Any]]:
-    """``carry_out``, which also carries out ``Aside`` I/O."""
-
-    async def carry(io: Any) -> Any:
-        if isinstance(io, Aside):
-            await arun_aside(database, io)
-            return None
-        return await carry_out(io)
-
-    return carry
-
-
-async def arun_aside(database: Database, io: Aside) -> None:
-    """Run ``io`` at once, again once on a new connection if a pooled one was found broken."""
+async def arun_aside(database: Database, statement: Any, parameters: Any = None) -> None:
+    """Run ``statement`` at once, on a connection of its own and committed at once, outside
+    the batch's transaction; again once on a new connection if a pooled one was broken."""
     try:
-        await _arun_aside(database, io)
+        await _arun_aside(database, statement, parameters)
     except DBAPIError as error:
         if not error.connection_invalidated:
             raise
-        await _arun_aside(database, io)
+        await _arun_aside(database, statement, parameters)
 
 
-async def _arun_aside(database: Database, io: Aside) -> None:
+async def _arun_aside(database: Database, statement: Any, parameters: Any) -> None:
     if database.is_sqlite:
         async with database.async_engine.begin() as connection:
-            await connection.execute(io.statement, io.parameters)
+            await connection.execute(statement, parameters)
         return
     async with database.worker_async_engine.connect() as connection:
         await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await connection.execute(io.statement, io.parameters)
+        await connection.execute(statement, parameters)
 
 
 @asynccontextmanager
@@ -174,7 +290,7 @@ async def agiven_back_on_failure(
         if in_hand is not None and taken:
             try:
                 for statement in in_hand.give_back(taken):
-                    await arun_aside(database, Aside(*statement))
+                    await arun_aside(database, *statement)
             except Exception as error:
                 log.warning("could not count out the %d message(s) in hand: %s", len(taken), error)
         raise
