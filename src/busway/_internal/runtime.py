@@ -378,13 +378,19 @@ class Runtime:
             current_message.reset(token)
 
     async def _acall(self, definition: HandlerDefinition, invocation: Invocation) -> Any:
+        chain = definition.chain
+
         async def call() -> Any:
             if definition.info.is_coroutine:
                 return await _call(definition, invocation)
+            if chain.sync_unit:
+                return call_def_handler(
+                    chain.call_sync_unit, invocation, lambda: _call(definition, invocation)
+                )
             return call_def_handler(_call, definition, invocation)
 
-        if definition.chain:
-            return await definition.chain.acall(invocation, call)
+        if chain:
+            return await chain.acall(invocation, call)
         return await call()
 
 
