@@ -415,11 +415,14 @@ def _seconds(duration: float | timedelta) -> float:
     return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
 
 
+_KINDS: dict[HeaderValue, Kind] = {kind.value: kind for kind in Kind}
+
+
 def kind_of(headers: Mapping[str, HeaderValue]) -> Kind:
     value = headers.get(KIND)
     try:
-        return Kind(str(value))
-    except ValueError:
+        return _KINDS[value]
+    except (KeyError, TypeError):  # TypeError: an unhashable value from a malformed header
         raise MalformedMessageError(
             f"header {KIND!r} is {value!r}; expected 'command', 'event' or 'query'"
         ) from None
