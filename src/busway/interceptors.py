@@ -44,7 +44,7 @@ there goes to ``Messaging(command_failures=...)``, if set.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -178,38 +178,63 @@ class Chain:
         return _nest(self.sync_unit, invocation, handler)
 
 
-def refusals(handler: HandlerInfo, interceptors: Sequence[Interceptor]) -> list[str]:
-    """Why the chain of ``handler`` cannot run soundly, one sentence each; empty if it can."""
-    ordered = _ordered(interceptors)
+def refusals(chains: Iterable[tuple[HandlerInfo, Sequence[Interceptor]]]) -> list[str]:
+    """Why the chains of these handlers cannot run soundly, one sentence for each reason and
+    the handlers it stops; empty if every chain can run."""
+    stopped: dict[_Reason, list[str]] = {}
+    for handler, interceptors in chains:
+        for reason in _reasons(handler, _ordered(interceptors)):
+            stopped.setdefault(reason, []).append(handler.name)
+    return [reason.sentence(names) for reason, names in stopped.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reason:
+    outer: str
+    """The interceptor with only ``around``."""
+    inner: str | None = None
+    """The interceptor inside it that must be awaited, if that is the reason."""
+    order: int = 0
+    aaround_only: bool = False
+
+    def sentence(self, handlers: list[str]) -> str:
+        start = f"Interceptor {self.outer} overrides around but not aaround"
+        if self.inner is None:
+            return (
+                f"{start}, and applies to the async def {_handlers(handlers)}: define aaround "
+                "too, or exclude it in applies_to"
+            )
+        start = (
+            f"{start}, so on the asyncio path it runs synchronously with the def "
+            f"{_handlers(handlers)}, and {self.inner} inside it (order {self.order})"
+        )
+        if self.aaround_only:
+            return (
+                f"{start} overrides aaround but not around: define aaround on {self.outer} "
+                f"too, or around on {self.inner}"
+            )
+        return (
+            f"{start} runs only by its aaround there: define aaround on {self.outer} too, or "
+            f"give it an order above {self.order}"
+        )
+
+
+def _reasons(handler: HandlerInfo, ordered: list[Interceptor]) -> list[_Reason]:
     if handler.is_coroutine:
-        return [
-            f"Interceptor {_name(i)} overrides around but not aaround, and applies to the "
-            f"async def handler {handler.name}: define aaround too, or exclude it in applies_to"
-            for i in ordered
-            if _around_only(i)
-        ]
+        return [_Reason(_name(i)) for i in ordered if _around_only(i)]
     _, sync_unit = _asyncio_layout(ordered, coroutine=False)
-    if not sync_unit:
-        return []
-    outer, problems = sync_unit[0], []
-    runs = (
-        f"Interceptor {_name(outer)} overrides around but not aaround, so on the asyncio "
-        f"path it runs synchronously with the def handler {handler.name}"
-    )
-    for inner in sync_unit[1:]:
-        if _overrides(inner, "aaround") and not _overrides(inner, "around"):
-            problems.append(
-                f"{runs}, and {_name(inner)} inside it (order {inner.order}) overrides aaround "
-                f"but not around: define aaround on {_name(outer)} too, or around on "
-                f"{_name(inner)}"
-            )
-        elif _overrides(inner, "aaround") and inner.requires_aaround:
-            problems.append(
-                f"{runs}, and {_name(inner)} inside it (order {inner.order}) runs only by its "
-                f"aaround there: define aaround on {_name(outer)} too, or give it an order "
-                f"above {inner.order}"
-            )
-    return problems
+    return [
+        _Reason(_name(sync_unit[0]), _name(inner), inner.order, not _overrides(inner, "around"))
+        for inner in sync_unit[1:]
+        if _overrides(inner, "aaround")
+        and (inner.requires_aaround or not _overrides(inner, "around"))
+    ]
+
+
+def _handlers(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"handler {names[0]}"
+    return f"handlers {', '.join(names[:-1])} and {names[-1]}"
 
 
 def _ordered(interceptors: Sequence[Interceptor]) -> list[Interceptor]:

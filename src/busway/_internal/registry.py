@@ -107,11 +107,13 @@ class HandlerRegistry:
 
     def apply_interceptors(self, interceptors: list[Interceptor]) -> None:
         """Compose each handler's chain, once; note the interceptors that cannot run soundly."""
-        for definition in self.definitions:
-            info = definition.info
-            applying = [i for i in interceptors if i.applies_to(info)]
-            self.problems += refusals(info, applying)
-            definition.chain = Chain(applying, info.is_coroutine)
+        chains = [
+            (definition, [i for i in interceptors if i.applies_to(definition.info)])
+            for definition in self.definitions
+        ]
+        self.problems += refusals((definition.info, applying) for definition, applying in chains)
+        for definition, applying in chains:
+            definition.chain = Chain(applying, definition.info.is_coroutine)
 
     def _add_instance(self, instance: Any) -> None:
         found = False
