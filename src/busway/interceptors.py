@@ -26,8 +26,8 @@ call of a ``def`` handler on the asyncio path, an interceptor whose ``aaround`` 
 
 Where busway's own layers sit, outermost first, as a worker handles a delivery:
 
-1. the channel's transaction, if it has one: a ``SqlChannel`` claims a batch, runs its
-   handlers and acknowledges it in one transaction (``busway.sql.channel``);
+1. the channel's transaction, if it has one: a ``SqlChannel`` (in its default ``transaction``
+   mode) claims a batch, runs its handlers and acknowledges it in one transaction;
 2. the decision on a failure (``busway._internal.consuming.Consumer``, not interceptors):
    instant retries run everything below again; then a delayed retry sent back to the channel,
    or the dead letter store;
