@@ -32,7 +32,13 @@ from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import HandlerInfo, Interceptor
 from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, TARGET, Message
-from busway.recovery import DeadLetter, DeadLetterStore, InMemoryDeadLetterStore, RetryPolicy
+from busway.recovery import (
+    DeadLetter,
+    DeadLetterStore,
+    InMemoryDeadLetterStore,
+    RetryPolicy,
+    most_specific_policy,
+)
 from busway.timeouts import seconds_of
 from busway.worker import Limits, RunResult, Worker, graceful_signals
 
@@ -383,10 +389,10 @@ class Messaging:
     def retry_policy_for(self, handler: HandlerInfo, channel: str | None = None) -> RetryPolicy:
         """The policy a failure of ``handler`` on ``channel`` follows (a bus's own policy,
         carried by its messages, comes between the handler's and the channel's)."""
-        return (
-            handler.retry
-            or (self._consumer.channel_retries.get(channel) if channel else None)
-            or self._runtime.retry
+        return most_specific_policy(
+            self._runtime.retry,
+            handler.retry,
+            channel=self._consumer.channel_retries.get(channel) if channel else None,
         )
 
     def cleanup_inbox(self, older_than: float) -> int:

@@ -123,6 +123,19 @@ class RetryPolicy:
             return None
 
 
+def most_specific_policy(
+    default: RetryPolicy,
+    handler: RetryPolicy | None,
+    carried: object = None,
+    channel: RetryPolicy | None = None,
+) -> RetryPolicy:
+    """The policy a failure follows: the handler's own, then the bus's (``carried`` by the
+    message, its ``busway.retry`` header), then the channel's, then ``default``."""
+    if handler is not None:
+        return handler
+    return RetryPolicy.from_header(carried) or channel or default
+
+
 class _PolicyHeader(msgspec.Struct):
     retries: int
     initial_delay: float

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import queue
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,3 +52,57 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
     finished.wait()
     assert done is not None
     return done.result()
+
+
+def run_around(
+    around: Callable[[Callable[[], Awaitable[Any]]], Coroutine[Any, Any, T]],
+    inner: Callable[[], Any],
+) -> T:
+    """Run ``around(proceed)`` on the helper loop, and ``inner`` here, on the calling thread,
+    each time it awaits ``proceed()``: what ``inner`` returns or raises comes back there.
+
+    How sync code runs an interceptor's ``aaround``: the handler inside it stays on its own
+    thread, where its time limit, its transaction and its nested sends expect it.
+    """
+    if threading.current_thread().name == "busway-bridge":
+        raise RuntimeError(
+            "an interceptor's aaround was called from sync code that itself runs on busway's "
+            "helper loop; call the bus's a-prefixed method (await bus.asend(...)) instead"
+        )
+    loop = _helper_loop()
+    requests: queue.SimpleQueue[tuple[contextvars.Context, asyncio.Future[Any]] | None] = (
+        queue.SimpleQueue()
+    )
+
+    async def proceed() -> Any:
+        waiter = asyncio.get_running_loop().create_future()
+        requests.put((contextvars.copy_context(), waiter))
+        return await waiter
+
+    context = contextvars.copy_context()
+    started: list[asyncio.Task[T]] = []
+
+    def start() -> None:
+        task = loop.create_task(around(proceed), context=context)
+        task.add_done_callback(lambda _task: requests.put(None))
+        started.append(task)
+
+    loop.call_soon_threadsafe(start)
+    while (request := requests.get()) is not None:
+        inner_context, waiter = request
+        try:
+            value = inner_context.run(inner)
+        except BaseException as error:
+            loop.call_soon_threadsafe(_settle, waiter, None, error)
+        else:
+            loop.call_soon_threadsafe(_settle, waiter, value, None)
+    return started[0].result()
+
+
+def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if waiter.done():
+        return  # the awaiting coroutine was cancelled meanwhile
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(value)

@@ -55,7 +55,7 @@ from busway.message import (
     HeaderValue,
     Message,
 )
-from busway.recovery import DeadLetter, RetryPolicy, new_dead_letter_id
+from busway.recovery import DeadLetter, RetryPolicy, most_specific_policy, new_dead_letter_id
 from busway.timeouts import timeout_from_header
 
 log = logging.getLogger("busway")
@@ -185,11 +185,11 @@ class Consumer:
 
     def policy_for(self, definition: HandlerDefinition, delivery: Delivery) -> RetryPolicy:
         """The most specific policy: the handler's, the bus's, the channel's, the default."""
-        return (
-            definition.info.retry
-            or RetryPolicy.from_header(delivery.envelope.headers.get(RETRY))
-            or self.channel_retries.get(delivery.channel)
-            or self.runtime.retry
+        return most_specific_policy(
+            self.runtime.retry,
+            definition.info.retry,
+            delivery.envelope.headers.get(RETRY),
+            self.channel_retries.get(delivery.channel),
         )
 
     def timeout_for(

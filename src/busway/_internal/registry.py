@@ -11,7 +11,7 @@ from typing import Any, Protocol, get_type_hints
 from busway.conversion import Conversion, type_name
 from busway.gateways import BUILT_IN_BUSES, Gateway
 from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
-from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation
+from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation, refusals
 from busway.message import Headers, Message, qualified_name
 from busway.recovery import marked_policy
 from busway.timeouts import marked_timeout
@@ -106,8 +106,14 @@ class HandlerRegistry:
             self._add_instance(entry)
 
     def apply_interceptors(self, interceptors: list[Interceptor]) -> None:
-        for definition in self.definitions:
-            definition.chain = Chain([i for i in interceptors if i.applies_to(definition.info)])
+        """Compose each handler's chain, once; note the interceptors that cannot run soundly."""
+        chains = [
+            (definition, [i for i in interceptors if i.applies_to(definition.info)])
+            for definition in self.definitions
+        ]
+        self.problems += refusals((definition.info, applying) for definition, applying in chains)
+        for definition, applying in chains:
+            definition.chain = Chain(applying, definition.info.is_coroutine)
 
     def _add_instance(self, instance: Any) -> None:
         found = False

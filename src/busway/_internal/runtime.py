@@ -378,13 +378,19 @@ class Runtime:
             current_message.reset(token)
 
     async def _acall(self, definition: HandlerDefinition, invocation: Invocation) -> Any:
+        chain = definition.chain
+
         async def call() -> Any:
             if definition.info.is_coroutine:
                 return await _call(definition, invocation)
+            if chain.sync_unit:
+                return call_def_handler(
+                    chain.call_sync_unit, invocation, lambda: _call(definition, invocation)
+                )
             return call_def_handler(_call, definition, invocation)
 
-        if definition.chain:
-            return await definition.chain.acall(invocation, call)
+        if chain:
+            return await chain.acall(invocation, call)
         return await call()
 
 
@@ -409,11 +415,14 @@ def _seconds(duration: float | timedelta) -> float:
     return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
 
 
+_KINDS: dict[HeaderValue, Kind] = {kind.value: kind for kind in Kind}
+
+
 def kind_of(headers: Mapping[str, HeaderValue]) -> Kind:
     value = headers.get(KIND)
     try:
-        return Kind(str(value))
-    except ValueError:
+        return _KINDS[value]
+    except (KeyError, TypeError):  # TypeError: an unhashable value from a malformed header
         raise MalformedMessageError(
             f"header {KIND!r} is {value!r}; expected 'command', 'event' or 'query'"
         ) from None

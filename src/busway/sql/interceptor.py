@@ -41,6 +41,7 @@ class TransactionInterceptor(Interceptor):
     """
 
     order = 800
+    requires_aaround = True  # on the asyncio path it joins the open asyncio transaction
 
     def __init__(
         self, database: Database, wants_database: set[str], wants_async_database: set[str]
