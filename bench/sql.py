@@ -8,6 +8,8 @@
   the handler and deletes them in one transaction;
 - deep backlog (PostgreSQL): the drain rate of the first messages of a big backlog against the
   rate on a small one (``BENCH_BACKLOG``, default 1,000,000 rows);
+- fresh install (PostgreSQL): a drain in a database whose tables were just created, never
+  analyzed, autovacuum off for the inbox, against the same drain after ``ANALYZE``;
 - latency (PostgreSQL): send to handler at 200 msg/s, p50 and p99, against a raw
   INSERT + NOTIFY / LISTEN + claim loop.
 """
@@ -101,6 +103,7 @@ def benchmarks() -> list[Result]:
     results.append(drain("PostgreSQL", POSTGRES, DRAIN))
     results.append(drain("PostgreSQL", POSTGRES, DRAIN, redo_batches=True))
     results.append(deep_backlog(POSTGRES))
+    results.append(fresh_install(POSTGRES))
     results += latency(POSTGRES)
     return results
 
@@ -243,9 +246,11 @@ def _vacuum(url: str) -> None:
         connection.execute("VACUUM ANALYZE busway_inbox")
 
 
-def _fill(messaging: Messaging, count: int) -> None:
-    """Put ``count`` valid messages for ``work`` on channel ``jobs``, in bulk."""
-    _vacuum(str(messaging.database_engine.url.render_as_string(hide_password=False)))
+def _fill(messaging: Messaging, count: int, vacuum: bool = True) -> None:
+    """Put ``count`` valid messages for ``work`` on channel ``jobs``, in bulk; vacuumed and
+    analyzed first unless ``vacuum`` is false."""
+    if vacuum:
+        _vacuum(str(messaging.database_engine.url.render_as_string(hide_password=False)))
     channel = messaging.channel("jobs")
     assert isinstance(channel, SqlChannel)
     runtime = messaging.runtime
@@ -346,6 +351,54 @@ def deep_backlog(url: str) -> Result:
         "msg/s",
         f"drain a {DRAIN:,}-message backlog",
         shallow,
+    )
+
+
+FRESH_DATABASE = "busway_bench_fresh"
+
+
+@contextmanager
+def _fresh_database(url: str) -> Iterator[str]:
+    """The URL of a database made for the block on the server of ``url``, dropped after."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    def run(statement: str) -> None:
+        with psycopg.connect(_conninfo(url), autocommit=True) as connection:
+            connection.execute(statement)
+
+    run(f"DROP DATABASE IF EXISTS {FRESH_DATABASE} WITH (FORCE)")
+    run(f"CREATE DATABASE {FRESH_DATABASE}")
+    try:
+        yield make_url(url).set(database=FRESH_DATABASE).render_as_string(hide_password=False)
+    finally:
+        run(f"DROP DATABASE IF EXISTS {FRESH_DATABASE} WITH (FORCE)")
+
+
+def fresh_install(url: str) -> Result:
+    """A first drain where the planner knows nothing of busway's tables: just created, the
+    inbox growing from empty with autovacuum off for it (so never analyzed), against the
+    same drain once ``ANALYZE`` has run."""
+    import psycopg
+
+    best_fresh = best_analyzed = 0.0
+    for _ in range(1 if QUICK else 2):
+        with _fresh_database(url) as fresh_url:
+            messaging = _messaging(fresh_url)
+            with psycopg.connect(_conninfo(fresh_url), autocommit=True) as connection:
+                connection.execute("ALTER TABLE busway_inbox SET (autovacuum_enabled = false)")
+            _fill(messaging, DRAIN, vacuum=False)
+            best_fresh = max(best_fresh, _drain_busway(messaging, DRAIN))
+            _fill(messaging, DRAIN)  # vacuumed and analyzed first
+            best_analyzed = max(best_analyzed, _drain_busway(messaging, DRAIN))
+            messaging.close()
+    return Result(
+        f"PostgreSQL: drain {DRAIN:,} messages on a fresh install, never analyzed, "
+        "inbox autovacuum off",
+        best_fresh,
+        "msg/s",
+        "the same drain after ANALYZE",
+        best_analyzed,
     )
 
 

@@ -5,9 +5,10 @@ constraint in the same transaction. A second delivery of the same message, one a
 other or at the same moment on another worker, finds the record and is skipped. The key is
 the message id unless ``Messaging(..., deduplicate_by=...)`` says otherwise.
 
-In a SQL channel's batch (no savepoints), the records of the whole batch are written in one
-statement just before the acknowledgement; if one already exists the batch is rolled back and
-handled again one handler at a time, where each record is checked before its handler runs.
+In a SQL channel's batch, nothing is read first: the records of the whole batch are written
+in one statement just before the acknowledgement, and the unique index says which were new,
+whatever the planner's statistics. If one already existed, the batch is rolled back and
+handled again one handler at a time, each record written before its handler runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, bindparam, delete, select
+from sqlalchemy import Connection, MetaData, Table, delete
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -85,16 +86,18 @@ class Inbox:
 
     @functools.cached_property
     def _insert(self) -> Any:
-        backend = self.database.backend
+        """Insert records, skipping those that exist: the unique index finds them, with no
+        plan that statistics could choose."""
+        backend, key = self.database.backend, [self.table.c.message_key, self.table.c.handler]
         if backend == "postgresql":
             # psycopg reports no row count for many rows; count the rows returned instead.
             return (
                 postgresql.insert(self.table)
-                .on_conflict_do_nothing()
-                .returning(self.table.c.handled_at)
+                .on_conflict_do_nothing(index_elements=key)
+                .returning(self.table.c.message_key)
             )
         if backend == "sqlite":
-            return sqlite.insert(self.table).on_conflict_do_nothing()
+            return sqlite.insert(self.table).on_conflict_do_nothing(index_elements=key)
         return mysql.insert(self.table).prefix_with("IGNORE")
 
     def record(self, connection: Connection, rows: list[dict[str, Any]]) -> int:
@@ -125,7 +128,7 @@ class DeduplicationInterceptor(Interceptor):
     def __init__(self, inbox: Inbox, key: KeyFunction = message_id) -> None:
         self.inbox = inbox
         self.key = key
-        self._prefetched: weakref.WeakKeyDictionary[Batch, set[tuple[str, str]]] = (
+        self._batches: weakref.WeakKeyDictionary[Batch, set[tuple[str, str]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -155,8 +158,7 @@ class DeduplicationInterceptor(Interceptor):
         if row is None or transaction is None:
             return proceed()
         if self._deferrable(invocation, transaction):
-            assert isinstance(transaction.connection, Connection)
-            if not self._defer(transaction, row, self._known(transaction.connection)):
+            if not self._defer(transaction, row):
                 return None
             try:
                 return proceed()
@@ -184,9 +186,7 @@ class DeduplicationInterceptor(Interceptor):
                     return None
             return await proceed()
         if self._deferrable(invocation, transaction):
-            assert isinstance(transaction.connection, AsyncConnection)
-            known = await self._aknown(transaction.connection)
-            if not self._defer(transaction, row, known):
+            if not self._defer(transaction, row):
                 return None
             try:
                 return await proceed()
@@ -217,48 +217,26 @@ class DeduplicationInterceptor(Interceptor):
         # asyncio claim that a def handler works in, which records at once instead.
         return transaction.connection is delivery.transaction
 
-    def _known_query(self) -> tuple[Any, dict[str, list[str]]]:
+    def _noted(self) -> set[tuple[str, str]]:
+        """The records the current batch has noted for its flush so far."""
         batch = current_batch.get()
         assert batch is not None
-        return self._known_statement, {"keys": batch.message_ids}
+        noted = self._batches.get(batch)
+        if noted is None:
+            noted = self._batches[batch] = set()
+        return noted
 
-    @functools.cached_property
-    def _known_statement(self) -> Any:
-        table = self.inbox.table
-        return select(table.c.message_key, table.c.handler).where(
-            table.c.message_key.in_(bindparam("keys", expanding=True))
-        )
-
-    def _known(self, connection: Connection) -> set[tuple[str, str]]:
-        """The records that already exist for the batch's messages, read once per batch."""
-        batch = current_batch.get()
-        assert batch is not None
-        known = self._prefetched.get(batch)
-        if known is None:
-            rows = connection.execute(*self._known_query()).all()
-            known = self._prefetched[batch] = {(row[0], row[1]) for row in rows}
-        return known
-
-    async def _aknown(self, connection: AsyncConnection) -> set[tuple[str, str]]:
-        batch = current_batch.get()
-        assert batch is not None
-        known = self._prefetched.get(batch)
-        if known is None:
-            rows = (await connection.execute(*self._known_query())).all()
-            known = self._prefetched[batch] = {(row[0], row[1]) for row in rows}
-        return known
-
-    def _defer(
-        self, transaction: Transaction, row: dict[str, Any], known: set[tuple[str, str]]
-    ) -> bool:
-        """Note the record for the batch's flush; False if it exists already."""
+    def _defer(self, transaction: Transaction, row: dict[str, Any]) -> bool:
+        """Note the record for the batch's flush; False if the batch noted it already (the
+        same message twice in one batch)."""
         record = (row["message_key"], row["handler"])
-        if record in known:
+        noted = self._noted()
+        if record in noted:
             return False
         pending = transaction.pending.setdefault(self, [])
         if not pending:
             transaction.before_commit.append(lambda: self._flush(transaction))
-        known.add(record)
+        noted.add(record)
         pending.append(row)
         return True
 
@@ -267,10 +245,7 @@ class DeduplicationInterceptor(Interceptor):
         pending = transaction.pending.get(self, [])
         if row in pending:
             pending.remove(row)
-        batch = current_batch.get()
-        known = self._prefetched.get(batch) if batch is not None else None
-        if known is not None:
-            known.discard((row["message_key"], row["handler"]))
+        self._noted().discard((row["message_key"], row["handler"]))
 
     def _flush(self, transaction: Transaction) -> Any:
         rows = transaction.pending.pop(self, [])
