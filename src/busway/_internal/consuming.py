@@ -1,42 +1,33 @@
 """The worker's side of the pipeline: what to do with a delivery, and with a failure.
 
-What to do with a delivery is written once, as a generator that yields each piece of I/O
-(``Call``, ``Send``, ``Bury``); ``receive`` and ``areceive`` are the two edges that carry it
-out, one blocking, one awaiting.
+These are the decisions; ``busway._internal._async.receiving`` carries them out (and its
+sync twin, generated from it).
 """
 
 from __future__ import annotations
 
 import logging
 import traceback as traceback_module
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from busway._internal import time_limits
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import (
-    Bury,
-    Call,
-    Enqueue,
     Invoke,
-    Io,
     Runtime,
-    Send,
     Step,
     attempt_of,
     kind_of,
 )
-from busway._internal.steps import adrive, drive
-from busway.channels.base import BatchRollback, Delivery, Envelope, current_batch
+from busway.channels.base import Delivery, Envelope, current_batch
 from busway.errors import (
     ConversionError,
     HandlerTimeout,
     MalformedMessageError,
     NoHandlerError,
-    SetupRequired,
     UnreadableMessageError,
     WorkerDiedError,
 )
@@ -268,88 +259,6 @@ class Consumer:
             failed_at=self.runtime.clock(),
         )
 
-    # -- the steps of a delivery, written once ----------------------------------------------
-
-    def _receiving(self, delivery: Delivery) -> Generator[Io, Any, bool]:
-        """Handle one delivery, yielding each piece of I/O for an edge to carry out: the
-        result comes back from the ``yield``, an error is raised there. True when every
-        handler succeeded."""
-        prepared = self.prepare(delivery)
-        if isinstance(prepared, Forward):
-            _note_forwarded()
-            try:
-                yield Send(prepared.channel, prepared.envelope)
-            except ConversionError as unsendable:  # it can never travel there: poison
-                yield Bury(self.dead_letter(delivery, None, unsendable))
-                return False
-            return True
-        if isinstance(prepared, Reject):
-            yield Bury(prepared.letter)
-            return False
-        if isinstance(prepared, Drop):
-            log.warning(
-                "message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason
-            )
-            return True
-        _isolate_siblings(delivery, prepared.steps)
-        ok = True
-        for step in prepared.steps:
-            if isinstance(step, Enqueue):
-                yield Send(step.channel, _rehop(delivery.envelope, step.headers))
-                continue
-            error = yield from self._running(step.definition, delivery, prepared.headers)
-            if error is not None:
-                ok = False
-                outcome = self.decide_failure(delivery, step.definition, error)
-                yield Bury(outcome) if isinstance(outcome, DeadLetter) else Send(*outcome)
-        return ok
-
-    def _running(
-        self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
-    ) -> Generator[Io, Any, BaseException | None]:
-        """Run one handler, with its instant retries; the last error, or None."""
-        tries = 0
-        while True:
-            try:
-                if delivery.known_failure is not None:
-                    error, delivery.known_failure = delivery.known_failure, None
-                    raise error
-                message = self.message_for(definition, delivery, headers)
-                yield Call(definition, message, delivery)
-                return None
-            except (BatchRollback, SetupRequired):
-                raise  # not the handler's failure: a missing table fails every message alike
-            except Exception as error:
-                tries += 1
-                if not self.retries_instantly(definition, delivery, error, tries):
-                    return error
-                delivery.isolated = True  # each instant retry in a fresh savepoint
-
-    # -- the two edges ---------------------------------------------------------------------
-
-    def receive(self, delivery: Delivery, default_timeout: float | None = None) -> bool:
-        """Handle one delivery; True when every handler succeeded. ``default_timeout`` is
-        the time limit of handlers without one of their own or their bus's."""
-
-        def carry_out(io: Io) -> Any:
-            if isinstance(io, Call):
-                limit = self.timeout_for(io.definition, delivery, default_timeout)
-                if limit is not None:
-                    return time_limits.invoke(self.runtime, io, limit)
-            return self.runtime.carry_out(io)
-
-        return drive(self._receiving(delivery), carry_out)
-
-    async def areceive(self, delivery: Delivery, default_timeout: float | None = None) -> bool:
-        async def carry_out(io: Io) -> Any:
-            if isinstance(io, Call):
-                limit = self.timeout_for(io.definition, delivery, default_timeout)
-                if limit is not None:
-                    return await time_limits.ainvoke(self.runtime, io, limit)
-            return await self.runtime.acarry_out(io)
-
-        return await adrive(self._receiving(delivery), carry_out)
-
 
 MAX_ATTEMPTS = 1_000_000
 
@@ -364,19 +273,19 @@ def _attempts_before(headers: Mapping[str, HeaderValue]) -> int:
     return min(max(attempt_of(headers), 0), MAX_ATTEMPTS)
 
 
-def _note_forwarded() -> None:
+def note_forwarded() -> None:
     """Tell the batch in hand, if any, that its current message was only sent on."""
     batch = current_batch.get()
     if batch is not None and batch.current is not None:
         batch.forwarded.add(batch.current)
 
 
-def _isolate_siblings(delivery: Delivery, steps: list[Step]) -> None:
+def isolate_siblings(delivery: Delivery, steps: list[Step]) -> None:
     if not delivery.isolated and sum(isinstance(step, Invoke) for step in steps) > 1:
         delivery.isolated = True  # one subscriber's failure must not re-run its siblings
 
 
-def _rehop(envelope: Envelope, extra: Mapping[str, HeaderValue]) -> Envelope:
+def rehop(envelope: Envelope, extra: Mapping[str, HeaderValue]) -> Envelope:
     headers = dict(envelope.headers)
     headers.pop(SLIP, None)
     headers.update(extra)

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol, get_type_hints
 
+from busway._internal.chain import Chain, refusals
 from busway.conversion import Conversion, type_name
 from busway.gateways import BUILT_IN_BUSES, Gateway
 from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
-from busway.interceptors import Chain, HandlerInfo, Interceptor, Invocation, refusals
+from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import Headers, Message, qualified_name
 from busway.recovery import marked_policy
 from busway.timeouts import marked_timeout

@@ -4,6 +4,7 @@ passes in progress, or for the run to end."""
 
 from __future__ import annotations
 
+from busway._internal._async.receiving import areceive
 from busway.channels.base import Channel, Delivery
 from busway.worker.state import StopConsuming, WorkerState
 
@@ -49,7 +50,7 @@ class AsyncLoop(WorkerState):
     async def _ahandle(self, delivery: Delivery) -> None:
         self._claim()
         try:
-            ok = await self.consumer.areceive(delivery, self.limits.handler_timeout)
+            ok = await areceive(self.consumer, delivery, self.limits.handler_timeout)
         except BaseException:
             self._unclaim()
             raise

@@ -6,6 +6,7 @@ passes in progress, or for the run to end."""
 
 from __future__ import annotations
 
+from busway._internal._sync.receiving import receive
 from busway.channels.base import Channel, Delivery
 from busway.worker.state import StopConsuming, WorkerState
 
@@ -51,7 +52,7 @@ class Loop(WorkerState):
     def _handle(self, delivery: Delivery) -> None:
         self._claim()
         try:
-            ok = self.consumer.receive(delivery, self.limits.handler_timeout)
+            ok = receive(self.consumer, delivery, self.limits.handler_timeout)
         except BaseException:
             self._unclaim()
             raise
