@@ -6,6 +6,7 @@ sync twin, generated from it).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback as traceback_module
 from collections.abc import Mapping
@@ -280,9 +281,17 @@ def note_forwarded() -> None:
         batch.forwarded.add(batch.current)
 
 
-def isolate_siblings(delivery: Delivery, steps: list[Step]) -> None:
+def isolate_siblings(delivery: Delivery, steps: list[Step]) -> Delivery:
+    """``delivery``, isolated if it runs more than one handler: one subscriber's failure must
+    not re-run its siblings."""
     if not delivery.isolated and sum(isinstance(step, Invoke) for step in steps) > 1:
-        delivery.isolated = True  # one subscriber's failure must not re-run its siblings
+        return isolated(delivery)
+    return delivery
+
+
+def isolated(delivery: Delivery) -> Delivery:
+    """``delivery`` with a savepoint of its own for each handler."""
+    return delivery if delivery.isolated else dataclasses.replace(delivery, isolated=True)
 
 
 def rehop(envelope: Envelope, extra: Mapping[str, HeaderValue]) -> Envelope:

@@ -81,9 +81,9 @@ class Unreadable:
     reason: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
-    """An envelope handed to a consumer by a channel."""
+    """An envelope handed to a consumer by a channel, as the channel made it."""
 
     envelope: Envelope
     channel: str

@@ -249,8 +249,10 @@ class SqlChannel(Channel):
     def _claim_size(self) -> int:
         return self.batch_size * _RELAY_BATCH_FACTOR if self._relaying else self.batch_size
 
-    def _delivery(self, row: Row[Any], connection: Any, isolated: bool = True) -> Delivery:
-        return delivery_of(row, self.name, connection, isolated)
+    def _delivery(
+        self, row: Row[Any], connection: Any, isolated: bool = True, **known: Any
+    ) -> Delivery:
+        return delivery_of(row, self.name, connection, isolated, **known)
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         return consuming.consume(self, handle, max_messages, wait)

@@ -31,6 +31,5 @@ def _deaths(row: Row[Any]) -> int:
 
 def leased(channel: SqlChannel, row: Row[Any]) -> Delivery:
     """The delivery of the leased ``row``."""
-    delivery = channel._delivery(row, None)
-    delivery.crashes = row.deliveries if channel._max_crashes is not None else 0
-    return delivery
+    crashes = row.deliveries if channel._max_crashes is not None else 0
+    return channel._delivery(row, None, crashes=crashes)

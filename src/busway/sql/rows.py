@@ -10,7 +10,16 @@ from busway.channels.base import Delivery
 from busway.channels.reading import read
 
 
-def delivery_of(row: Row[Any], channel: str, connection: Any, isolated: bool) -> Delivery:
+def delivery_of(
+    row: Row[Any],
+    channel: str,
+    connection: Any,
+    isolated: bool,
+    *,
+    repeated: bool = False,
+    known_failure: BaseException | None = None,
+    crashes: int = 0,
+) -> Delivery:
     """The row's message, or, when its headers cannot be read, an ``Unreadable`` delivery that
     the core moves to the dead letter store as the row holds it."""
     envelope, unreadable = read(bytes(row.body), row.headers)
@@ -21,5 +30,8 @@ def delivery_of(row: Row[Any], channel: str, connection: Any, isolated: bool) ->
         transaction=connection,
         redelivered=isinstance(deliveries, int) and deliveries > 0,
         isolated=isolated,
+        repeated=repeated,
+        known_failure=known_failure,
+        crashes=crashes,
         unreadable=unreadable,
     )

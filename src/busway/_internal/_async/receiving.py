@@ -13,6 +13,7 @@ from busway._internal.consuming import (
     Forward,
     Reject,
     isolate_siblings,
+    isolated,
     note_forwarded,
     rehop,
 )
@@ -47,14 +48,18 @@ async def areceive(
     if isinstance(prepared, Drop):
         log.warning("message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason)
         return True
-    isolate_siblings(delivery, prepared.steps)
+    delivery = isolate_siblings(delivery, prepared.steps)
+    known = delivery.known_failure  # met the first time: the first handler is not run again
     ok = True
     for step in prepared.steps:
         if isinstance(step, Enqueue):
             await runtime.asend(step.channel, rehop(delivery.envelope, step.headers))
             continue
         definition = step.definition
-        error = await _arunning(consumer, definition, delivery, prepared.headers, default_timeout)
+        error = await _arunning(
+            consumer, definition, delivery, prepared.headers, default_timeout, known
+        )
+        known = None
         if error is not None:
             ok = False
             outcome = consumer.decide_failure(delivery, definition, error)
@@ -71,13 +76,15 @@ async def _arunning(
     delivery: Delivery,
     headers: Headers,
     default_timeout: float | None,
+    known: BaseException | None,
 ) -> BaseException | None:
-    """Run one handler, with its instant retries; the last error, or None."""
+    """Run one handler, with its instant retries; the last error, or None. ``known``: its
+    failure when the channel redoes the batch it failed in, met again without running it."""
     tries = 0
     while True:
         try:
-            if delivery.known_failure is not None:
-                error, delivery.known_failure = delivery.known_failure, None
+            if known is not None:
+                error, known = known, None
                 raise error
             message = consumer.message_for(definition, delivery, headers)
             limit = consumer.timeout_for(definition, delivery, default_timeout)
@@ -93,4 +100,4 @@ async def _arunning(
             tries += 1
             if not consumer.retries_instantly(definition, delivery, error, tries):
                 return error
-            delivery.isolated = True  # each instant retry in a fresh savepoint
+            delivery = isolated(delivery)  # each instant retry in a fresh savepoint

@@ -120,10 +120,14 @@ def _batch(
     try:
         for row in rows:
             batch.current = row.seq
-            delivery = channel._delivery(row, connection, isolated)
-            delivery.known_failure = failures.get(row.seq)
-            delivery.repeated = row.seq in handed
-            delivery.crashes = row.crashes if guarded else 0
+            delivery = channel._delivery(
+                row,
+                connection,
+                isolated,
+                repeated=row.seq in handed,
+                known_failure=failures.get(row.seq),
+                crashes=row.crashes if guarded else 0,
+            )
             try:
                 handle(delivery)
             except MessageReturned:
