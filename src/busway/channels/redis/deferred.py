@@ -1,4 +1,5 @@
-"""Sends made while a consumer hands out a batch: they go out together, before its ack."""
+"""A batch's sends, deferred until before its acknowledgement: commands sent together then, in
+one pipeline."""
 
 from __future__ import annotations
 
