@@ -72,7 +72,7 @@ class _Deferred:
         if failures:
             raise self.batch.unsent([(sources[id(message)], error) for message, error in failures])
 
-    def settle_callback(self) -> Awaitable[None] | None:
+    def before_ack(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: waits here in sync code, else returns an
         awaitable for the caller's loop."""
         loop = self.link.loop

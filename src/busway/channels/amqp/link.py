@@ -292,5 +292,5 @@ class _Link:
             deferred = self._batches.get(batch)
             if deferred is None:
                 deferred = self._batches[batch] = _Deferred(self, batch)
-                batch.before_ack.append(deferred.settle_callback)
+                batch.before_ack.append(deferred.before_ack)
         return deferred

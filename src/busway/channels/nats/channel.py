@@ -290,7 +290,7 @@ class NatsChannel(Channel):
         deferred = per_link.get(link)
         if deferred is None:
             deferred = per_link[link] = Deferred(self, link, batch)
-            batch.before_ack.append(deferred.callback)
+            batch.before_ack.append(deferred.before_ack)
         return deferred
 
     def _more(self, messages: list[Msg], count: int) -> bool:

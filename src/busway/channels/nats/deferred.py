@@ -75,7 +75,7 @@ class Deferred:
         self.sent.append(publish)
         await self._send(publish)
 
-    def callback(self) -> Awaitable[None] | None:
+    def before_ack(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: awaitable on the connection's own loop, or any
         other running loop; from sync code, blocks until done."""
         if running_loop() is self.link.loop:
