@@ -1,4 +1,8 @@
-"""RabbitMQ for busway: ``AmqpChannel``. Needs the extra: ``pip install 'busway[rabbitmq]'``."""
+"""RabbitMQ: ``AmqpChannel``, from its one public import path.
+
+Needs the extra: ``pip install 'busway[rabbitmq]'``. The channel lives in
+``busway.channels.amqp``, which is internal.
+"""
 
 from busway.channels.amqp import AmqpChannel
 

@@ -1,6 +1,8 @@
-"""Redis Streams: ``RedisChannel``. Needs the extra: ``pip install 'busway[redis]'``."""
+"""Redis Streams: ``RedisChannel``, from its one public import path.
 
-from __future__ import annotations
+Needs the extra: ``pip install 'busway[redis]'``. The channel lives in
+``busway.channels.redis``, which is internal.
+"""
 
 from busway.channels.redis import RedisChannel
 

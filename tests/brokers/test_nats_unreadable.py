@@ -13,7 +13,7 @@ from test_nats import nats_server as nats_server
 from test_nats import streams as streams
 from unreadable_support import JOB_TYPE, Job, JobBus, build, check, run
 
-from busway.channels.nats import HEADERS
+from busway.channels.nats.wire import HEADERS
 
 NESTED = '{"a":' + "[" * 25_000 + "]" * 25_000 + "}"  # NATS headers hold up to 64 kB
 GOOD = f'{{"type": "{JOB_TYPE}", "busway.kind": "command"}}'

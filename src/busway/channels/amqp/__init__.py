@@ -17,9 +17,18 @@ messages are at hand. Inside a batch (a relay forwarding an outbox), a send does
 its confirm: the batch waits for all of them before it acknowledges, and fails, so that it is
 redone, if one was refused.
 
-The modules: ``channel`` (``AmqpChannel``), ``link`` (the connection, setting up and
-publishing), ``consuming`` (the link's consumer), ``confirms`` (a batch's confirms in flight)
-and ``wire`` (the AMQP properties and field tables).
+The modules, under the same names for the same concepts in every broker package:
+
+- ``channel``: the channel, ``AmqpChannel``.
+- ``link``: the connection edge: one robust connection on one event loop, and the setting up
+  and publishing over it.
+- ``wire``: a message on the wire: headers as typed AMQP properties and field tables.
+- ``deferred``: a batch's sends, deferred until before its acknowledgement: publishes whose
+  confirms are in flight meanwhile.
+- ``consuming``: how the channel consumes: the link's consumer, whose fetched messages are
+  handed out one at a time, acknowledged or given back.
+
+``busway.channels.amqp`` is internal: the one public import path is ``busway.amqp.AmqpChannel``.
 """
 
 from busway.errors import extra_required

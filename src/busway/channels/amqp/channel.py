@@ -124,7 +124,7 @@ class AmqpChannel(Channel):
         if batch is None:
             run_coroutine(link.publish([_outgoing(envelope, self.name)]))
         else:
-            link.confirms(batch).add(_outgoing(envelope, self.name))
+            link.deferred(batch).add(_outgoing(envelope, self.name))
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:
@@ -172,7 +172,7 @@ class AmqpChannel(Channel):
         if batch is None:
             await link.publish([_outgoing(envelope, self.name)])
         else:
-            link.confirms(batch).add(_outgoing(envelope, self.name))
+            link.deferred(batch).add(_outgoing(envelope, self.name))
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:

@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity, DeliveryError, PublishError
 from yarl import URL
 
-from busway.channels.amqp.confirms import _Confirms
+from busway.channels.amqp.deferred import _Deferred
 from busway.channels.amqp.wire import _Outgoing
 from busway.channels.base import Batch
 from busway.errors import BuswayError
@@ -65,7 +65,7 @@ class _Link:
         self._wait_queues: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = threading.Lock()
-        self._batches: WeakKeyDictionary[Batch, _Confirms] = WeakKeyDictionary()
+        self._batches: WeakKeyDictionary[Batch, _Deferred] = WeakKeyDictionary()
 
     # -- connection ----------------------------------------------------------------------
 
@@ -286,11 +286,11 @@ class _Link:
             self._wait_queues.add(name)
         return name
 
-    def confirms(self, batch: Batch) -> _Confirms:
+    def deferred(self, batch: Batch) -> _Deferred:
         """The publishes of ``batch`` on this link, settled before the batch acknowledges."""
         with self._lock:
-            confirms = self._batches.get(batch)
-            if confirms is None:
-                confirms = self._batches[batch] = _Confirms(self, batch)
-                batch.before_ack.append(confirms.settle_callback)
-        return confirms
+            deferred = self._batches.get(batch)
+            if deferred is None:
+                deferred = self._batches[batch] = _Deferred(self, batch)
+                batch.before_ack.append(deferred.before_ack)
+        return deferred

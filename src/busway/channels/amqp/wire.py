@@ -1,4 +1,5 @@
-"""The AMQP wire format: headers as typed AMQP properties, and messages back as envelopes."""
+"""A message on the wire: busway's headers as typed AMQP properties and field tables, the body
+as the body; and messages back as envelopes."""
 
 from __future__ import annotations
 

@@ -5,11 +5,22 @@ sync methods run the same coroutines on busway's helper loop, through one connec
 there, and call the handler in the caller's thread. Delays: a message fetched before its
 time is given back with ``nak(delay)``, and JetStream hands it out again when it is due.
 
-``channel`` holds ``NatsChannel``; ``link`` one connection with its pull inbox; ``acks``
-the publish acks it awaits; ``queued`` the work other threads hand to a connection's loop;
-``hand`` a fetched batch handed out; ``confirmations`` the publish acks a batch awaits at
-its end; ``streams`` the stream and consumer ``setup`` declares; ``headers`` how busway's
-headers travel.
+The modules, under the same names for the same concepts in every broker package:
+
+- ``channel``: the channel, ``NatsChannel``.
+- ``link``: the connection edge: one connection on the event loop that made it, with its pull
+  inbox.
+- ``wire``: a message on the wire: busway's headers in one NATS header, as a JSON object.
+- ``deferred``: a batch's sends, deferred until before its acknowledgement: publishes whose
+  JetStream acks are awaited once, then.
+- ``hand``: a batch in hand: a fetched batch handed out one message at a time, and what is
+  left to give back.
+
+NATS's own: ``acks`` the JetStream acks a connection's publishes await, on an inbox of its
+own; ``queued`` the work other threads hand to a connection's loop; ``topology`` the stream
+and consumer ``setup`` declares, and a refused publish explained.
+
+``busway.channels.nats`` is internal: the one public import path is ``busway.nats.NatsChannel``.
 """
 
 from busway.errors import extra_required
@@ -18,6 +29,5 @@ with extra_required("the NATS JetStream channel (busway.nats)", "nats"):
     import nats.js  # noqa: F401 - before the modules below, which all take nats-py for granted
 
 from busway.channels.nats.channel import NatsChannel
-from busway.channels.nats.headers import HEADERS, decode_headers, encode_headers
 
-__all__ = ["HEADERS", "NatsChannel", "decode_headers", "encode_headers"]
+__all__ = ["NatsChannel"]

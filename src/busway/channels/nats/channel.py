@@ -30,9 +30,8 @@ from busway.channels.base import (
     MessageReturned,
     current_batch,
 )
-from busway.channels.nats.confirmations import Confirmations
+from busway.channels.nats.deferred import Deferred
 from busway.channels.nats.hand import Hand, suspect
-from busway.channels.nats.headers import HEADERS, encode_headers
 from busway.channels.nats.link import (
     Link,
     Unavailable,
@@ -42,7 +41,8 @@ from busway.channels.nats.link import (
     usable,
 )
 from busway.channels.nats.queued import running_loop
-from busway.channels.nats.streams import declare, failure, require_stream
+from busway.channels.nats.topology import declare, failure, require_stream
+from busway.channels.nats.wire import HEADERS, encode_headers
 from busway.errors import ConfigurationError
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -86,7 +86,7 @@ class NatsChannel(Channel):
         self._clock: Callable[[], float] = time.time
         self._links: dict[asyncio.AbstractEventLoop, asyncio.Task[Link]] = {}
         self._sync_link: Link | None = None
-        self._confirmations: weakref.WeakKeyDictionary[Batch, dict[Link, Confirmations]] = (
+        self._deferred: weakref.WeakKeyDictionary[Batch, dict[Link, Deferred]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -122,8 +122,8 @@ class NatsChannel(Channel):
             link = self._sync_link = run_coroutine(self._link(check=False))
         batch = current_batch.get()
         if batch is not None:
-            confirmations = self._confirmations_for(batch, link)
-            link.queued.put(partial(confirmations.publish, envelope, batch.current))
+            deferred = self._deferred_for(batch, link)
+            link.queued.put(partial(deferred.publish, envelope, batch.current))
             return
         if threading.get_ident() == link.thread:  # waiting here would stop the loop
             run_coroutine(self._publish(envelope))  # which refuses, saying what to do
@@ -176,7 +176,7 @@ class NatsChannel(Channel):
             await self._publish(envelope)
         else:
             link = await self._link(check=False)
-            await self._confirmations_for(batch, link).publish(envelope, batch.current)
+            await self._deferred_for(batch, link).publish(envelope, batch.current)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         link, messages = await self._fetch(min(max_messages, self.batch_size), wait)
@@ -284,14 +284,14 @@ class NatsChannel(Channel):
             return error
         return None
 
-    def _confirmations_for(self, batch: Batch, link: Link) -> Confirmations:
+    def _deferred_for(self, batch: Batch, link: Link) -> Deferred:
         """In a batch (a relay's, say), publish acks are awaited once, before its own acks."""
-        per_link = self._confirmations.setdefault(batch, {})
-        confirmations = per_link.get(link)
-        if confirmations is None:
-            confirmations = per_link[link] = Confirmations(self, link, batch)
-            batch.before_ack.append(confirmations.callback)
-        return confirmations
+        per_link = self._deferred.setdefault(batch, {})
+        deferred = per_link.get(link)
+        if deferred is None:
+            deferred = per_link[link] = Deferred(self, link, batch)
+            batch.before_ack.append(deferred.before_ack)
+        return deferred
 
     def _more(self, messages: list[Msg], count: int) -> bool:
         """Whether to fetch the rest of a batch after ``messages``: not after a suspect.

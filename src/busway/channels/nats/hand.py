@@ -9,7 +9,7 @@ from datetime import datetime
 from nats.aio.msg import Msg
 
 from busway.channels.base import Delivery
-from busway.channels.nats.headers import read_message
+from busway.channels.nats.wire import read_message
 
 
 class Hand:

@@ -9,11 +9,25 @@ pending messages of a consumer that died are claimed by another once idle for ``
 seconds. Redis keeps streams in memory: messages survive a Redis restart only with
 persistence on.
 
-``channel`` holds ``RedisChannel``; ``stream`` the commands it sends and what their replies
-mean, free of I/O; ``scripts`` the Lua scripts among them; ``link`` the sync and asyncio
-redis-py clients that run them; ``hand`` a batch read and handed out, and what of it to
-acknowledge; ``deferred`` the sends a batch makes, sent together before its acknowledgement,
-each failure kept back with its own message only.
+The modules, under the same names for the same concepts in every broker package:
+
+- ``channel``: the channel, ``RedisChannel``.
+- ``link``: the connection edge: the sync and asyncio redis-py clients, and the commands run
+  on them (``clients``, and ``commands`` in ``_async/``).
+- ``wire``: a message on the wire: busway's headers as JSON in one field of a stream entry,
+  the body in another.
+- ``deferred``: a batch's sends, deferred until before its acknowledgement: commands sent
+  together then, in one pipeline.
+- ``hand``: a batch in hand: entries read and handed out one at a time, and what of them to
+  acknowledge.
+- ``consuming``: how the channel consumes, in ``_async/``.
+
+Redis's own: ``stream`` the commands the channel sends and what their replies mean, free of
+I/O; ``scripts`` the Lua scripts among them. ``_async/`` holds the code with I/O, written for
+asyncio; ``_sync/`` is generated from it by ``tools/unasync.py``.
+
+``busway.channels.redis`` is internal: the one public import path is
+``busway.redis.RedisChannel``.
 """
 
 from busway.errors import extra_required

@@ -7,6 +7,7 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import redis.asyncio
 
 from busway.channels.base import (
     AsyncHandle,
+    Batch,
     Channel,
     ChannelContext,
     Envelope,
@@ -63,7 +65,7 @@ class RedisChannel(Channel):
         consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._stream = Stream(stream or f"busway:{{{name}}}", group, consumer, claim_idle)
         self._link = Link(url, self._stream.create_group(), retries, max_backoff, options)
-        self._deferred = Deferred(self._link)
+        self._deferred: weakref.WeakKeyDictionary[Batch, Deferred] = weakref.WeakKeyDictionary()
         self._clock: Callable[[], float] = time.time
 
     def __repr__(self) -> str:
@@ -104,7 +106,7 @@ class RedisChannel(Channel):
         if batch is None:
             self._link.execute(command)
         else:
-            self._deferred.add(batch, command)
+            self._deferred_for(batch).add(command)
 
     async def asend(self, envelope: Envelope) -> None:
         command = self._stream.send(envelope, self._clock())
@@ -112,7 +114,15 @@ class RedisChannel(Channel):
         if batch is None:
             await self._link.aexecute(command)
         else:
-            self._deferred.add(batch, command)
+            self._deferred_for(batch).add(command)
+
+    def _deferred_for(self, batch: Batch) -> Deferred:
+        """In a batch (a relay's, say), sends go out together, before its acknowledgement."""
+        deferred = self._deferred.get(batch)
+        if deferred is None:
+            deferred = self._deferred[batch] = Deferred(self._link, batch)
+            batch.before_ack.append(deferred.before_ack)
+        return deferred
 
     # -- consuming -------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Sends made while a consumer hands out a batch: they go out together, before its ack."""
+"""A batch's sends, deferred until before its acknowledgement: commands sent together then, in
+one pipeline."""
 
 from __future__ import annotations
 
@@ -16,21 +17,6 @@ Send = tuple[Hashable | None, Command]
 
 
 class Deferred:
-    """The commands each batch in hand has sent so far, each tagged with its message."""
-
-    def __init__(self, link: Link) -> None:
-        self._link = link
-        self._sends: weakref.WeakKeyDictionary[Batch, _Sends] = weakref.WeakKeyDictionary()
-
-    def add(self, batch: Batch, command: Command) -> None:
-        sends = self._sends.get(batch)
-        if sends is None:
-            sends = self._sends[batch] = _Sends(self._link, batch)
-            batch.before_ack.append(sends.flush)
-        sends.queued.append((batch.current, command))
-
-
-class _Sends:
     """One batch's sends on one channel, sent in one pipeline by the batch's ``before_ack``.
 
     Each command gets its own reply: when some fail, the batch learns which messages they
@@ -42,8 +28,19 @@ class _Sends:
         self.queued: list[Send] = []
         self._batch = weakref.ref(batch)  # the channel's map of batches holds them weakly
 
-    def flush(self) -> Awaitable[None] | None:
-        """Send what is queued now, or return the awaitable that does, on an asyncio consumer."""
+    @property
+    def batch(self) -> Batch:
+        batch = self._batch()
+        assert batch is not None, "a batch outlives its before_ack callbacks"
+        return batch
+
+    def add(self, command: Command) -> None:
+        """Queue ``command``, tagged with the batch's message in hand."""
+        self.queued.append((self.batch.current, command))
+
+    def before_ack(self) -> Awaitable[None] | None:
+        """The batch's ``before_ack`` callback: sends what is queued in sync code, else returns
+        the awaitable that does."""
         sends, self.queued = self.queued, []
         if not sends:
             return None
@@ -53,9 +50,9 @@ class _Sends:
         except RuntimeError:  # a sync consumer's batch
             self._settle(sends, self.link.replies(commands))
             return None
-        return self._aflush(sends, commands)
+        return self._asend(sends, commands)
 
-    async def _aflush(self, sends: list[Send], commands: list[Command]) -> None:
+    async def _asend(self, sends: list[Send], commands: list[Command]) -> None:
         self._settle(sends, await self.link.areplies(commands))
 
     def _settle(self, sends: list[Send], replies: list[Any]) -> None:
@@ -65,6 +62,4 @@ class _Sends:
             if isinstance(reply, Exception)
         ]
         if failures:
-            batch = self._batch()
-            assert batch is not None, "a batch outlives its before_ack callbacks"
-            raise batch.unsent(failures)
+            raise self.batch.unsent(failures)

@@ -7,8 +7,8 @@ import time
 from collections.abc import Hashable, Iterator
 
 from busway.channels.base import Batch, Delivery, Unsent
-from busway.channels.reading import read
 from busway.channels.redis.stream import Entry, Stream
+from busway.channels.redis.wire import read_entry
 
 log = logging.getLogger("busway.redis")
 
@@ -39,7 +39,7 @@ class Hand:
     def __iter__(self) -> Iterator[Delivery]:
         batch, sources = self.batch, self._sources
         for entry_id, headers, body, redelivered, crashes in self.entries:
-            envelope, unreadable = read(body, headers)
+            envelope, unreadable = read_entry(headers, body)
             batch.current = entry_id
             sources.append(entry_id)
             yield Delivery(

@@ -12,11 +12,9 @@ import time
 from collections import deque
 from typing import Any
 
-import msgspec
-
 from busway.channels.base import Envelope
 from busway.channels.redis.scripts import CLAIM, DEPTH, HEADS, PREPARE, RETIRE
-from busway.errors import ConversionError
+from busway.channels.redis.wire import encode_headers, fields, headers_and_body
 
 Command = tuple[Any, ...]
 Entry = tuple[bytes, bytes, bytes, bool, int]
@@ -25,8 +23,6 @@ how many of its deliveries ended without an acknowledgement (deaths of consumers
 ``claimed``)."""
 
 LAST_CURSOR = b"0-0"
-
-_encode = msgspec.json.Encoder().encode
 
 
 class Stream:
@@ -57,18 +53,12 @@ class Stream:
         return ("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
 
     def send(self, envelope: Envelope, now: float) -> Command:
-        try:
-            headers = _encode(envelope.headers)
-        except TypeError as error:
-            raise ConversionError(
-                f"a header of a message for stream {self.stream!r} is not JSON: {error}; "
-                "header values must be str, int, float, bool or None"
-            ) from error
+        headers = encode_headers(envelope.headers, self.stream)
         deliver_at = envelope.deliver_at
         if deliver_at is not None and deliver_at > now:
             member = secrets.token_hex(8).encode() + b"\n" + headers + b"\n" + envelope.body
             return ("ZADD", self.delayed, repr(deliver_at), member)
-        return ("XADD", self.stream, "*", "headers", headers, "body", envelope.body)
+        return ("XADD", self.stream, "*", *fields(headers, envelope.body))
 
     def claim_due(self) -> bool:
         """Whether to look for entries other consumers left idle (every ``claim_idle / 2``)."""
@@ -131,7 +121,7 @@ class Stream:
             self._held_ids.clear()
         self.reading = False
         # Added anew, each starts with no deaths counted: a graceful stop counts none.
-        added = [("XADD", self.stream, "*", "headers", h, "body", b) for _, h, b, _, _ in held]
+        added = [("XADD", self.stream, "*", *fields(h, b)) for _, h, b, _, _ in held]
         retire = ("EVAL", RETIRE, 1, self.stream, self.group, self.consumer)
         return [*added, *([self.acknowledge(held)] if held else []), retire]
 
@@ -183,16 +173,12 @@ class Stream:
         self, raw: list[Any], redelivered: bool, deliveries: list[int] | None
     ) -> list[Entry]:
         entries: list[Entry] = []
-        for index, (entry_id, fields) in enumerate(raw):
-            if not fields or entry_id in self._held_ids:
+        for index, (entry_id, values) in enumerate(raw):
+            if not values or entry_id in self._held_ids:
                 continue  # deleted before it was claimed, or already held here
             crashes = max(0, int(deliveries[index]) - 1) if deliveries else 0
-            if len(fields) == 4 and fields[0] == b"headers":
-                entries.append((entry_id, fields[1], fields[3], redelivered, crashes))
-            else:  # written by another program: without headers, it cannot be read
-                named = dict(zip(fields[::2], fields[1::2], strict=False))
-                headers, body = named.get(b"headers", b""), named.get(b"body", b"")
-                entries.append((entry_id, headers, body, redelivered, crashes))
+            headers, body = headers_and_body(values)
+            entries.append((entry_id, headers, body, redelivered, crashes))
         return entries
 
     # -- entries held back -----------------------------------------------------------------

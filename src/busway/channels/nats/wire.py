@@ -1,4 +1,5 @@
-"""busway's headers in one NATS header, as a JSON object, so typed values survive."""
+"""A message on the wire: busway's headers in one NATS header, as a JSON object, so typed
+values survive; the body as the body."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The confirms of one batch's publishes, awaited together before the batch acknowledges."""
+"""A batch's sends, deferred until before its acknowledgement: publishes whose confirms are
+in flight meanwhile, awaited together then."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from busway.channels.amqp.link import _Link
 
 
-class _Confirms:
+class _Deferred:
     """One batch's publishes on one link, their confirms in flight until ``settle``."""
 
     def __init__(self, link: _Link, batch: Batch) -> None:
@@ -71,7 +72,7 @@ class _Confirms:
         if failures:
             raise self.batch.unsent([(sources[id(message)], error) for message, error in failures])
 
-    def settle_callback(self) -> Awaitable[None] | None:
+    def before_ack(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: waits here in sync code, else returns an
         awaitable for the caller's loop."""
         loop = self.link.loop

@@ -1,4 +1,5 @@
-"""The publishes of one batch, whose JetStream acks the batch awaits once, at its end.
+"""A batch's sends, deferred until before its acknowledgement: publishes whose JetStream acks
+are awaited once, then.
 
 Each publish is tagged with the batch's message in hand when it was sent (``Batch.current``).
 At the end, a publish that JetStream refused, or that is still unacknowledged when
@@ -19,10 +20,10 @@ import nats.errors
 import nats.js.errors
 
 from busway.channels.base import Batch, Envelope
-from busway.channels.nats.headers import HEADERS, encode_headers
 from busway.channels.nats.link import Link, transient
 from busway.channels.nats.queued import running_loop
-from busway.channels.nats.streams import failure, require_stream
+from busway.channels.nats.topology import failure, require_stream
+from busway.channels.nats.wire import HEADERS, encode_headers
 from busway.errors import ConfigurationError, ConversionError
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class _Publish:
         return self.ack.exception()
 
 
-class Confirmations:
+class Deferred:
     """Publishes of one batch on one connection, whose acks the batch awaits once, at its end."""
 
     def __init__(self, channel: NatsChannel, link: Link, batch: Batch) -> None:
@@ -74,7 +75,7 @@ class Confirmations:
         self.sent.append(publish)
         await self._send(publish)
 
-    def callback(self) -> Awaitable[None] | None:
+    def before_ack(self) -> Awaitable[None] | None:
         """The batch's ``before_ack`` callback: awaitable on the connection's own loop, or any
         other running loop; from sync code, blocks until done."""
         if running_loop() is self.link.loop:
