@@ -103,6 +103,9 @@ class WorkerState:
         # the messages in hand, which also count against the limit.
         self._passes = 0
         self._in_hand = 0
+        self._idle = 0
+        """The consumers waiting after an idle pass: only they need telling of a message
+        handled."""
         self._changed = threading.Condition(self._lock)
         self._achanged: Changes | None = None
 
@@ -145,9 +148,7 @@ class WorkerState:
     def _unclaim(self) -> None:
         with self._lock:
             self._in_hand -= 1
-            self._changed.notify_all()
-        if self._achanged is not None:
-            self._achanged.notify_all()
+            self._tell_idle()
 
     def _count(self, ok: bool, repeated: bool) -> None:
         with self._lock:
@@ -159,11 +160,16 @@ class WorkerState:
                 if self.limits.stop_on_failure:
                     self.stop("failure")
             self._check_limits()
-            self._changed.notify_all()
-        if self._achanged is not None:
-            self._achanged.notify_all()
+            self._tell_idle()
         if self.on_progress is not None:
             self.on_progress(self.result)
+
+    def _tell_idle(self) -> None:
+        """Wake the consumers waiting after an idle pass, if any (holding the lock)."""
+        if self._idle:
+            self._changed.notify_all()
+            if self._achanged is not None:
+                self._achanged.notify_all()
 
     def _after_idle_pass(self, seen: int) -> bool:
         """After a pass that handled nothing: stop if the run is over; True to wait for others.

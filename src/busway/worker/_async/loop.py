@@ -32,8 +32,12 @@ class AsyncLoop(WorkerState):
                 async with changed:
                     # Found nothing: start no new pass until another consumer handles
                     # something, or until every pass is over and the run can end.
-                    while self._after_idle_pass(seen):
-                        await changed.wait()
+                    self._idle += 1
+                    try:
+                        while self._after_idle_pass(seen):
+                            await changed.wait()
+                    finally:
+                        self._idle -= 1
 
     async def _aconsume(self, channel: Channel) -> int:
         try:

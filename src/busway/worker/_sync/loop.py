@@ -34,8 +34,12 @@ class Loop(WorkerState):
                 with changed:
                     # Found nothing: start no new pass until another consumer handles
                     # something, or until every pass is over and the run can end.
-                    while self._after_idle_pass(seen):
-                        changed.wait()
+                    self._idle += 1
+                    try:
+                        while self._after_idle_pass(seen):
+                            changed.wait()
+                    finally:
+                        self._idle -= 1
 
     def _consume(self, channel: Channel) -> int:
         try:
