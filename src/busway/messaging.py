@@ -106,10 +106,25 @@ class Messaging:
             dead_letters = extension.dead_letters if extension else InMemoryDeadLetterStore()
 
         conversion = Conversion(converters)
-        self._runtime = Runtime(
-            Router([]), conversion, self.channels, clock, dead_letters, retry or RetryPolicy()
+        self._extension = extension
+        self.auto_setup = auto_setup
+        sql_channels = self._sql_channels()
+        preparation = Preparation(
+            auto_setup,
+            self._setup_sql_tables if extension is not None or sql_channels else None,
+            sql_channels,
+            self.channels,
         )
-        self._runtime.command_failures = command_failures
+        self._runtime = Runtime(
+            Router([]),
+            conversion,
+            self.channels,
+            clock,
+            dead_letters,
+            retry or RetryPolicy(),
+            command_failures=command_failures,
+            preparation=preparation,
+        )
         problems += _max_crashes_problems(max_crashes)
         self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         for name in [*(channel_retries or {}), *([command_failures] if command_failures else [])]:
@@ -147,15 +162,6 @@ class Messaging:
             problems += channel.validate()
         if problems:
             raise ConfigurationError(_unique(problems))
-        self._extension = extension
-        self.auto_setup = auto_setup
-        sql_channels = self._sql_channels()
-        self._runtime.preparation = Preparation(
-            auto_setup,
-            self._setup_sql_tables if extension is not None or sql_channels else None,
-            sql_channels,
-            self.channels,
-        )
         self.dead_letters = DeadLetters(self._runtime)
 
     # -- gateways --------------------------------------------------------------------------

@@ -117,6 +117,9 @@ class Runtime:
         clock: Callable[[], float],
         dead_letters: DeadLetterStore,
         retry: RetryPolicy,
+        *,
+        command_failures: str | None = None,
+        preparation: Preparation | None = None,
     ) -> None:
         self.router = router
         self.conversion = conversion
@@ -127,9 +130,9 @@ class Runtime:
         self.observers: list[Observer] = []
         self._types: dict[type[Any], tuple[str, str]] = {}
         self._plans: dict[tuple[Kind, type[Any] | None, str | None, str | None], list[Step]] = {}
-        self.command_failures: str | None = None
+        self.command_failures = command_failures
         """The channel where commands whose synchronous handling failed go, if any."""
-        self.preparation = Preparation(enabled=False)
+        self.preparation = preparation or Preparation(enabled=False)
         """What is set up at its first use (``Messaging(auto_setup=...)``)."""
 
     # -- making messages -------------------------------------------------------------------
