@@ -47,10 +47,16 @@ def uuid7() -> str:
         now = time.time_ns() // 1_000_000 << 12
         _uuid7_last = now if now > _uuid7_last else _uuid7_last + 1
         stamp = _uuid7_last
+    milliseconds = stamp >> 12
     # The random module reseeds itself in a forked child, so processes never share a stream.
-    value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | getrandbits(62)
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    random = getrandbits(62)
+    return "%08x-%04x-%04x-%04x-%012x" % (
+        milliseconds >> 16,
+        milliseconds & 0xFFFF,
+        0x7000 | stamp & 0xFFF,  # version 7, then the sequence
+        0x8000 | random >> 48,  # the variant, 0b10
+        random & 0xFFFF_FFFF_FFFF,
+    )
 
 
 class Headers(Mapping[str, HeaderValue]):
