@@ -50,7 +50,8 @@ def uuid7() -> str:
     milliseconds = stamp >> 12
     # The random module reseeds itself in a forked child, so processes never share a stream.
     random = getrandbits(62)
-    return "%08x-%04x-%04x-%04x-%012x" % (
+    # %-formatting: about half the time of an f-string with the same five fields.
+    return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031
         milliseconds >> 16,
         milliseconds & 0xFFFF,
         0x7000 | stamp & 0xFFF,  # version 7, then the sequence
@@ -70,6 +71,14 @@ class Headers(Mapping[str, HeaderValue]):
 
     def __init__(self, data: Mapping[str, HeaderValue] | None = None) -> None:
         self._data: dict[str, HeaderValue] = dict(data) if data else {}
+
+    @classmethod
+    def _owning(cls, data: dict[str, HeaderValue]) -> Headers:
+        """Headers over ``data`` itself, not a copy: its maker hands it over and never
+        changes it again."""
+        headers = cls.__new__(cls)
+        headers._data = data
+        return headers
 
     def __getitem__(self, key: str) -> HeaderValue:
         return self._data[key]
@@ -97,16 +106,18 @@ class Headers(Mapping[str, HeaderValue]):
 
     def merge(self, changes: Mapping[str, HeaderValue]) -> Headers:
         """A copy with ``changes`` applied; a value of ``None`` removes the key."""
-        data = dict(self._data)
-        for key, value in changes.items():
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-        return Headers(data)
+        return Headers._owning(self.as_dict(changes))
 
-    def as_dict(self) -> dict[str, HeaderValue]:
-        return dict(self._data)
+    def as_dict(self, changes: Mapping[str, HeaderValue] | None = None) -> dict[str, HeaderValue]:
+        """A plain dict of the headers, with ``changes`` applied as in ``merge``."""
+        data = dict(self._data)
+        if changes:
+            for key, value in changes.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+        return data
 
     def user_headers(self) -> dict[str, HeaderValue]:
         """The headers a user gave, which travel on to every message sent while handling."""
