@@ -55,15 +55,11 @@ def uuid7() -> str:
         milliseconds = stamp >> 12
         prefix = "%08x-%04x-" % (milliseconds >> 16, milliseconds & 0xFFFF)  # noqa: UP031
         _uuid7_prefix = (milliseconds, prefix)
-    # The random module reseeds itself in a forked child, so processes never share a stream.
-    random = getrandbits(62)
-    # %-formatting takes about half the time of an f-string with the same fields.
-    return "%s%04x-%04x-%012x" % (  # noqa: UP031
-        prefix,
-        0x7000 | stamp & 0xFFF,  # version 7, then the sequence
-        0x8000 | random >> 48,  # the variant, 0b10
-        random & 0xFFFF_FFFF_FFFF,
-    )
+    # The variant (0b10), then 62 random bits, as "vrrr-rrrrrrrrrrrr". The random module
+    # reseeds itself in a forked child, so processes never share a stream.
+    rest = (1 << 63 | getrandbits(62)).to_bytes(8).hex("-", 6)
+    # Version 7, then the sequence; %-formatting takes half the time of an f-string here.
+    return "%s%04x-%s" % (prefix, 0x7000 | stamp & 0xFFF, rest)  # noqa: UP031
 
 
 class Headers(Mapping[str, HeaderValue]):
