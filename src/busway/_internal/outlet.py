@@ -34,9 +34,9 @@ class Outlet:
         payload: Any,
         key: str | None,
         headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        channels: tuple[str, ...] | None = None,
+        delay: float | timedelta | None = None,
         ttl: float | timedelta | None = None,
+        channels: tuple[str, ...] | None = None,
     ) -> Any:
         route_key = (kind, type(payload), key, channels)
         route = self._routes.get(route_key) or self._route(route_key)
@@ -48,9 +48,9 @@ class Outlet:
         payload: Any,
         key: str | None,
         headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        channels: tuple[str, ...] | None = None,
+        delay: float | timedelta | None = None,
         ttl: float | timedelta | None = None,
+        channels: tuple[str, ...] | None = None,
     ) -> Any:
         route_key = (kind, type(payload), key, channels)
         route = self._routes.get(route_key) or self._route(route_key)
@@ -155,14 +155,14 @@ def _implement(
         async def asend(
             self: Gateway, payload: Any = None, headers: Mapping[str, HeaderValue] | None = None
         ) -> Any:
-            return await self._outlet.adispatch(kind, payload, key, headers, None, channels)
+            return await self._outlet.adispatch(kind, payload, key, headers, None, None, channels)
 
         return asend
 
     def send(
         self: Gateway, payload: Any = None, headers: Mapping[str, HeaderValue] | None = None
     ) -> Any:
-        return self._outlet.dispatch(kind, payload, key, headers, None, channels)
+        return self._outlet.dispatch(kind, payload, key, headers, None, None, channels)
 
     return send
 
