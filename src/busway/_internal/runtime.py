@@ -171,13 +171,12 @@ class Runtime:
     ) -> Message[Any]:
         parent = current_message.get()
         message_id = uuid7()
-        data: dict[str, HeaderValue] = {}
-        if parent is not None:
-            data.update(parent.headers.user_headers())
+        if parent is None:
+            data: dict[str, HeaderValue] = {CORRELATION_ID: message_id}
+        else:
+            data = parent.headers.user_headers()
             data[CORRELATION_ID] = parent.headers.correlation_id
             data[CAUSATION_ID] = parent.headers.id
-        else:
-            data[CORRELATION_ID] = message_id
         if headers:
             for name, value in headers.items():
                 if value is not None and not name.startswith("busway."):
