@@ -1,7 +1,8 @@
 """The message pipeline: make a message, decide where it goes, run it or queue it.
 
-Planning (``new_message``, ``plan``) is shared by both front doors; only the I/O edges have a
-sync and an asyncio version. The worker's side lives in ``consuming``.
+Planning (``new_message``, ``plan``, and a gateway's ``route`` for each type of message, found
+once) is shared by both front doors; only the I/O edges have a sync and an asyncio version. The
+worker's side lives in ``consuming``.
 """
 
 from __future__ import annotations
