@@ -45,7 +45,7 @@ class CommandBus(Gateway):
         self, command: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
     ) -> Any:
         """Handle ``command`` now (returning what its handler returns), or queue it."""
-        return self._outlet.dispatch(Kind.COMMAND, command, None, headers, delay, ttl=ttl)
+        return self._outlet.dispatch(Kind.COMMAND, command, None, headers, delay, ttl)
 
     def send_with_routing(
         self,
@@ -57,13 +57,13 @@ class CommandBus(Gateway):
         ttl: Delay = None,
     ) -> Any:
         """Send ``payload`` to the handler of routing key ``key``."""
-        return self._outlet.dispatch(Kind.COMMAND, payload, key, headers, delay, ttl=ttl)
+        return self._outlet.dispatch(Kind.COMMAND, payload, key, headers, delay, ttl)
 
     async def asend(
         self, command: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
     ) -> Any:
         """``send`` for asyncio code."""
-        return await self._outlet.adispatch(Kind.COMMAND, command, None, headers, delay, ttl=ttl)
+        return await self._outlet.adispatch(Kind.COMMAND, command, None, headers, delay, ttl)
 
     async def asend_with_routing(
         self,
@@ -75,7 +75,7 @@ class CommandBus(Gateway):
         ttl: Delay = None,
     ) -> Any:
         """``send_with_routing`` for asyncio code."""
-        return await self._outlet.adispatch(Kind.COMMAND, payload, key, headers, delay, ttl=ttl)
+        return await self._outlet.adispatch(Kind.COMMAND, payload, key, headers, delay, ttl)
 
 
 class EventBus(Gateway):
@@ -86,7 +86,7 @@ class EventBus(Gateway):
     def publish(
         self, event: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
     ) -> None:
-        self._outlet.dispatch(Kind.EVENT, event, None, headers, delay, ttl=ttl)
+        self._outlet.dispatch(Kind.EVENT, event, None, headers, delay, ttl)
 
     def publish_with_routing(
         self,
@@ -97,12 +97,12 @@ class EventBus(Gateway):
         delay: Delay = None,
         ttl: Delay = None,
     ) -> None:
-        self._outlet.dispatch(Kind.EVENT, payload, key, headers, delay, ttl=ttl)
+        self._outlet.dispatch(Kind.EVENT, payload, key, headers, delay, ttl)
 
     async def apublish(
         self, event: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
     ) -> None:
-        await self._outlet.adispatch(Kind.EVENT, event, None, headers, delay, ttl=ttl)
+        await self._outlet.adispatch(Kind.EVENT, event, None, headers, delay, ttl)
 
     async def apublish_with_routing(
         self,
@@ -113,7 +113,7 @@ class EventBus(Gateway):
         delay: Delay = None,
         ttl: Delay = None,
     ) -> None:
-        await self._outlet.adispatch(Kind.EVENT, payload, key, headers, delay, ttl=ttl)
+        await self._outlet.adispatch(Kind.EVENT, payload, key, headers, delay, ttl)
 
 
 class QueryBus(Gateway):
@@ -122,18 +122,18 @@ class QueryBus(Gateway):
     __slots__ = ()
 
     def send(self, query: Any, headers: UserHeaders = None) -> Any:
-        return self._outlet.dispatch(Kind.QUERY, query, None, headers, None)
+        return self._outlet.dispatch(Kind.QUERY, query, None, headers)
 
     def send_with_routing(self, key: str, payload: Any = None, headers: UserHeaders = None) -> Any:
-        return self._outlet.dispatch(Kind.QUERY, payload, key, headers, None)
+        return self._outlet.dispatch(Kind.QUERY, payload, key, headers)
 
     async def asend(self, query: Any, headers: UserHeaders = None) -> Any:
-        return await self._outlet.adispatch(Kind.QUERY, query, None, headers, None)
+        return await self._outlet.adispatch(Kind.QUERY, query, None, headers)
 
     async def asend_with_routing(
         self, key: str, payload: Any = None, headers: UserHeaders = None
     ) -> Any:
-        return await self._outlet.adispatch(Kind.QUERY, payload, key, headers, None)
+        return await self._outlet.adispatch(Kind.QUERY, payload, key, headers)
 
 
 BUILT_IN_BUSES: tuple[type[Gateway], ...] = (CommandBus, EventBus, QueryBus)

@@ -36,21 +36,31 @@ INTERNAL_PREFIX = "busway."
 
 _uuid7_lock = threading.Lock()
 _uuid7_last = 0
+# The text of the last millisecond an id was made in, which the ids made in it share; one
+# tuple, so a thread reads a millisecond and its text together.
+_uuid7_prefix = (-1, "")
 
 
 def uuid7() -> str:
     """A time-ordered UUID (RFC 9562, version 7), strictly increasing within this process."""
-    global _uuid7_last
+    global _uuid7_last, _uuid7_prefix
     with _uuid7_lock:
         # 48 bits of milliseconds, then 12 bits of sub-millisecond sequence: ids made in one
         # process always sort in the order they were made.
         now = time.time_ns() // 1_000_000 << 12
         _uuid7_last = now if now > _uuid7_last else _uuid7_last + 1
         stamp = _uuid7_last
-    # The random module reseeds itself in a forked child, so processes never share a stream.
-    value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | getrandbits(62)
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    milliseconds, prefix = _uuid7_prefix
+    if milliseconds != stamp >> 12:
+        milliseconds = stamp >> 12
+        prefix = "%08x-%04x-" % (milliseconds >> 16, milliseconds & 0xFFFF)  # noqa: UP031
+        _uuid7_prefix = (milliseconds, prefix)
+    # The variant (0b10), then 62 random bits, as "vrrr-rrrrrrrrrrrr". The random module
+    # reseeds itself in a forked child, so processes never share a stream.
+    rest = (1 << 63 | getrandbits(62)).to_bytes(8).hex("-", 6)
+    # Version 7, then the sequence: always four digits. %-formatting takes half the time of
+    # an f-string here.
+    return "%s%x-%s" % (prefix, 0x7000 | stamp & 0xFFF, rest)  # noqa: UP031
 
 
 class Headers(Mapping[str, HeaderValue]):
@@ -64,6 +74,14 @@ class Headers(Mapping[str, HeaderValue]):
 
     def __init__(self, data: Mapping[str, HeaderValue] | None = None) -> None:
         self._data: dict[str, HeaderValue] = dict(data) if data else {}
+
+    @classmethod
+    def _owning(cls, data: dict[str, HeaderValue]) -> Headers:
+        """Headers over ``data`` itself, not a copy: its maker hands it over and never
+        changes it again."""
+        headers = cls.__new__(cls)
+        headers._data = data
+        return headers
 
     def __getitem__(self, key: str) -> HeaderValue:
         return self._data[key]
@@ -91,16 +109,18 @@ class Headers(Mapping[str, HeaderValue]):
 
     def merge(self, changes: Mapping[str, HeaderValue]) -> Headers:
         """A copy with ``changes`` applied; a value of ``None`` removes the key."""
-        data = dict(self._data)
-        for key, value in changes.items():
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-        return Headers(data)
+        return Headers._owning(self.as_dict(changes))
 
-    def as_dict(self) -> dict[str, HeaderValue]:
-        return dict(self._data)
+    def as_dict(self, changes: Mapping[str, HeaderValue] | None = None) -> dict[str, HeaderValue]:
+        """A plain dict of the headers, with ``changes`` applied as in ``merge``."""
+        data = dict(self._data)
+        if changes:
+            for key, value in changes.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+        return data
 
     def user_headers(self) -> dict[str, HeaderValue]:
         """The headers a user gave, which travel on to every message sent while handling."""

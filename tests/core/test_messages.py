@@ -84,6 +84,16 @@ def test_headers_replace_returns_a_copy_and_none_removes_a_key() -> None:
     assert headers == {"tenant": "acme", "user": "ann"}
 
 
+def test_headers_as_dict_applies_changes_to_a_copy() -> None:
+    headers = Headers({"tenant": "acme", "user": "ann"})
+
+    data = headers.as_dict({"tenant": "globex", "user": None, "step": "one"})
+    data["step"] = "two"
+
+    assert data == {"tenant": "globex", "step": "two"}
+    assert headers == {"tenant": "acme", "user": "ann"}
+
+
 def test_user_headers_leave_out_well_known_and_internal_keys() -> None:
     headers = Headers(
         {"id": "1", "correlation_id": "1", "busway.kind": "command", "tenant": "acme"}
@@ -185,6 +195,27 @@ def test_user_headers_given_at_send_reach_the_handler() -> None:
 
     assert seen[0]["tenant"] == "acme"
     assert seen[0]["busway.kind"] == "command"
+
+
+def test_each_message_of_a_type_carries_only_the_headers_of_its_own_send() -> None:
+    seen: list[Headers] = []
+
+    @command_handler
+    def place(command: PlaceOrder, headers: Headers) -> None:
+        seen.append(headers)
+
+    messaging = Messaging(handlers=[place])
+    messaging.command_bus.send(PlaceOrder("o-1"), headers={"tenant": "acme"}, ttl=60)
+    messaging.command_bus.send(PlaceOrder("o-2"))
+
+    first, second = seen
+    assert first["tenant"] == "acme"
+    assert "busway.expires_at" in first
+    assert "tenant" not in second
+    assert "busway.expires_at" not in second
+    assert first.id != second.id
+    assert second.correlation_id == second.id
+    assert first.type == second.type == f"{__name__}.PlaceOrder"
 
 
 class FlowRecorder:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from busway._internal.runtime import Runtime
+from busway._internal.runtime import Route, Runtime
 from busway.gateways import BUILT_IN_BUSES, ROUTE_MARK, Gateway, QueryBus, bus_kind
 from busway.handlers import Kind, async_channels
 from busway.message import HeaderValue
@@ -18,7 +18,7 @@ from busway.timeouts import marked_timeout
 class Outlet:
     """Where a gateway's calls go: straight to dispatch, or to its channels."""
 
-    __slots__ = ("channels", "gateway", "retry", "runtime", "timeout")
+    __slots__ = ("_routes", "channels", "gateway", "retry", "runtime", "timeout")
 
     def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
         self.runtime = runtime
@@ -26,6 +26,7 @@ class Outlet:
         self.channels = channels
         self.retry = marked_policy(gateway)
         self.timeout = marked_timeout(gateway)
+        self._routes: dict[RouteKey, Route] = {}
 
     def dispatch(
         self,
@@ -33,22 +34,13 @@ class Outlet:
         payload: Any,
         key: str | None,
         headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        channels: tuple[str, ...] | None = None,
+        delay: float | timedelta | None = None,
         ttl: float | timedelta | None = None,
+        channels: tuple[str, ...] | None = None,
     ) -> Any:
-        return self.runtime.dispatch(
-            self.gateway,
-            kind,
-            payload,
-            key,
-            headers,
-            delay,
-            self.channels if channels is None else channels,
-            self.retry,
-            ttl,
-            self.timeout,
-        )
+        route_key = (kind, type(payload), key, channels)
+        route = self._routes.get(route_key) or self._route(route_key)
+        return self.runtime.dispatch(self.gateway, route, payload, headers, delay, ttl)
 
     async def adispatch(
         self,
@@ -56,22 +48,30 @@ class Outlet:
         payload: Any,
         key: str | None,
         headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        channels: tuple[str, ...] | None = None,
+        delay: float | timedelta | None = None,
         ttl: float | timedelta | None = None,
+        channels: tuple[str, ...] | None = None,
     ) -> Any:
-        return await self.runtime.adispatch(
-            self.gateway,
+        route_key = (kind, type(payload), key, channels)
+        route = self._routes.get(route_key) or self._route(route_key)
+        return await self.runtime.adispatch(self.gateway, route, payload, headers, delay, ttl)
+
+    def _route(self, route_key: RouteKey) -> Route:
+        kind, payload_type, key, channels = route_key
+        route = self.runtime.route(
             kind,
-            payload,
+            payload_type,
             key,
-            headers,
-            delay,
             self.channels if channels is None else channels,
             self.retry,
-            ttl,
             self.timeout,
         )
+        self._routes[route_key] = route
+        return route
+
+
+RouteKey = tuple[Kind, type[Any], str | None, tuple[str, ...] | None]
+"""A message's kind, payload type and routing key, and the channels a method sends it to."""
 
 
 def bind_gateway(
@@ -155,14 +155,14 @@ def _implement(
         async def asend(
             self: Gateway, payload: Any = None, headers: Mapping[str, HeaderValue] | None = None
         ) -> Any:
-            return await self._outlet.adispatch(kind, payload, key, headers, None, channels)
+            return await self._outlet.adispatch(kind, payload, key, headers, None, None, channels)
 
         return asend
 
     def send(
         self: Gateway, payload: Any = None, headers: Mapping[str, HeaderValue] | None = None
     ) -> Any:
-        return self._outlet.dispatch(kind, payload, key, headers, None, channels)
+        return self._outlet.dispatch(kind, payload, key, headers, None, None, channels)
 
     return send
 

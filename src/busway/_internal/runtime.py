@@ -1,7 +1,8 @@
 """The message pipeline: make a message, decide where it goes, run it or queue it.
 
-Planning (``new_message``, ``plan``) is shared by both front doors; only the I/O edges have a
-sync and an asyncio version. The worker's side lives in ``consuming``.
+Planning (``new_message``, ``plan``, and a gateway's ``route`` for each type of message, found
+once) is shared by both front doors; only the I/O edges have a sync and an asyncio version. The
+worker's side lives in ``consuming``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,19 @@ class Enqueue:
 
 
 Step = Invoke | Enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What every message a gateway sends of one kind and payload type (or routing key) has in
+    common, decided at the first of them."""
+
+    kind: Kind
+    headers: Mapping[str, HeaderValue]
+    """Type, content type, kind, routing key, and the gateway's retry policy and time limit."""
+    steps: tuple[Step, ...]
+    direct: HandlerDefinition | None
+    """The handler to call at once, when calling it is all the steps do."""
 
 
 # The I/O a message's steps yield for a front door, or a worker's edge, to carry out
@@ -148,15 +162,25 @@ class Runtime:
         ttl: float | timedelta | None = None,
         handler_timeout: float | None = None,
     ) -> Message[Any]:
+        fixed = self.fixed_headers(kind, type(payload), key, retry, handler_timeout)
+        return self._message(fixed, payload, headers, delay, ttl)
+
+    def _message(
+        self,
+        fixed: Mapping[str, HeaderValue],
+        payload: Any,
+        headers: Mapping[str, HeaderValue] | None,
+        delay: float | timedelta | None,
+        ttl: float | timedelta | None,
+    ) -> Message[Any]:
         parent = current_message.get()
         message_id = uuid7()
-        data: dict[str, HeaderValue] = {}
-        if parent is not None:
-            data.update(parent.headers.user_headers())
+        if parent is None:
+            data: dict[str, HeaderValue] = {CORRELATION_ID: message_id}
+        else:
+            data = parent.headers.user_headers()
             data[CORRELATION_ID] = parent.headers.correlation_id
             data[CAUSATION_ID] = parent.headers.id
-        else:
-            data[CORRELATION_ID] = message_id
         if headers:
             for name, value in headers.items():
                 if value is not None and not name.startswith("busway."):
@@ -164,19 +188,33 @@ class Runtime:
         now = self.clock()
         data[ID] = message_id
         data[TIMESTAMP] = now
-        data[TYPE], data[CONTENT_TYPE] = self._type_headers(type(payload))
-        data[KIND] = kind.value
-        if key is not None:
-            data[ROUTE] = key
+        data.update(fixed)
         if delay:
             data[DELIVER_AT] = now + _seconds(delay)
         if ttl:
             data[EXPIRES_AT] = now + _seconds(ttl)
+        return Message(payload, Headers._owning(data))
+
+    def fixed_headers(
+        self,
+        kind: Kind,
+        payload_type: type[Any],
+        key: str | None,
+        retry: RetryPolicy | None,
+        handler_timeout: float | None,
+    ) -> dict[str, HeaderValue]:
+        """The headers every message of this kind, payload type and routing key carries,
+        sent through a gateway with this retry policy and time limit."""
+        data: dict[str, HeaderValue] = {}
+        data[TYPE], data[CONTENT_TYPE] = self._type_headers(payload_type)
+        data[KIND] = kind.value
+        if key is not None:
+            data[ROUTE] = key
         if retry is not None:
             data[RETRY] = retry.to_header()
         if handler_timeout is not None:
             data[TIMEOUT] = handler_timeout
-        return Message(payload, Headers(data))
+        return data
 
     def _type_headers(self, cls: type[Any]) -> tuple[str, str]:
         known = self._types.get(cls)
@@ -194,8 +232,7 @@ class Runtime:
 
     def envelope(self, message: Message[Any], extra: Mapping[str, HeaderValue]) -> Envelope:
         body, _ = self.conversion.encode(message.payload)
-        headers = message.headers.merge(extra) if extra else message.headers
-        return Envelope(body, headers.as_dict())
+        return Envelope(body, message.headers.as_dict(extra))
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -254,74 +291,76 @@ class Runtime:
     def gateway_plan(self, channels: tuple[str, ...]) -> list[Step]:
         return [Enqueue(channels[0], _hop(channels[1:], None))]
 
+    def route(
+        self,
+        kind: Kind,
+        payload_type: type[Any],
+        key: str | None,
+        channels: tuple[str, ...],
+        retry: RetryPolicy | None,
+        handler_timeout: float | None,
+    ) -> Route:
+        """Where a gateway with these channels, retry policy and time limit sends messages of
+        this kind, payload type and routing key, and the headers they all carry."""
+        steps = tuple(
+            self.gateway_plan(channels) if channels else self.plan(kind, payload_type, key)
+        )
+        direct = None
+        # A failed command goes on to ``command_failures`` through the steps' error handling.
+        failures_go_on = kind is Kind.COMMAND and self.command_failures is not None
+        if len(steps) == 1 and isinstance(steps[0], Invoke) and not failures_go_on:
+            direct = steps[0].definition
+        headers = self.fixed_headers(kind, payload_type, key, retry, handler_timeout)
+        return Route(kind, headers, steps, direct)
+
     # -- front doors -----------------------------------------------------------------------
 
     def dispatch(
         self,
         gateway: type[Gateway],
-        kind: Kind,
+        route: Route,
         payload: Any,
-        key: str | None,
         headers: Mapping[str, HeaderValue] | None,
         delay: float | timedelta | None,
-        channels: tuple[str, ...],
-        retry: RetryPolicy | None = None,
-        ttl: float | timedelta | None = None,
-        handler_timeout: float | None = None,
+        ttl: float | timedelta | None,
     ) -> Any:
         self.preparation.dispatching()
-        steps = self._dispatching(
-            gateway, kind, payload, key, headers, delay, channels, retry, ttl, handler_timeout
-        )
-        return drive(steps, self.carry_out)
+        message = self._message(route.headers, payload, headers, delay, ttl)
+        for observer in self.observers:
+            observer.sent(gateway, message)
+        if route.direct is not None:
+            return self.invoke(route.direct, message)
+        return drive(self._dispatching(route, message), self.carry_out)
 
     async def adispatch(
         self,
         gateway: type[Gateway],
-        kind: Kind,
+        route: Route,
         payload: Any,
-        key: str | None,
         headers: Mapping[str, HeaderValue] | None,
         delay: float | timedelta | None,
-        channels: tuple[str, ...],
-        retry: RetryPolicy | None = None,
-        ttl: float | timedelta | None = None,
-        handler_timeout: float | None = None,
+        ttl: float | timedelta | None,
     ) -> Any:
         await self.preparation.adispatching()
-        steps = self._dispatching(
-            gateway, kind, payload, key, headers, delay, channels, retry, ttl, handler_timeout
-        )
-        return await adrive(steps, self.acarry_out)
-
-    def _dispatching(
-        self,
-        gateway: type[Gateway],
-        kind: Kind,
-        payload: Any,
-        key: str | None,
-        headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        channels: tuple[str, ...],
-        retry: RetryPolicy | None,
-        ttl: float | timedelta | None,
-        handler_timeout: float | None = None,
-    ) -> Generator[Io, Any, Any]:
-        """A message sent through a gateway, yielding the I/O for a front door to carry out;
-        returns what the last handler returned."""
-        message = self.new_message(kind, payload, key, headers, delay, retry, ttl, handler_timeout)
+        message = self._message(route.headers, payload, headers, delay, ttl)
         for observer in self.observers:
             observer.sent(gateway, message)
-        steps = self.gateway_plan(channels) if channels else self.plan(kind, type(payload), key)
+        if route.direct is not None:
+            return await self.ainvoke(route.direct, message)
+        return await adrive(self._dispatching(route, message), self.acarry_out)
+
+    def _dispatching(self, route: Route, message: Message[Any]) -> Generator[Io, Any, Any]:
+        """A message's steps, yielding the I/O for a front door to carry out; returns what the
+        last handler returned."""
         result = None
-        for step in steps:
+        for step in route.steps:
             if isinstance(step, Enqueue):
                 yield Send(step.channel, self.envelope(message, step.headers))
                 continue
             try:
                 result = yield Call(step.definition, message, None)
             except Exception:
-                if self.command_failures is not None and kind is Kind.COMMAND:
+                if self.command_failures is not None and route.kind is Kind.COMMAND:
                     yield Send(self.command_failures, self._failed(message, step.definition))
                 raise
         return result
