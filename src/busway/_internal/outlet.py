@@ -4,74 +4,20 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import Any
 
-from busway._internal.runtime import Route, Runtime
+from busway._internal._async.dispatching import AsyncDispatch
+from busway._internal._sync.dispatching import Dispatch
+from busway._internal.runtime import Runtime
 from busway.gateways import BUILT_IN_BUSES, ROUTE_MARK, Gateway, QueryBus, bus_kind
 from busway.handlers import Kind, async_channels
 from busway.message import HeaderValue
-from busway.recovery import marked_policy
-from busway.timeouts import marked_timeout
 
 
-class Outlet:
+class Outlet(Dispatch, AsyncDispatch):
     """Where a gateway's calls go: straight to dispatch, or to its channels."""
 
-    __slots__ = ("_routes", "channels", "gateway", "retry", "runtime", "timeout")
-
-    def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
-        self.runtime = runtime
-        self.gateway = gateway
-        self.channels = channels
-        self.retry = marked_policy(gateway)
-        self.timeout = marked_timeout(gateway)
-        self._routes: dict[RouteKey, Route] = {}
-
-    def dispatch(
-        self,
-        kind: Kind,
-        payload: Any,
-        key: str | None,
-        headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None = None,
-        ttl: float | timedelta | None = None,
-        channels: tuple[str, ...] | None = None,
-    ) -> Any:
-        route_key = (kind, type(payload), key, channels)
-        route = self._routes.get(route_key) or self._route(route_key)
-        return self.runtime.dispatch(self.gateway, route, payload, headers, delay, ttl)
-
-    async def adispatch(
-        self,
-        kind: Kind,
-        payload: Any,
-        key: str | None,
-        headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None = None,
-        ttl: float | timedelta | None = None,
-        channels: tuple[str, ...] | None = None,
-    ) -> Any:
-        route_key = (kind, type(payload), key, channels)
-        route = self._routes.get(route_key) or self._route(route_key)
-        return await self.runtime.adispatch(self.gateway, route, payload, headers, delay, ttl)
-
-    def _route(self, route_key: RouteKey) -> Route:
-        kind, payload_type, key, channels = route_key
-        route = self.runtime.route(
-            kind,
-            payload_type,
-            key,
-            self.channels if channels is None else channels,
-            self.retry,
-            self.timeout,
-        )
-        self._routes[route_key] = route
-        return route
-
-
-RouteKey = tuple[Kind, type[Any], str | None, tuple[str, ...] | None]
-"""A message's kind, payload type and routing key, and the channels a method sends it to."""
+    __slots__ = ()
 
 
 def bind_gateway(

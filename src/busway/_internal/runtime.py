@@ -8,7 +8,7 @@ worker's side lives in ``consuming``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,7 +18,6 @@ from busway._internal.bridge import run_coroutine
 from busway._internal.preparation import Preparation
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
-from busway._internal.steps import adrive, drive
 from busway._internal.time_limits import call_def_handler
 from busway.channels.base import Channel, Delivery, Envelope
 from busway.conversion import JSON, Conversion, type_name
@@ -46,7 +45,7 @@ from busway.message import (
     Message,
     uuid7,
 )
-from busway.recovery import DeadLetter, DeadLetterStore, RetryPolicy
+from busway.recovery import DeadLetterStore, RetryPolicy
 
 if TYPE_CHECKING:
     from busway.gateways import Gateway
@@ -81,35 +80,13 @@ class Route:
     """The handler to call at once, when calling it is all the steps do."""
 
 
-# The I/O a message's steps yield for a front door, or a worker's edge, to carry out
-# (see ``busway._internal.steps``).
-
-
 @dataclass(frozen=True, slots=True)
 class Call:
-    """Run a handler's pipeline with a message; what the handler returns comes back."""
+    """A handler's pipeline to run with a message, under a time limit."""
 
     definition: HandlerDefinition
     message: Message[Any]
     delivery: Delivery | None
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send an envelope to a channel."""
-
-    channel: str
-    envelope: Envelope
-
-
-@dataclass(frozen=True, slots=True)
-class Bury:
-    """Put a message in the dead letter store."""
-
-    letter: DeadLetter
-
-
-Io = Call | Send | Bury
 
 
 class Observer:
@@ -163,9 +140,9 @@ class Runtime:
         handler_timeout: float | None = None,
     ) -> Message[Any]:
         fixed = self.fixed_headers(kind, type(payload), key, retry, handler_timeout)
-        return self._message(fixed, payload, headers, delay, ttl)
+        return self.routed_message(fixed, payload, headers, delay, ttl)
 
-    def _message(
+    def routed_message(
         self,
         fixed: Mapping[str, HeaderValue],
         payload: Any,
@@ -226,7 +203,7 @@ class Runtime:
             )
         return known
 
-    def _failed(self, message: Message[Any], definition: HandlerDefinition) -> Envelope:
+    def failed(self, message: Message[Any], definition: HandlerDefinition) -> Envelope:
         """A command whose synchronous handling failed, addressed to its handler for later."""
         return self.envelope(message, {TARGET: definition.name, ATTEMPT: 1})
 
@@ -314,72 +291,6 @@ class Runtime:
         return Route(kind, headers, steps, direct)
 
     # -- front doors -----------------------------------------------------------------------
-
-    def dispatch(
-        self,
-        gateway: type[Gateway],
-        route: Route,
-        payload: Any,
-        headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        ttl: float | timedelta | None,
-    ) -> Any:
-        self.preparation.dispatching()
-        message = self._message(route.headers, payload, headers, delay, ttl)
-        for observer in self.observers:
-            observer.sent(gateway, message)
-        if route.direct is not None:
-            return self.invoke(route.direct, message)
-        return drive(self._dispatching(route, message), self.carry_out)
-
-    async def adispatch(
-        self,
-        gateway: type[Gateway],
-        route: Route,
-        payload: Any,
-        headers: Mapping[str, HeaderValue] | None,
-        delay: float | timedelta | None,
-        ttl: float | timedelta | None,
-    ) -> Any:
-        await self.preparation.adispatching()
-        message = self._message(route.headers, payload, headers, delay, ttl)
-        for observer in self.observers:
-            observer.sent(gateway, message)
-        if route.direct is not None:
-            return await self.ainvoke(route.direct, message)
-        return await adrive(self._dispatching(route, message), self.acarry_out)
-
-    def _dispatching(self, route: Route, message: Message[Any]) -> Generator[Io, Any, Any]:
-        """A message's steps, yielding the I/O for a front door to carry out; returns what the
-        last handler returned."""
-        result = None
-        for step in route.steps:
-            if isinstance(step, Enqueue):
-                yield Send(step.channel, self.envelope(message, step.headers))
-                continue
-            try:
-                result = yield Call(step.definition, message, None)
-            except Exception:
-                if self.command_failures is not None and route.kind is Kind.COMMAND:
-                    yield Send(self.command_failures, self._failed(message, step.definition))
-                raise
-        return result
-
-    def carry_out(self, io: Io) -> Any:
-        """Carry out one piece of I/O a message's steps yield, blocking."""
-        if isinstance(io, Call):
-            return self.invoke(io.definition, io.message, io.delivery)
-        if isinstance(io, Send):
-            return self.send(io.channel, io.envelope)
-        return self.dead_letters.add(io.letter)
-
-    async def acarry_out(self, io: Io) -> Any:
-        """Carry out one piece of I/O a message's steps yield, on the event loop."""
-        if isinstance(io, Call):
-            return await self.ainvoke(io.definition, io.message, io.delivery)
-        if isinstance(io, Send):
-            return await self.asend(io.channel, io.envelope)
-        return await self.dead_letters.aadd(io.letter)
 
     # -- I/O edges -------------------------------------------------------------------------
 

@@ -1,0 +1,42 @@
+"""A gateway's routes, looked up once per kind of message it sends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from busway._internal.runtime import Route, Runtime
+from busway.gateways import Gateway
+from busway.handlers import Kind
+from busway.recovery import marked_policy
+from busway.timeouts import marked_timeout
+
+RouteKey = tuple[Kind, type[Any], str | None, tuple[str, ...] | None]
+"""A message's kind, payload type and routing key, and the channels a method sends it to."""
+
+
+class Routes:
+    """A gateway's routes: for each kind, payload type, routing key and channels of the
+    messages it sends, the ``Route`` the runtime gave at the first of them."""
+
+    __slots__ = ("_routes", "channels", "gateway", "retry", "runtime", "timeout")
+
+    def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
+        self.runtime = runtime
+        self.gateway = gateway
+        self.channels = channels
+        self.retry = marked_policy(gateway)
+        self.timeout = marked_timeout(gateway)
+        self._routes: dict[RouteKey, Route] = {}
+
+    def _route(self, route_key: RouteKey) -> Route:
+        kind, payload_type, key, channels = route_key
+        route = self.runtime.route(
+            kind,
+            payload_type,
+            key,
+            self.channels if channels is None else channels,
+            self.retry,
+            self.timeout,
+        )
+        self._routes[route_key] = route
+        return route
