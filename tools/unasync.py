@@ -64,6 +64,7 @@ NAMES = {
     "AsyncDispatch": "Dispatch",
     "adispatch": "dispatch",
     "adispatching": "dispatching",
+    "ataken": "taken",
     "alisten": "listen",
     "atransaction_scope": "transaction_scope",
     "aclient": "client",

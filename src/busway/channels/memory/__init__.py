@@ -23,8 +23,9 @@ from busway.channels.base import (
     Delivery,
     Envelope,
     Handle,
-    MessageReturned,
 )
+from busway.channels.memory._async import consuming as aconsuming
+from busway.channels.memory._sync import consuming
 from busway.errors import ConversionError
 
 _Stored = tuple[bytes, bytes]  # (headers as JSON, body)
@@ -71,41 +72,21 @@ class InMemoryChannel(Channel):
         self.send(envelope)
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
-        handled = 0
-        while handled < max_messages:
-            stored = self._take(wait if handled == 0 else 0.0)
-            if stored is None:
-                break
-            try:
-                handle(self._delivery(stored))
-            except MessageReturned:
-                self._give_back(stored)
-                break
-            except BaseException:
-                self._give_back(stored)
-                raise
-            handled += 1
-        return handled
+        return consuming.consume(self, handle, max_messages, wait)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
-        handled = 0
-        while handled < max_messages:
+        return await aconsuming.aconsume(self, handle, max_messages, wait)
+
+    def taken(self, wait: float) -> _Stored | None:
+        """The next message, waiting at most ``wait`` seconds for one; None if none came."""
+        return self._take(wait)
+
+    async def ataken(self, wait: float) -> _Stored | None:
+        stored = self._take(0.0)
+        if stored is None and wait > 0:
+            await self._await_send(wait)
             stored = self._take(0.0)
-            if stored is None and handled == 0 and wait > 0:
-                await self._await_send(wait)
-                stored = self._take(0.0)
-            if stored is None:
-                break
-            try:
-                await handle(self._delivery(stored))
-            except MessageReturned:
-                self._give_back(stored)
-                break
-            except BaseException:
-                self._give_back(stored)
-                raise
-            handled += 1
-        return handled
+        return stored
 
     def depth(self) -> int:
         with self._condition:
@@ -143,7 +124,8 @@ class InMemoryChannel(Channel):
         with self._condition:
             self._condition.notify_all()
 
-    def _give_back(self, stored: _Stored) -> None:
+    def give_back(self, stored: _Stored) -> None:
+        """Put ``stored`` back at the head, for the next consumer."""
         with self._condition:
             self._ready.appendleft(stored)
 
@@ -155,7 +137,7 @@ class InMemoryChannel(Channel):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(future, wait)
 
-    def _delivery(self, stored: _Stored) -> Delivery:
+    def delivery(self, stored: _Stored) -> Delivery:
         headers, body = stored
         return Delivery(Envelope(body, msgspec.json.decode(headers)), self.name)
 
