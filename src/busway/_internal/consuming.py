@@ -79,6 +79,8 @@ class Drop:
 class Run:
     headers: Headers
     steps: list[Step]
+    payload_class: type[Any] | None = None
+    """The class its type header names here, when that is how its handlers were found."""
 
 
 Prepared = Forward | Reject | Drop | Run
@@ -143,7 +145,7 @@ class Consumer:
                 steps = runtime.plan(kind, payload_class, None, delivery.channel)
             if not steps:
                 raise MalformedMessageError(f"no {kind.value} handler here takes {what}")
-            return Run(Headers(headers), steps)
+            return Run(Headers(headers), steps, payload_class if key is None else None)
         except (MalformedMessageError, NoHandlerError) as error:
             return Reject(self.dead_letter(delivery, None, error))
 
@@ -159,13 +161,20 @@ class Consumer:
         return Forward(channel, Envelope(delivery.envelope.body, headers))
 
     def message_for(
-        self, definition: HandlerDefinition, delivery: Delivery, headers: Headers
+        self,
+        definition: HandlerDefinition,
+        delivery: Delivery,
+        headers: Headers,
+        payload_class: type[Any] | None = None,
     ) -> Message[Any]:
+        """The message ``definition`` is called with; ``payload_class``: the class of the
+        message's type header, if known already."""
         info = definition.info
         if info.key is not None:
             cls = info.payload_type
         else:
-            cls = self.runtime.router.payload_class(headers.type) or info.payload_type
+            found = payload_class or self.runtime.router.payload_class(headers.type)
+            cls = found or info.payload_type
         if cls is None:
             try:
                 payload = msgspec.json.decode(delivery.envelope.body)

@@ -12,6 +12,7 @@ from busway._internal.consuming import (
     Drop,
     Forward,
     Reject,
+    Run,
     isolate_siblings,
     isolated,
     note_forwarded,
@@ -21,7 +22,7 @@ from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import Call, Enqueue
 from busway.channels.base import BatchRollback, Delivery
 from busway.errors import ConversionError, SetupRequired
-from busway.message import ID, Headers
+from busway.message import ID
 from busway.recovery import DeadLetter
 
 log = logging.getLogger("busway")
@@ -56,9 +57,7 @@ async def areceive(
             await runtime.asend(step.channel, rehop(delivery.envelope, step.headers))
             continue
         definition = step.definition
-        error = await _arunning(
-            consumer, definition, delivery, prepared.headers, default_timeout, known
-        )
+        error = await _arunning(consumer, definition, delivery, prepared, default_timeout, known)
         known = None
         if error is not None:
             ok = False
@@ -74,7 +73,7 @@ async def _arunning(
     consumer: Consumer,
     definition: HandlerDefinition,
     delivery: Delivery,
-    headers: Headers,
+    run: Run,
     default_timeout: float | None,
     known: BaseException | None,
 ) -> BaseException | None:
@@ -86,7 +85,7 @@ async def _arunning(
             if known is not None:
                 error, known = known, None
                 raise error
-            message = consumer.message_for(definition, delivery, headers)
+            message = consumer.message_for(definition, delivery, run.headers, run.payload_class)
             limit = consumer.timeout_for(definition, delivery, default_timeout)
             if limit is None:
                 await consumer.runtime.ainvoke(definition, message, delivery)

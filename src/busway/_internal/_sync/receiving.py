@@ -14,6 +14,7 @@ from busway._internal.consuming import (
     Drop,
     Forward,
     Reject,
+    Run,
     isolate_siblings,
     isolated,
     note_forwarded,
@@ -23,7 +24,7 @@ from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import Call, Enqueue
 from busway.channels.base import BatchRollback, Delivery
 from busway.errors import ConversionError, SetupRequired
-from busway.message import ID, Headers
+from busway.message import ID
 from busway.recovery import DeadLetter
 
 log = logging.getLogger("busway")
@@ -56,7 +57,7 @@ def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | Non
             runtime.send(step.channel, rehop(delivery.envelope, step.headers))
             continue
         definition = step.definition
-        error = _running(consumer, definition, delivery, prepared.headers, default_timeout, known)
+        error = _running(consumer, definition, delivery, prepared, default_timeout, known)
         known = None
         if error is not None:
             ok = False
@@ -72,7 +73,7 @@ def _running(
     consumer: Consumer,
     definition: HandlerDefinition,
     delivery: Delivery,
-    headers: Headers,
+    run: Run,
     default_timeout: float | None,
     known: BaseException | None,
 ) -> BaseException | None:
@@ -84,7 +85,7 @@ def _running(
             if known is not None:
                 error, known = known, None
                 raise error
-            message = consumer.message_for(definition, delivery, headers)
+            message = consumer.message_for(definition, delivery, run.headers, run.payload_class)
             limit = consumer.timeout_for(definition, delivery, default_timeout)
             if limit is None:
                 consumer.runtime.invoke(definition, message, delivery)
