@@ -22,7 +22,6 @@ import functools
 import os
 import socket
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,7 +35,7 @@ import msgspec
 from sqlalchemy import insert
 
 from bench import Result, Skip
-from bench.timing import QUICK, Latencies, apaced, latency_results, paced
+from bench.timing import QUICK, Latencies, apaced, latency_results, paced_through
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
 from busway.amqp import AmqpChannel
 from busway.channels.base import Envelope
@@ -368,13 +367,9 @@ def latency(queue: str) -> list[Result]:
     try:
         _purge(queue)
         worker = messaging.worker("jobs", until_empty=False)
-        thread = threading.Thread(target=worker.run)
-        thread.start()
         try:
-            paced(lambda number: bus.publish(Job(number)), latencies)
+            paced_through(worker, lambda number: bus.publish(Job(number)), latencies)
         finally:
-            worker.stop()
-            thread.join()
             messaging.channel("jobs").close()
         sync = latencies.percentiles()
 

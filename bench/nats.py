@@ -34,7 +34,7 @@ import msgspec
 import nats
 
 from bench import Result, Skip
-from bench.timing import QUICK, Latencies, apaced, latency_results, paced
+from bench.timing import QUICK, Latencies, apaced, latency_results, paced_through
 from busway import CommandBus, Messaging, asynchronous, command_handler
 from busway.nats import NatsChannel
 
@@ -252,13 +252,7 @@ def latency(stream: str) -> list[Result]:
     bus = messaging.gateway(JobBus)
     try:
         worker = messaging.worker("jobs", until_empty=False)
-        thread = threading.Thread(target=worker.run)
-        thread.start()
-        try:
-            paced(lambda number: bus.send(Job(number)), latencies)
-        finally:
-            worker.stop()
-            thread.join()
+        paced_through(worker, lambda number: bus.send(Job(number)), latencies)
         sync = latencies.percentiles()
 
         async def on_one_loop() -> tuple[float, float]:

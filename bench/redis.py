@@ -28,7 +28,7 @@ import msgspec
 import redis
 
 from bench import Result, Skip
-from bench.timing import QUICK, Latencies, compare, latency_results, paced
+from bench.timing import QUICK, Latencies, compare, latency_results, paced, paced_through
 from busway import CommandBus, Messaging, asynchronous, command_handler
 from busway.channels.base import Delivery
 from busway.handlers import Kind
@@ -224,13 +224,9 @@ def latency(stream: str) -> list[Result]:
     messaging.setup()
     bus = messaging.gateway(JobBus)
     worker = messaging.worker("jobs", until_empty=False)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
     try:
-        paced(lambda number: bus.send(Job(number)), latencies)
+        paced_through(worker, lambda number: bus.send(Job(number)), latencies)
     finally:
-        worker.stop()
-        thread.join()
         messaging.close()
     baseline = "raw XADD / XREADGROUP BLOCK + decode + call + XACK"
     return latency_results(

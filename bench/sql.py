@@ -32,7 +32,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from sqlalchemy.orm import Session
 
 from bench import Result
-from bench.timing import QUICK, Latencies, latency_results, paced
+from bench.timing import QUICK, Latencies, latency_results, paced, paced_through
 from busway import CommandBus, EventBus, Messaging, SqlChannel, asynchronous, command_handler
 from busway.handlers import Kind
 
@@ -420,13 +420,9 @@ def latency(url: str) -> list[Result]:
     _vacuum(url)
     bus = messaging.gateway(JobBus)
     worker = messaging.worker("jobs", until_empty=False, poll_interval=1.0)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
     try:
-        paced(lambda number: bus.send(Job(number)), latencies)
+        paced_through(worker, lambda number: bus.send(Job(number)), latencies)
     finally:
-        worker.stop()
-        thread.join()
         messaging.close()
     busway = latencies.percentiles()
     _vacuum(url)

@@ -10,6 +10,7 @@ import statistics
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bench import Result
 
@@ -139,6 +140,17 @@ def paced(send: Callable[[int], None], latencies: Latencies) -> None:
         if pause > 0:
             time.sleep(pause)
     latencies.wait()
+
+
+def paced_through(worker: Any, send: Callable[[int], None], latencies: Latencies) -> None:
+    """``paced``, with ``worker`` (a busway ``Worker``) consuming in a thread meanwhile."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        paced(send, latencies)
+    finally:
+        worker.stop()
+        thread.join()
 
 
 async def apaced(send: Callable[[int], Awaitable[None]], latencies: Latencies) -> None:
