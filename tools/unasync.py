@@ -65,6 +65,7 @@ NAMES = {
     "adispatch": "dispatch",
     "adispatching": "dispatching",
     "ataken": "taken",
+    "await_idle": "wait_idle",
     "alisten": "listen",
     "atransaction_scope": "transaction_scope",
     "aclient": "client",

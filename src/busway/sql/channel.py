@@ -25,10 +25,10 @@ import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, MetaData, Row, Table, inspect
+from sqlalchemy import Connection, MetaData, Table, inspect
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
@@ -36,7 +36,6 @@ from busway.channels.base import (
     AsyncHandle,
     Channel,
     ChannelContext,
-    Delivery,
     Envelope,
     Handle,
 )
@@ -44,24 +43,18 @@ from busway.errors import BuswayError, ConfigurationError
 from busway.message import ID
 from busway.sql._async import consuming as aconsuming
 from busway.sql._sync import consuming
+from busway.sql.consumer import Mode, SqlConsumer
 from busway.sql.crashes import (
     InHand,
 )
 from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
-from busway.sql.rows import delivery_of
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import open_transaction
 from busway.sql.waiting import Waiting
 
-Mode = Literal["transaction", "lease"]
-
 _encode = msgspec.json.Encoder().encode
-_RELAY_BATCH_FACTOR = 5
-"""After a full batch of messages that were all only sent on (a relay's), the next claim takes
-up to this many times ``batch_size``: such a batch has no handler to run again, and fewer,
-larger batches keep more of a broker's confirms in flight."""
 
 
 class SqlChannel(Channel):
@@ -94,7 +87,6 @@ class SqlChannel(Channel):
         self._max_crashes: int | None = 3
         self._clock: Callable[[], float] = time.time
         self._waiting = Waiting(name)
-        self._relaying = False
 
     def __repr__(self) -> str:
         return f"SqlChannel({self.name!r}, mode={self.mode!r})"
@@ -246,26 +238,29 @@ class SqlChannel(Channel):
 
     # -- consuming -------------------------------------------------------------------------
 
-    def _claim_size(self) -> int:
-        return self.batch_size * _RELAY_BATCH_FACTOR if self._relaying else self.batch_size
-
-    def _delivery(
-        self, row: Row[Any], connection: Any, isolated: bool = True, **known: Any
-    ) -> Delivery:
-        return delivery_of(row, self.name, connection, isolated, **known)
+    @functools.cached_property
+    def _consumer(self) -> SqlConsumer:
+        """What consuming needs, made at the first consume: after ``attach``."""
+        return SqlConsumer(
+            name=self.name,
+            database=self.database,
+            sql=self._sql,
+            clock=self._clock,
+            mode=self.mode,
+            batch_size=self.batch_size,
+            redo_batches=self.redo_batches,
+            visibility_timeout=self.visibility_timeout,
+            in_hand=self._in_hand,
+            guarded=self._max_crashes is not None,
+            wait_idle=self._wait,
+            await_idle=self._await,
+        )
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
-        return consuming.consume(self, handle, max_messages, wait)
+        return consuming.consume(self._consumer, handle, max_messages, wait)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
-        return await aconsuming.aconsume(self, handle, max_messages, wait)
-
-    @property
-    def _claims_first(self) -> bool:
-        """Whether a batch is claimed and noted in hand in a transaction of its own first:
-        on SQLite, where the batch's transaction holds the write lock, a note written
-        beside it would wait for that lock."""
-        return self._in_hand is not None and self.database.is_sqlite
+        return await aconsuming.aconsume(self._consumer, handle, max_messages, wait)
 
     # -- waiting ---------------------------------------------------------------------------
 

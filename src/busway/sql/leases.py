@@ -17,7 +17,7 @@ from busway.channels.base import Delivery
 from busway.sql.crashes import in_turn
 
 if TYPE_CHECKING:
-    from busway.sql.channel import SqlChannel
+    from busway.sql.consumer import SqlConsumer
 
 
 def to_lease(rows: Sequence[Row[Any]], guarded: bool) -> list[Row[Any]]:
@@ -29,7 +29,6 @@ def _deaths(row: Row[Any]) -> int:
     return int(row.deliveries)
 
 
-def leased(channel: SqlChannel, row: Row[Any]) -> Delivery:
+def leased(consumer: SqlConsumer, row: Row[Any]) -> Delivery:
     """The delivery of the leased ``row``."""
-    crashes = row.deliveries if channel._max_crashes is not None else 0
-    return channel._delivery(row, None, crashes=crashes)
+    return consumer.delivery(row, None, crashes=row.deliveries if consumer.guarded else 0)

@@ -25,6 +25,7 @@ from busway.channels.base import (
     current_batch,
 )
 from busway.sql.batch_io import HandlerFailed, StaleClaim, after_commit, given_up, kept_back
+from busway.sql.consumer import SqlConsumer
 from busway.sql.crashes import InHand, crashes_of, in_turn
 from busway.sql.database import Database
 from busway.sql.leases import leased, to_lease
@@ -33,59 +34,63 @@ from busway.sql.transactions import Transaction, current_transaction
 from busway.sql.waiting import next_due
 
 if TYPE_CHECKING:
-    from busway.sql.channel import SqlChannel
+    pass
 
 log = logging.getLogger("busway.sql")
 
 
-async def aconsume(channel: SqlChannel, handle: AsyncHandle, max_messages: int, wait: float) -> int:
-    """Claim, hand out and acknowledge up to ``max_messages`` of ``channel``, waiting at most
+async def aconsume(
+    consumer: SqlConsumer, handle: AsyncHandle, max_messages: int, wait: float
+) -> int:
+    """Claim, hand out and acknowledge up to ``max_messages`` of the channel, waiting at most
     ``wait`` seconds for one if there is none."""
-    take = functools.partial(_aconsume_in_transaction, channel)
-    if channel.mode == "lease":
-        take = functools.partial(_aconsume_leased, channel)
-    limit = min(max_messages, channel._claim_size())
+    take = functools.partial(_aconsume_in_transaction, consumer)
+    if consumer.mode == "lease":
+        take = functools.partial(_aconsume_leased, consumer)
+    limit = min(max_messages, consumer.claim_size())
     handled = await aonce_more_if_stale(take, handle, limit)
     if handled == 0 and wait > 0:
-        await channel._await(wait)
+        await consumer.await_idle(wait)
         handled = await aonce_more_if_stale(take, handle, limit)
     return handled
 
 
-async def _aconsume_in_transaction(channel: SqlChannel, handle: AsyncHandle, limit: int) -> int:
-    redo = Redo(channel.name, isolated=not channel.redo_batches)
+async def _aconsume_in_transaction(consumer: SqlConsumer, handle: AsyncHandle, limit: int) -> int:
+    redo = Redo(consumer.name, isolated=not consumer.redo_batches)
     while True:
         try:
-            return await _aconsume_batch(channel, handle, limit, redo)
+            return await _aconsume_batch(consumer, handle, limit, redo)
         except Exception as error:
             pause = redo.after(error)  # everything was rolled back, or this raises
         if pause:
             await asyncio.sleep(pause)
 
 
-async def _aconsume_batch(channel: SqlChannel, handle: AsyncHandle, limit: int, redo: Redo) -> int:
+async def _aconsume_batch(
+    consumer: SqlConsumer, handle: AsyncHandle, limit: int, redo: Redo
+) -> int:
     taken: list[int] = []
-    database = channel.database
+    database = consumer.database
     watch(database.worker_async_engine.sync_engine)
     async with database.worker_async_engine.connect() as connection:
         transaction = Transaction(database.key, connection)
-        async with agiven_back_on_failure(database, channel._in_hand, taken):
+        async with agiven_back_on_failure(database, consumer.in_hand, taken):
             claimed = None
-            if channel._claims_first:
+            if consumer.claims_first:
                 async with connection.begin():
-                    claimed = await _aclaim_first(channel, connection, limit)
+                    claimed = await _aclaim_first(consumer, connection, limit)
                 if not claimed:
                     return 0
                 taken += claimed
             async with connection.begin():
                 handled, unsent = await _abatch(
-                    channel, transaction, handle, limit, redo, claimed, taken
+                    consumer, transaction, handle, limit, redo, claimed, taken
                 )
     return after_commit(transaction, handled, unsent)
 
 
 async def _abatch(
-    channel: SqlChannel,
+    consumer: SqlConsumer,
     transaction: Transaction,
     handle: AsyncHandle,
     limit: int,
@@ -99,17 +104,17 @@ async def _abatch(
     noted."""
     connection = transaction.connection
     assert isinstance(connection, AsyncConnection)
-    rows = await _aclaim_batch(channel, connection, limit, claimed, taken)
+    rows = await _aclaim_batch(consumer, connection, limit, claimed, taken)
     if not rows:
-        found = await connection.execute(channel._sql.next_due())
-        next_due.set((channel.name, found.scalar()))
+        found = await connection.execute(consumer.sql.next_due())
+        next_due.set((consumer.name, found.scalar()))
         return 0, None
     redo.claimed = True
     begin_watch(connection)
     failures, handed = redo.failures, redo.handed
     # A lone message has no neighbour to run again: no savepoint needed.
     isolated = redo.isolated and (len(rows) > 1 or bool(handed))
-    guarded = channel._in_hand is not None
+    guarded = consumer.in_hand is not None
     done: list[int] = []
     token = current_transaction.set(transaction)
     batch = Batch(
@@ -121,7 +126,7 @@ async def _abatch(
     try:
         for row in rows:
             batch.current = row.seq
-            delivery = channel._delivery(
+            delivery = consumer.delivery(
                 row,
                 connection,
                 isolated,
@@ -142,27 +147,27 @@ async def _abatch(
     finally:
         current_batch.reset(batch_token)
         current_transaction.reset(token)
-    channel._relaying = len(rows) >= channel.batch_size and len(batch.forwarded) == len(rows)
+    consumer.relaying = len(rows) >= consumer.batch_size and len(batch.forwarded) == len(rows)
     check_alive(connection)
-    kept = kept_back(channel.name, unsent, rows, done)
-    await _aacknowledge(channel, connection, done, taken)
+    kept = kept_back(consumer.name, unsent, rows, done)
+    await _aacknowledge(consumer, connection, done, taken)
     if kept:
-        await connection.execute(*channel._sql.keep_back(kept, channel._clock()))
+        await connection.execute(*consumer.sql.keep_back(kept, consumer.clock()))
     return len(done), unsent
 
 
 async def _aclaim_batch(
-    channel: SqlChannel,
+    consumer: SqlConsumer,
     connection: AsyncConnection,
     limit: int,
     claimed: list[int] | None,
     taken: list[int],
 ) -> list[Row[Any]]:
-    """The rows of ``channel``'s batch; with the crash-loop guard, noted in hand outside the
+    """The rows of ``consumer``'s batch; with the crash-loop guard, noted in hand outside the
     batch's transaction before they are handed out (``taken`` gets them), and with their count
     of deaths. ``claimed``: the rows ``_aclaim_first`` claimed and noted (SQLite)."""
-    in_hand = channel._in_hand
-    statement, parameters = channel._sql.claim(limit, channel._clock())
+    in_hand = consumer.in_hand
+    statement, parameters = consumer.sql.claim(limit, consumer.clock())
     try:
         if in_hand is None:
             result = await connection.execute(statement, parameters)
@@ -179,21 +184,23 @@ async def _aclaim_batch(
     rows = in_turn(found, crashes_of)
     if rows:
         seqs = [row.seq for row in rows]
-        await arun_aside(channel.database, *in_hand.take(seqs))
+        await arun_aside(consumer.database, *in_hand.take(seqs))
         taken += seqs
     return rows
 
 
-async def _aclaim_first(channel: SqlChannel, connection: AsyncConnection, limit: int) -> list[int]:
+async def _aclaim_first(
+    consumer: SqlConsumer, connection: AsyncConnection, limit: int
+) -> list[int]:
     """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
-    in_hand = channel._in_hand
+    in_hand = consumer.in_hand
     assert in_hand is not None
-    _, parameters = channel._sql.claim(limit, channel._clock())
+    _, parameters = consumer.sql.claim(limit, consumer.clock())
     result = await connection.execute(in_hand.claim, parameters)
     rows = in_turn(result.all(), crashes_of)
     if not rows:
-        found = await connection.execute(channel._sql.next_due())
-        next_due.set((channel.name, found.scalar()))
+        found = await connection.execute(consumer.sql.next_due())
+        next_due.set((consumer.name, found.scalar()))
         return []
     seqs = [row.seq for row in rows]
     await connection.execute(*in_hand.take(seqs))
@@ -201,13 +208,13 @@ async def _aclaim_first(channel: SqlChannel, connection: AsyncConnection, limit:
 
 
 async def _aacknowledge(
-    channel: SqlChannel, connection: AsyncConnection, done: list[int], taken: list[int]
+    consumer: SqlConsumer, connection: AsyncConnection, done: list[int], taken: list[int]
 ) -> None:
     """Delete the messages ``done`` (and their notes); count out the other ones taken."""
-    in_hand = channel._in_hand
+    in_hand = consumer.in_hand
     if in_hand is None:
         if done:
-            await connection.execute(*channel._sql.ack(done))
+            await connection.execute(*consumer.sql.ack(done))
         return
     if done:
         for statement in in_hand.acknowledge(done):
@@ -218,24 +225,24 @@ async def _aacknowledge(
         await connection.execute(*statement)
 
 
-async def _aconsume_leased(channel: SqlChannel, handle: AsyncHandle, limit: int) -> int:
-    sql, engine = channel._sql, channel.database.async_engine
+async def _aconsume_leased(consumer: SqlConsumer, handle: AsyncHandle, limit: int) -> int:
+    sql, engine = consumer.sql, consumer.database.async_engine
     async with engine.begin() as connection:
-        claimed = await connection.execute(*sql.claim(limit, channel._clock()))
-        rows = to_lease(claimed.all(), channel._max_crashes is not None)
+        claimed = await connection.execute(*sql.claim(limit, consumer.clock()))
+        rows = to_lease(claimed.all(), consumer.guarded)
         if rows:
-            until = channel._clock() + channel.visibility_timeout
+            until = consumer.clock() + consumer.visibility_timeout
             await connection.execute(*sql.lease([row.seq for row in rows], until))
     done: list[int] = []
     try:
         for row in rows:
-            await handle(leased(channel, row))
+            await handle(leased(consumer, row))
             done.append(row.seq)
     except BaseException as error:
         # Give the message in hand and the rest of the batch back to other workers now.
         async with engine.begin() as connection:
             rest = [row.seq for row in rows[len(done) :]]
-            await connection.execute(*sql.release(rest, channel._clock()))
+            await connection.execute(*sql.release(rest, consumer.clock()))
         if not isinstance(error, MessageReturned):
             raise
     finally:

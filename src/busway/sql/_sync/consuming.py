@@ -26,6 +26,7 @@ from busway.channels.base import (
     current_batch,
 )
 from busway.sql.batch_io import HandlerFailed, StaleClaim, after_commit, given_up, kept_back
+from busway.sql.consumer import SqlConsumer
 from busway.sql.crashes import InHand, crashes_of, in_turn
 from busway.sql.database import Database
 from busway.sql.leases import leased, to_lease
@@ -34,57 +35,57 @@ from busway.sql.transactions import Transaction, current_transaction
 from busway.sql.waiting import next_due
 
 if TYPE_CHECKING:
-    from busway.sql.channel import SqlChannel
+    pass
 
 log = logging.getLogger("busway.sql")
 
 
-def consume(channel: SqlChannel, handle: Handle, max_messages: int, wait: float) -> int:
-    """Claim, hand out and acknowledge up to ``max_messages`` of ``channel``, waiting at most
+def consume(consumer: SqlConsumer, handle: Handle, max_messages: int, wait: float) -> int:
+    """Claim, hand out and acknowledge up to ``max_messages`` of the channel, waiting at most
     ``wait`` seconds for one if there is none."""
-    take = functools.partial(_consume_in_transaction, channel)
-    if channel.mode == "lease":
-        take = functools.partial(_consume_leased, channel)
-    limit = min(max_messages, channel._claim_size())
+    take = functools.partial(_consume_in_transaction, consumer)
+    if consumer.mode == "lease":
+        take = functools.partial(_consume_leased, consumer)
+    limit = min(max_messages, consumer.claim_size())
     handled = once_more_if_stale(take, handle, limit)
     if handled == 0 and wait > 0:
-        channel._wait(wait)
+        consumer.wait_idle(wait)
         handled = once_more_if_stale(take, handle, limit)
     return handled
 
 
-def _consume_in_transaction(channel: SqlChannel, handle: Handle, limit: int) -> int:
-    redo = Redo(channel.name, isolated=not channel.redo_batches)
+def _consume_in_transaction(consumer: SqlConsumer, handle: Handle, limit: int) -> int:
+    redo = Redo(consumer.name, isolated=not consumer.redo_batches)
     while True:
         try:
-            return _consume_batch(channel, handle, limit, redo)
+            return _consume_batch(consumer, handle, limit, redo)
         except Exception as error:
             pause = redo.after(error)  # everything was rolled back, or this raises
         if pause:
             time.sleep(pause)
 
 
-def _consume_batch(channel: SqlChannel, handle: Handle, limit: int, redo: Redo) -> int:
+def _consume_batch(consumer: SqlConsumer, handle: Handle, limit: int, redo: Redo) -> int:
     taken: list[int] = []
-    database = channel.database
+    database = consumer.database
     watch(database.worker_engine)
     with database.worker_engine.connect() as connection:
         transaction = Transaction(database.key, connection)
-        with given_back_on_failure(database, channel._in_hand, taken):
+        with given_back_on_failure(database, consumer.in_hand, taken):
             claimed = None
-            if channel._claims_first:
+            if consumer.claims_first:
                 with connection.begin():
-                    claimed = _claim_first(channel, connection, limit)
+                    claimed = _claim_first(consumer, connection, limit)
                 if not claimed:
                     return 0
                 taken += claimed
             with connection.begin():
-                handled, unsent = _batch(channel, transaction, handle, limit, redo, claimed, taken)
+                handled, unsent = _batch(consumer, transaction, handle, limit, redo, claimed, taken)
     return after_commit(transaction, handled, unsent)
 
 
 def _batch(
-    channel: SqlChannel,
+    consumer: SqlConsumer,
     transaction: Transaction,
     handle: Handle,
     limit: int,
@@ -98,17 +99,17 @@ def _batch(
     noted."""
     connection = transaction.connection
     assert isinstance(connection, Connection)
-    rows = _claim_batch(channel, connection, limit, claimed, taken)
+    rows = _claim_batch(consumer, connection, limit, claimed, taken)
     if not rows:
-        found = connection.execute(channel._sql.next_due())
-        next_due.set((channel.name, found.scalar()))
+        found = connection.execute(consumer.sql.next_due())
+        next_due.set((consumer.name, found.scalar()))
         return 0, None
     redo.claimed = True
     begin_watch(connection)
     failures, handed = redo.failures, redo.handed
     # A lone message has no neighbour to run again: no savepoint needed.
     isolated = redo.isolated and (len(rows) > 1 or bool(handed))
-    guarded = channel._in_hand is not None
+    guarded = consumer.in_hand is not None
     done: list[int] = []
     token = current_transaction.set(transaction)
     batch = Batch(
@@ -120,7 +121,7 @@ def _batch(
     try:
         for row in rows:
             batch.current = row.seq
-            delivery = channel._delivery(
+            delivery = consumer.delivery(
                 row,
                 connection,
                 isolated,
@@ -141,27 +142,27 @@ def _batch(
     finally:
         current_batch.reset(batch_token)
         current_transaction.reset(token)
-    channel._relaying = len(rows) >= channel.batch_size and len(batch.forwarded) == len(rows)
+    consumer.relaying = len(rows) >= consumer.batch_size and len(batch.forwarded) == len(rows)
     check_alive(connection)
-    kept = kept_back(channel.name, unsent, rows, done)
-    _acknowledge(channel, connection, done, taken)
+    kept = kept_back(consumer.name, unsent, rows, done)
+    _acknowledge(consumer, connection, done, taken)
     if kept:
-        connection.execute(*channel._sql.keep_back(kept, channel._clock()))
+        connection.execute(*consumer.sql.keep_back(kept, consumer.clock()))
     return len(done), unsent
 
 
 def _claim_batch(
-    channel: SqlChannel,
+    consumer: SqlConsumer,
     connection: Connection,
     limit: int,
     claimed: list[int] | None,
     taken: list[int],
 ) -> list[Row[Any]]:
-    """The rows of ``channel``'s batch; with the crash-loop guard, noted in hand outside the
+    """The rows of ``consumer``'s batch; with the crash-loop guard, noted in hand outside the
     batch's transaction before they are handed out (``taken`` gets them), and with their count
     of deaths. ``claimed``: the rows ``_aclaim_first`` claimed and noted (SQLite)."""
-    in_hand = channel._in_hand
-    statement, parameters = channel._sql.claim(limit, channel._clock())
+    in_hand = consumer.in_hand
+    statement, parameters = consumer.sql.claim(limit, consumer.clock())
     try:
         if in_hand is None:
             result = connection.execute(statement, parameters)
@@ -178,21 +179,21 @@ def _claim_batch(
     rows = in_turn(found, crashes_of)
     if rows:
         seqs = [row.seq for row in rows]
-        run_aside(channel.database, *in_hand.take(seqs))
+        run_aside(consumer.database, *in_hand.take(seqs))
         taken += seqs
     return rows
 
 
-def _claim_first(channel: SqlChannel, connection: Connection, limit: int) -> list[int]:
+def _claim_first(consumer: SqlConsumer, connection: Connection, limit: int) -> list[int]:
     """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
-    in_hand = channel._in_hand
+    in_hand = consumer.in_hand
     assert in_hand is not None
-    _, parameters = channel._sql.claim(limit, channel._clock())
+    _, parameters = consumer.sql.claim(limit, consumer.clock())
     result = connection.execute(in_hand.claim, parameters)
     rows = in_turn(result.all(), crashes_of)
     if not rows:
-        found = connection.execute(channel._sql.next_due())
-        next_due.set((channel.name, found.scalar()))
+        found = connection.execute(consumer.sql.next_due())
+        next_due.set((consumer.name, found.scalar()))
         return []
     seqs = [row.seq for row in rows]
     connection.execute(*in_hand.take(seqs))
@@ -200,13 +201,13 @@ def _claim_first(channel: SqlChannel, connection: Connection, limit: int) -> lis
 
 
 def _acknowledge(
-    channel: SqlChannel, connection: Connection, done: list[int], taken: list[int]
+    consumer: SqlConsumer, connection: Connection, done: list[int], taken: list[int]
 ) -> None:
     """Delete the messages ``done`` (and their notes); count out the other ones taken."""
-    in_hand = channel._in_hand
+    in_hand = consumer.in_hand
     if in_hand is None:
         if done:
-            connection.execute(*channel._sql.ack(done))
+            connection.execute(*consumer.sql.ack(done))
         return
     if done:
         for statement in in_hand.acknowledge(done):
@@ -217,24 +218,24 @@ def _acknowledge(
         connection.execute(*statement)
 
 
-def _consume_leased(channel: SqlChannel, handle: Handle, limit: int) -> int:
-    sql, engine = channel._sql, channel.database.engine
+def _consume_leased(consumer: SqlConsumer, handle: Handle, limit: int) -> int:
+    sql, engine = consumer.sql, consumer.database.engine
     with engine.begin() as connection:
-        claimed = connection.execute(*sql.claim(limit, channel._clock()))
-        rows = to_lease(claimed.all(), channel._max_crashes is not None)
+        claimed = connection.execute(*sql.claim(limit, consumer.clock()))
+        rows = to_lease(claimed.all(), consumer.guarded)
         if rows:
-            until = channel._clock() + channel.visibility_timeout
+            until = consumer.clock() + consumer.visibility_timeout
             connection.execute(*sql.lease([row.seq for row in rows], until))
     done: list[int] = []
     try:
         for row in rows:
-            handle(leased(channel, row))
+            handle(leased(consumer, row))
             done.append(row.seq)
     except BaseException as error:
         # Give the message in hand and the rest of the batch back to other workers now.
         with engine.begin() as connection:
             rest = [row.seq for row in rows[len(done) :]]
-            connection.execute(*sql.release(rest, channel._clock()))
+            connection.execute(*sql.release(rest, consumer.clock()))
         if not isinstance(error, MessageReturned):
             raise
     finally:

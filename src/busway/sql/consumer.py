@@ -1,0 +1,59 @@
+"""What consuming one ``SqlChannel`` needs, made once the channel knows its database and its
+context: the consuming functions (``busway.sql._async.consuming``) take this, not the channel."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Row
+
+from busway.channels.base import Delivery
+from busway.sql.crashes import InHand
+from busway.sql.database import Database
+from busway.sql.rows import delivery_of
+from busway.sql.statements import Statements
+
+Mode = Literal["transaction", "lease"]
+
+RELAY_BATCH_FACTOR = 5
+"""After a full batch of messages that were all only sent on (a relay's), the next claim takes
+up to this many times ``batch_size``: such a batch has no handler to run again, and fewer,
+larger batches keep more of a broker's confirms in flight."""
+
+
+@dataclass(eq=False, slots=True)
+class SqlConsumer:
+    name: str
+    database: Database
+    sql: Statements
+    clock: Callable[[], float]
+    mode: Mode
+    batch_size: int
+    redo_batches: bool
+    visibility_timeout: float
+    in_hand: InHand | None
+    """The notes of the messages in hand in ``transaction`` mode, with the crash-loop guard."""
+    guarded: bool
+    """Whether the crash-loop guard is on (``Messaging(max_crashes=...)``)."""
+    wait_idle: Callable[[float], None]
+    """Wait at most that many seconds for a message, after a claim found none."""
+    await_idle: Callable[[float], Awaitable[None]]
+    relaying: bool = False
+    """Whether the last batch was full and only sent on: the next claim takes more."""
+
+    @property
+    def claims_first(self) -> bool:
+        """Whether a batch is claimed and noted in hand in a transaction of its own first:
+        on SQLite, where the batch's transaction holds the write lock, a note written
+        beside it would wait for that lock."""
+        return self.in_hand is not None and self.database.is_sqlite
+
+    def claim_size(self) -> int:
+        return self.batch_size * RELAY_BATCH_FACTOR if self.relaying else self.batch_size
+
+    def delivery(
+        self, row: Row[Any], connection: Any, isolated: bool = True, **known: Any
+    ) -> Delivery:
+        return delivery_of(row, self.name, connection, isolated, **known)
