@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -25,6 +26,7 @@ from busway.channels.base import (
 )
 from busway.channels.redis._async import consuming as aconsuming
 from busway.channels.redis._sync import consuming
+from busway.channels.redis.consumer import RedisConsumer
 from busway.channels.redis.deferred import Deferred
 from busway.channels.redis.link import Link
 from busway.channels.redis.stream import Stream
@@ -88,6 +90,11 @@ class RedisChannel(Channel):
         """The asyncio client of the running event loop."""
         return self._link.aclient
 
+    @functools.cached_property
+    def _consumer(self) -> RedisConsumer:
+        """What consuming needs, made at the first consume: after ``attach``."""
+        return RedisConsumer(self.name, self._link, self._stream, self._clock, self.batch_size)
+
     def attach(self, context: ChannelContext) -> None:
         self._clock = context.clock
         self._stream.counting = context.max_crashes is not None
@@ -127,10 +134,10 @@ class RedisChannel(Channel):
     # -- consuming -------------------------------------------------------------------------
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
-        return consuming.consume(self, handle, max_messages, wait)
+        return consuming.consume(self._consumer, handle, max_messages, wait)
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
-        return await aconsuming.aconsume(self, handle, max_messages, wait)
+        return await aconsuming.aconsume(self._consumer, handle, max_messages, wait)
 
     # -- inspection ------------------------------------------------------------------------
 

@@ -5,40 +5,37 @@ other consumers left pending too long, then due delayed ones and new ones, waiti
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from busway.channels.base import AsyncHandle, MessageReturned, current_batch
+from busway.channels.redis.consumer import RedisConsumer
 from busway.channels.redis.hand import Hand
 from busway.channels.redis.stream import Entry
 
-if TYPE_CHECKING:
-    from busway.channels.redis.channel import RedisChannel
-
 
 async def aconsume(
-    channel: RedisChannel, handle: AsyncHandle, max_messages: int, wait: float
+    consumer: RedisConsumer, handle: AsyncHandle, max_messages: int, wait: float
 ) -> int:
-    limit = min(max_messages, channel.batch_size)
+    limit = min(max_messages, consumer.batch_size)
     if limit < 1:
         return 0
-    link, stream = channel._link, channel._stream
+    link, stream = consumer.link, consumer.stream
     entries = stream.take_held(limit)
     if entries:
         await link.acall(stream.touch(entries))  # held a while: not for others to claim
     else:
-        entries = await _afetch(channel, limit, wait)
-    return await _ahand_out(channel, handle, entries) if entries else 0
+        entries = await _afetch(consumer, limit, wait)
+    return await _ahand_out(consumer, handle, entries) if entries else 0
 
 
-async def _afetch(channel: RedisChannel, limit: int, wait: float) -> list[Entry]:
-    call, stream = channel._link.acall, channel._stream
+async def _afetch(consumer: RedisConsumer, limit: int, wait: float) -> list[Entry]:
+    call, stream = consumer.link.acall, consumer.stream
     deadline = time.monotonic() + wait
     while True:
         if stream.claim_due():
             claimed = stream.claimed(*await call(stream.claim(limit)))
             if claimed:
                 return claimed
-        now = channel._clock()
+        now = consumer.clock()
         entries, pause = stream.fetched(await call(*stream.fetch(now, limit)), now)
         remaining = deadline - time.monotonic()
         if entries or remaining <= 0:
@@ -49,9 +46,9 @@ async def _afetch(channel: RedisChannel, limit: int, wait: float) -> list[Entry]
             return entries
 
 
-async def _ahand_out(channel: RedisChannel, handle: AsyncHandle, entries: list[Entry]) -> int:
-    link, stream = channel._link, channel._stream
-    hand = Hand(channel.name, stream, entries)
+async def _ahand_out(consumer: RedisConsumer, handle: AsyncHandle, entries: list[Entry]) -> int:
+    link, stream = consumer.link, consumer.stream
+    hand = Hand(consumer.name, stream, entries)
     token = current_batch.set(hand.batch)
     try:
         for delivery in hand:

@@ -7,38 +7,35 @@ other consumers left pending too long, then due delayed ones and new ones, waiti
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from busway.channels.base import Handle, MessageReturned, current_batch
+from busway.channels.redis.consumer import RedisConsumer
 from busway.channels.redis.hand import Hand
 from busway.channels.redis.stream import Entry
 
-if TYPE_CHECKING:
-    from busway.channels.redis.channel import RedisChannel
 
-
-def consume(channel: RedisChannel, handle: Handle, max_messages: int, wait: float) -> int:
-    limit = min(max_messages, channel.batch_size)
+def consume(consumer: RedisConsumer, handle: Handle, max_messages: int, wait: float) -> int:
+    limit = min(max_messages, consumer.batch_size)
     if limit < 1:
         return 0
-    link, stream = channel._link, channel._stream
+    link, stream = consumer.link, consumer.stream
     entries = stream.take_held(limit)
     if entries:
         link.call(stream.touch(entries))  # held a while: not for others to claim
     else:
-        entries = _fetch(channel, limit, wait)
-    return _hand_out(channel, handle, entries) if entries else 0
+        entries = _fetch(consumer, limit, wait)
+    return _hand_out(consumer, handle, entries) if entries else 0
 
 
-def _fetch(channel: RedisChannel, limit: int, wait: float) -> list[Entry]:
-    call, stream = channel._link.call, channel._stream
+def _fetch(consumer: RedisConsumer, limit: int, wait: float) -> list[Entry]:
+    call, stream = consumer.link.call, consumer.stream
     deadline = time.monotonic() + wait
     while True:
         if stream.claim_due():
             claimed = stream.claimed(*call(stream.claim(limit)))
             if claimed:
                 return claimed
-        now = channel._clock()
+        now = consumer.clock()
         entries, pause = stream.fetched(call(*stream.fetch(now, limit)), now)
         remaining = deadline - time.monotonic()
         if entries or remaining <= 0:
@@ -49,9 +46,9 @@ def _fetch(channel: RedisChannel, limit: int, wait: float) -> list[Entry]:
             return entries
 
 
-def _hand_out(channel: RedisChannel, handle: Handle, entries: list[Entry]) -> int:
-    link, stream = channel._link, channel._stream
-    hand = Hand(channel.name, stream, entries)
+def _hand_out(consumer: RedisConsumer, handle: Handle, entries: list[Entry]) -> int:
+    link, stream = consumer.link, consumer.stream
+    hand = Hand(consumer.name, stream, entries)
     token = current_batch.set(hand.batch)
     try:
         for delivery in hand:
