@@ -1,9 +1,9 @@
 # Generated from src/busway/sql/_async/consuming.py by tools/unasync.py: do not edit.
 # Change the asyncio source, then run `make generate`.
 """How a ``SqlChannel`` consumes: a batch claimed, handed out and acknowledged in one
-transaction (``transaction`` mode, the batch's steps written once in ``SqlChannel._batch``),
-or leased and handed out outside any transaction (``lease`` mode, ``busway.sql.leases``); and
-the I/O those steps yield, carried out on a connection."""
+transaction (``transaction`` mode, ``_abatch``), redone in a new one when the database ends
+it (``busway.sql.redo``); or leased and handed out outside any transaction (``lease`` mode,
+the decisions in ``busway.sql.leases``)."""
 
 from __future__ import annotations
 
