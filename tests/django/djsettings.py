@@ -89,11 +89,20 @@ def as_worker_sees_them(found: dict[str, dict[str, Any]]) -> str:
     return json.dumps(given)
 
 
+def configure_worker(alias: str) -> None:
+    """The settings of a worker process, whose settings.BUSWAY is on ``alias``."""
+    configure(BUSWAY={"MESSAGING": f"djtest.messaging:{alias}", "DATABASE": alias})
+
+
 def configure(**extra: Any) -> None:
     from django.conf import settings
 
     if settings.configured:
         return
+    options: dict[str, Any] = dict(
+        BUSWAY={"MESSAGING": "djtest.messaging:default", "DATABASE": "default"}
+    )
+    options.update(extra)
     settings.configure(
         DEBUG=False,
         SECRET_KEY="busway-tests",
@@ -104,8 +113,7 @@ def configure(**extra: Any) -> None:
         MIDDLEWARE=[],
         USE_TZ=True,
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        BUSWAY={"MESSAGING": "djtest.messaging:default", "DATABASE": "default"},
-        **extra,
+        **options,
     )
     import django
 

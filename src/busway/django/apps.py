@@ -8,6 +8,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
 
+from busway.django.connection import busway_is_connecting
 from busway.django.messaging import checked_messaging
 from busway.django.settings import configured
 from busway.messaging import Messaging
@@ -35,7 +36,7 @@ def _set_up_at_first_connection(messaging: Messaging, alias: str) -> Any:
     preparation = messaging.runtime.preparation
 
     def set_up(sender: Any, connection: Any, **_: Any) -> None:
-        if connection.alias == alias and not preparation.sql.done:
+        if connection.alias == alias and not preparation.sql.done and not busway_is_connecting():
             preparation.dispatching()
 
     return set_up

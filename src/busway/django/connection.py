@@ -13,6 +13,7 @@ at once, as Django's own do; inside one they are part of it.
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -33,6 +34,15 @@ _DIALECTS = {
 _OWN = frozenset({"_alias", "_wrapper", "_raw", "_atomic", "_joined", "_driver"})
 
 
+_connecting = threading.local()
+
+
+def busway_is_connecting() -> bool:
+    """Whether busway itself is opening the thread's Django connection (its own set-up at
+    first use comes before that, outside any ``atomic()`` block)."""
+    return bool(getattr(_connecting, "busway", False))
+
+
 class _RolledBack(Exception):
     """Ends a Django ``atomic()`` block the way an error does: rolled back."""
 
@@ -48,7 +58,12 @@ class DjangoConnection:
 
     def __init__(self, alias: str) -> None:
         wrapper = connections[alias]
-        wrapper.ensure_connection()
+        if wrapper.connection is None:
+            _connecting.busway = True
+            try:
+                wrapper.ensure_connection()
+            finally:
+                _connecting.busway = False
         set_ = object.__setattr__
         set_(self, "_alias", alias)
         set_(self, "_wrapper", wrapper)
@@ -66,6 +81,9 @@ class DjangoConnection:
         block = transaction.atomic(using=self._alias)
         block.__enter__()
         set_(self, "_atomic", block)
+
+    def savepoint_undone(self) -> None:
+        self._wrapper.needs_rollback = False
 
     def commit(self) -> None:
         block = self._end()
@@ -174,6 +192,7 @@ def django_engine(alias: str, tables: frozenset[str] | set[str]) -> Engine:
         **options,
     )
     event.listen(engine, "begin", _begin)
+    event.listen(engine, "rollback_savepoint", _rolled_back_to_savepoint)
     event.listen(engine, "before_cursor_execute", _refuse_outside(tables))
     return engine
 
@@ -182,6 +201,15 @@ def _begin(connection: Connection) -> None:
     if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         return  # its statements commit on their own, or join the open block
     _django(connection).begin()
+
+
+def _rolled_back_to_savepoint(connection: Connection, *_: Any) -> None:
+    """A handler's savepoint undone: what failed in it no longer dooms the transaction.
+
+    Django's ORM marks the whole ``atomic()`` block for rollback when a query fails inside
+    it (``needs_rollback``); rolled back to busway's savepoint, the transaction is sound
+    again, as after Django's own savepoint rollback."""
+    _django(connection).savepoint_undone()
 
 
 def _django(connection: Connection) -> DjangoConnection:

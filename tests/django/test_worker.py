@@ -1,0 +1,104 @@
+"""Workers whose handlers write through the Django ORM: the writes, the claim and the
+acknowledgement of their message are one transaction on Django's connection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import djsettings
+import pytest
+from django.conf import settings
+from django.db import transaction
+from djtest.messaging import Record, WorkBus
+from djtest.models import Counter, Effect
+
+from workers import finish, kill_when, start_worker
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def send_work(messaging, alias, count):
+    bus = messaging.gateway(WorkBus)
+    with transaction.atomic(using=alias):
+        for key in range(count):
+            bus.send(Record(key))
+    assert messaging.channel("work").depth() == count
+
+
+def test_a_worker_handler_writes_through_the_orm_in_the_message_transaction(alias, messaging):
+    Counter.objects.using(alias).create(worker="test")
+    send_work(messaging, alias, 12)
+
+    result = messaging.run("work")
+
+    assert result.handled == 12 and result.failed == 0
+    keys = sorted(Effect.objects.using(alias).values_list("key", flat=True))
+    assert keys == list(range(12))
+    assert Counter.objects.using(alias).get(worker="test").n == 12
+    assert messaging.channel("work").depth() == 0
+
+
+def test_a_failing_handler_leaves_no_orm_write_behind(alias, messaging):
+    Counter.objects.using(alias).create(worker="test")
+    Effect.objects.using(alias).create(key=3, worker="before")  # Record(3) fails on it
+    send_work(messaging, alias, 5)
+
+    messaging.run("work")
+
+    counted = Counter.objects.using(alias).get(worker="test").n
+    assert counted == 4  # the failed handler's update went with its savepoint
+    retried = messaging.channel("work").depth() + len(messaging.dead_letters.list())
+    assert retried == 1  # waiting for its retry, or dead-lettered
+    assert Effect.objects.using(alias).get(key=3).worker == "before"
+
+
+def _worker(alias, name, *, block_at=None, marker=None, batch=5):
+    databases = djsettings.as_worker_sees_them(settings.DATABASES)
+    environment = {
+        djsettings.WORKER_DATABASES: databases,
+        "DJTEST_ALIAS": alias,
+        "DJTEST_WORKER": name,
+        "DJTEST_BATCH": str(batch),
+    }
+    if block_at is not None:
+        environment.update(DJTEST_BLOCK_AT=str(block_at), DJTEST_MARKER=str(marker))
+    saved = dict(os.environ)
+    os.environ.update(environment)
+    try:
+        return start_worker(HERE, "django_worker")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_workers_killed_mid_handler_leave_every_orm_effect_exactly_once(
+    alias, messaging, tmp_path
+):
+    total, batch, block_at, kills = 25, 5, 7, 3
+    send_work(messaging, alias, total)
+    in_flight = []
+    for attempt in range(kills):
+        name = f"killed-{attempt}"
+        Counter.objects.using(alias).create(worker=name)
+        marker = tmp_path / f"marker-{attempt}"
+        worker = _worker(alias, name, block_at=block_at, marker=marker, batch=batch)
+        in_flight.append(int(kill_when(marker, worker)))
+        # Its first batch committed; the batch in hand, its rows written, did not.
+        assert Counter.objects.using(alias).get(worker=name).n == batch
+        assert not Effect.objects.using(alias).filter(key=in_flight[-1]).exists()
+        assert messaging.channel("work").depth() == total - batch * (attempt + 1)
+
+    Counter.objects.using(alias).create(worker="final")
+    finish(_worker(alias, "final", batch=batch))
+
+    keys = sorted(Effect.objects.using(alias).values_list("key", flat=True))
+    assert keys == list(range(total))  # each effect once: the key is unique
+    counts = dict(Counter.objects.using(alias).values_list("worker", "n"))
+    assert sum(counts.values()) == total  # and each counted once
+    assert counts["final"] == total - batch * kills
+    assert set(in_flight) <= set(keys)
+    assert messaging.channel("work").depth() == 0
+    assert messaging.dead_letters.list() == []
+
