@@ -60,9 +60,7 @@ def rows_seen_from_outside(alias: str, table: str = "busway_dj_messages") -> int
     engine = create_engine(django_database(alias).url)
     try:
         with engine.connect() as connection:
-            found = connection.execute(
-                select(func.count()).select_from(_table(table))
-            ).scalar_one()
+            found = connection.execute(select(func.count()).select_from(_table(table))).scalar_one()
     finally:
         engine.dispose()
     return int(found)

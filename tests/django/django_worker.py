@@ -18,4 +18,6 @@ def main() -> None:
     djsettings.configure_worker(alias)
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(["manage.py", "busway", "run", "work", "--until-empty", *sys.argv[1:]])
+    execute_from_command_line(
+        ["manage.py", "busway", "run", "work", "--until-empty", *sys.argv[1:]]
+    )

@@ -60,7 +60,11 @@ def databases() -> dict[str, dict[str, Any]]:
         }
     }
     other_file = os.path.join(folder, "other.sqlite3")
-    found["other"] = {"ENGINE": BACKENDS["sqlite"], "NAME": other_file, "TEST": {"NAME": other_file}}
+    found["other"] = {
+        "ENGINE": BACKENDS["sqlite"],
+        "NAME": other_file,
+        "TEST": {"NAME": other_file},
+    }
     test_name = f"test_busway_django_{os.getpid()}"
     for service in ("postgresql", "mariadb"):
         server = _server(service, test_name)

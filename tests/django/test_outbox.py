@@ -4,13 +4,13 @@ ORM's writes, on Django's own connection."""
 from __future__ import annotations
 
 import pytest
-from conftest import rows_seen_from_outside
 from django.db import connections, transaction
 from django.test import Client
 from djtest.messaging import OrderPlaced, OutboxBus, messaging_for
 from djtest.models import Delivered, Order
 
 from busway import ConfigurationError
+from conftest import rows_seen_from_outside
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -79,9 +79,7 @@ def test_atomic_requests_commit_a_view_that_succeeds(alias, messaging, atomic_re
     assert Delivered.objects.using(alias).filter(number="o-4").exists()
 
 
-def test_atomic_requests_roll_back_the_message_of_a_failing_view(
-    alias, messaging, atomic_requests
-):
+def test_atomic_requests_roll_back_the_message_of_a_failing_view(alias, messaging, atomic_requests):
     response = Client(raise_request_exception=False).post(f"/orders/{alias}/o-5?fail=1")
     assert response.status_code == 500
     assert not Order.objects.using(alias).exists()

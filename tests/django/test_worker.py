@@ -49,8 +49,7 @@ def test_a_failing_handler_leaves_no_orm_write_behind(alias, messaging):
 
     counted = Counter.objects.using(alias).get(worker="test").n
     assert counted == 4  # the failed handler's update went with its savepoint
-    retried = messaging.channel("work").depth() + len(messaging.dead_letters.list())
-    assert retried == 1  # waiting for its retry, or dead-lettered
+    assert [letter.channel for letter in messaging.dead_letters.list()] == ["work"]
     assert Effect.objects.using(alias).get(key=3).worker == "before"
 
 
@@ -73,9 +72,7 @@ def _worker(alias, name, *, block_at=None, marker=None, batch=5):
         os.environ.update(saved)
 
 
-def test_workers_killed_mid_handler_leave_every_orm_effect_exactly_once(
-    alias, messaging, tmp_path
-):
+def test_workers_killed_mid_handler_leave_every_orm_effect_exactly_once(alias, messaging, tmp_path):
     total, batch, block_at, kills = 25, 5, 7, 3
     send_work(messaging, alias, total)
     in_flight = []
@@ -101,4 +98,3 @@ def test_workers_killed_mid_handler_leave_every_orm_effect_exactly_once(
     assert set(in_flight) <= set(keys)
     assert messaging.channel("work").depth() == 0
     assert messaging.dead_letters.list() == []
-

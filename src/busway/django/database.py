@@ -32,7 +32,7 @@ class DjangoDatabase(Database):
         super().__init__(django_engine(alias, tables), None, self.url)
         self.tables = tables  # the engine's refusal reads it as channels attach
 
-    @property  # type: ignore[override]
+    @property
     def url(self) -> URL:
         """The database Django's settings name now (a test run's database, in tests)."""
         return _url_of(self.alias)

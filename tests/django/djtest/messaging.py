@@ -12,8 +12,16 @@ from typing import Any
 
 from django.db.models import F
 
-from busway import CommandBus, EventBus, Messaging, SqlChannel, asynchronous
-from busway import command_handler, event_handler
+from busway import (
+    CommandBus,
+    EventBus,
+    Messaging,
+    RetryPolicy,
+    SqlChannel,
+    asynchronous,
+    command_handler,
+    event_handler,
+)
 from busway.django import django_database
 from djtest.models import Counter, Delivered, Effect
 from markers import write_atomically
@@ -76,6 +84,7 @@ def messaging_for(alias: str) -> Messaging:
         ],
         database=django_database(alias),
         gateways=[OutboxBus, WorkBus],
+        retry=RetryPolicy(retries=0),  # a failure is dead-lettered at once
     )
 
 
