@@ -1,0 +1,1 @@
+"""A Django shop whose OrderWasPlaced events go through busway's outbox."""
