@@ -13,7 +13,7 @@ from django.db import transaction
 from djtest.messaging import Record, WorkBus
 from djtest.models import Counter, Effect
 
-from workers import finish, kill_when, start_worker
+from workers import deaths_until_drained, finish, kill_when, start_worker
 
 HERE = Path(__file__).parent
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -53,7 +53,7 @@ def test_a_failing_handler_leaves_no_orm_write_behind(alias, messaging):
     assert Effect.objects.using(alias).get(key=3).worker == "before"
 
 
-def _worker(alias, name, *, block_at=None, marker=None, batch=5):
+def _worker(alias, name, *, block_at=None, marker=None, batch=5, exit_on=None):
     databases = djsettings.as_worker_sees_them(settings.DATABASES)
     environment = {
         djsettings.WORKER_DATABASES: databases,
@@ -61,6 +61,8 @@ def _worker(alias, name, *, block_at=None, marker=None, batch=5):
         "DJTEST_WORKER": name,
         "DJTEST_BATCH": str(batch),
     }
+    if exit_on is not None:
+        environment["DJTEST_EXIT_ON"] = str(exit_on)
     if block_at is not None:
         environment.update(DJTEST_BLOCK_AT=str(block_at), DJTEST_MARKER=str(marker))
     saved = dict(os.environ)
@@ -98,3 +100,24 @@ def test_workers_killed_mid_handler_leave_every_orm_effect_exactly_once(alias, m
     assert set(in_flight) <= set(keys)
     assert messaging.channel("work").depth() == 0
     assert messaging.dead_letters.list() == []
+
+
+def test_a_message_that_kills_its_worker_is_dead_lettered_after_max_crashes(alias, messaging):
+    """The notes of the messages in hand commit beside the batch's transaction: each death
+    counts, although the batch it killed rolled back."""
+    total, poison = 8, 2
+    send_work(messaging, alias, total)
+
+    def start(restart):
+        Counter.objects.using(alias).get_or_create(worker=f"crash-{restart}")
+        return _worker(alias, f"crash-{restart}", batch=4, exit_on=poison)
+
+    deaths = deaths_until_drained(start, bound=3)
+
+    assert deaths >= 3  # Messaging(max_crashes=3), the default
+    letters = messaging.dead_letters.list()
+    assert [letter.error_type for letter in letters] == ["busway.errors.WorkerDiedError"]
+    keys = sorted(Effect.objects.using(alias).values_list("key", flat=True))
+    assert keys == [key for key in range(total) if key != poison]
+    assert sum(Counter.objects.using(alias).values_list("n", flat=True)) == total - 1
+    assert messaging.channel("work").depth() == 0

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
 from busway.channels.base import current_batch
+from busway.django import aside
 from busway.errors import ConfigurationError
 
 _DIALECTS = {
@@ -31,7 +32,7 @@ _DIALECTS = {
     "pymysql": "mysql+pymysql",
     "sqlite3": "sqlite+pysqlite",
 }
-_OWN = frozenset({"_alias", "_wrapper", "_raw", "_atomic", "_joined", "_driver"})
+_OWN = frozenset({"_alias", "_wrapper", "_raw", "_atomic", "_joined", "_driver", "_aside"})
 
 
 _connecting = threading.local()
@@ -71,6 +72,7 @@ class DjangoConnection:
         set_(self, "_driver", wrapper.Database)
         set_(self, "_atomic", None)
         set_(self, "_joined", None)
+        set_(self, "_aside", False)
 
     # -- the transaction: a Django atomic() block -------------------------------------------
 
@@ -81,6 +83,8 @@ class DjangoConnection:
         block = transaction.atomic(using=self._alias)
         block.__enter__()
         set_(self, "_atomic", block)
+        if not self._joined:
+            aside.opened_by_busway(self._alias, True)
 
     def savepoint_undone(self) -> None:
         self._wrapper.needs_rollback = False
@@ -110,6 +114,8 @@ class DjangoConnection:
 
     def _end(self) -> Any:
         block = self._atomic
+        if block is not None and not self._joined:
+            aside.opened_by_busway(self._alias, False)
         object.__setattr__(self, "_atomic", None)
         object.__setattr__(self, "_joined", None)
         return block
@@ -130,7 +136,24 @@ class DjangoConnection:
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Django owns the connection's settings: SQLAlchemy's ``autocommit``,
-        ``isolation_level``, ``read_only`` are not applied."""
+        ``isolation_level``, ``read_only`` are not applied (but to a connection beside)."""
+        if self._aside:
+            setattr(self._raw, name, value)
+
+    # -- a connection beside Django's -------------------------------------------------------
+
+    def autocommit_requested(self) -> None:
+        """SQLAlchemy asks for ``AUTOCOMMIT``: inside a block busway opened (a worker's batch),
+        what follows must commit outside it, so it goes to a connection beside Django's.
+        Elsewhere Django's connection serves: outside ``atomic()`` it commits at once, inside
+        the application's block it joins it."""
+        if aside.in_busway_block(self._alias):
+            object.__setattr__(self, "_raw", aside.connection_beside(self._wrapper))
+            object.__setattr__(self, "_aside", True)
+
+    def invalidated(self) -> None:
+        if self._aside:
+            aside.forget(self._alias)
 
     # -- the refusal ------------------------------------------------------------------------
 
@@ -152,6 +175,8 @@ class _MySQLConnection(DjangoConnection):
 
     def autocommit(self, value: bool) -> None:
         """MySQLdb's and PyMySQL's way to set autocommit: Django's to decide."""
+        if self._aside:
+            self._raw.autocommit(value)
 
 
 def _refusal(alias: str, other: str) -> str:
@@ -193,6 +218,8 @@ def django_engine(alias: str, tables: frozenset[str] | set[str]) -> Engine:
     )
     event.listen(engine, "begin", _begin)
     event.listen(engine, "rollback_savepoint", _rolled_back_to_savepoint)
+    event.listen(engine, "set_connection_execution_options", _options_set)
+    event.listen(engine, "invalidate", _invalidated)
     event.listen(engine, "before_cursor_execute", _refuse_outside(tables))
     return engine
 
@@ -201,6 +228,16 @@ def _begin(connection: Connection) -> None:
     if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
         return  # its statements commit on their own, or join the open block
     _django(connection).begin()
+
+
+def _options_set(connection: Connection, options: dict[str, Any]) -> None:
+    if options.get("isolation_level") == "AUTOCOMMIT":
+        _django(connection).autocommit_requested()
+
+
+def _invalidated(dbapi_connection: Any, *_: Any) -> None:
+    if isinstance(dbapi_connection, DjangoConnection):
+        dbapi_connection.invalidated()
 
 
 def _rolled_back_to_savepoint(connection: Connection, *_: Any) -> None:

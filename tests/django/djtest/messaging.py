@@ -51,7 +51,8 @@ class WorkBus(CommandBus):
 
 class Handlers:
     """Write through the ORM on ``alias``. The worker named in ``DJTEST_WORKER`` blocks at
-    its ``DJTEST_BLOCK_AT``-th command, its rows written and not committed, until killed."""
+    its ``DJTEST_BLOCK_AT``-th command, its rows written and not committed, until killed; any
+    worker dies at once on the command ``DJTEST_EXIT_ON``."""
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
@@ -67,6 +68,8 @@ class Handlers:
         Effect.objects.using(self.alias).create(key=command.key, worker=worker)
         Counter.objects.using(self.alias).filter(worker=worker).update(n=F("n") + 1)
         self.calls += 1
+        if str(command.key) == os.environ.get("DJTEST_EXIT_ON"):
+            os._exit(1)  # the worker dies with its batch in hand, as a segfault would end it
         if str(self.calls) == os.environ.get("DJTEST_BLOCK_AT"):
             write_atomically(Path(os.environ["DJTEST_MARKER"]), str(command.key))
             while True:
