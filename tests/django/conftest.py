@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,19 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from dbsupport import SERVERS, require_service  # noqa: E402
 
 SERVICES = {"default": "sqlite", "postgresql": "postgresql", "mariadb": "mariadb"}
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """The test databases, with busway's tables in each: made here, outside any test's
+    transaction (MariaDB commits a transaction at any CREATE TABLE). A project's one
+    Messaging makes them at its first connection; the tests have one per database."""
+    from djtest.messaging import messaging_for
+
+    with django_db_blocker.unblock():
+        for alias in SERVICES:
+            if alias in settings.DATABASES:
+                messaging_for(alias).setup()
 
 
 @pytest.fixture(params=list(SERVICES), ids=list(SERVICES.values()))

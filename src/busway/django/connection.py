@@ -151,6 +151,10 @@ class DjangoConnection:
             object.__setattr__(self, "_raw", aside.connection_beside(self._wrapper))
             object.__setattr__(self, "_aside", True)
 
+    @property
+    def is_aside(self) -> bool:
+        return bool(self._aside)
+
     def invalidated(self) -> None:
         if self._aside:
             aside.forget(self._alias)
@@ -216,12 +220,28 @@ def django_engine(alias: str, tables: frozenset[str] | set[str]) -> Engine:
         pool_reset_on_return=None,
         **options,
     )
+    _isolation_left_to_django(engine)
     event.listen(engine, "begin", _begin)
     event.listen(engine, "rollback_savepoint", _rolled_back_to_savepoint)
     event.listen(engine, "set_connection_execution_options", _options_set)
     event.listen(engine, "invalidate", _invalidated)
     event.listen(engine, "before_cursor_execute", _refuse_outside(tables))
     return engine
+
+
+def _isolation_left_to_django(engine: Engine) -> None:
+    """SQLAlchemy sets a connection's isolation level for ``AUTOCOMMIT`` and back: on
+    MariaDB/MySQL with SQL ending in ``COMMIT``, which would commit the transaction Django has
+    open. On Django's connection the level stays Django's; on a connection beside it
+    (``autocommit_requested``) SQLAlchemy sets it."""
+    dialect = engine.dialect
+    apply = dialect.set_isolation_level
+
+    def set_isolation_level(dbapi_connection: Any, level: Any) -> None:
+        if not isinstance(dbapi_connection, DjangoConnection) or dbapi_connection.is_aside:
+            apply(dbapi_connection, level)
+
+    setattr(dialect, "set_isolation_level", set_isolation_level)  # noqa: B010 - this engine's
 
 
 def _begin(connection: Connection) -> None:
