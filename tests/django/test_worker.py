@@ -121,3 +121,18 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_after_max_crashes(alia
     assert keys == [key for key in range(total) if key != poison]
     assert sum(Counter.objects.using(alias).values_list("n", flat=True)) == total - 1
     assert messaging.channel("work").depth() == 0
+
+
+def test_a_command_handled_at_once_writes_in_the_open_block_or_its_own(alias, messaging):
+    from conftest import rows_seen_from_outside
+
+    Counter.objects.using(alias).create(worker="test")
+    messaging.command_bus.send(Record(1))  # no block open: its own, committed
+    assert rows_seen_from_outside(alias, "busway_dj_effect") == 1
+
+    with pytest.raises(RuntimeError), transaction.atomic(using=alias):
+        messaging.command_bus.send(Record(2))  # a savepoint of this block
+        assert Effect.objects.using(alias).filter(key=2).exists()
+        raise RuntimeError("the block fails after the handler")
+    assert sorted(Effect.objects.using(alias).values_list("key", flat=True)) == [1]
+    assert Counter.objects.using(alias).get(worker="test").n == 1
