@@ -54,12 +54,12 @@ def messaging(alias: str, django_db_blocker: object) -> Iterator[object]:
 
     found = messaging_for(alias)
     found.setup()
-    _empty(alias, TABLE, "busway_dead_letters", "busway_inbox")
+    empty(alias, TABLE, "busway_dead_letters", "busway_inbox")
     yield found
-    _empty(alias, TABLE, "busway_dead_letters", "busway_inbox")
+    empty(alias, TABLE, "busway_dead_letters", "busway_inbox")
 
 
-def _empty(alias: str, *tables: str) -> None:
+def empty(alias: str, *tables: str) -> None:
     from django.db import connections
 
     with connections[alias].cursor() as cursor:

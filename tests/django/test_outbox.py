@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from django.db import connections, transaction
 from django.test import Client
-from djtest.messaging import OrderPlaced, OutboxBus, messaging_for
+from djtest.messaging import TABLE, OrderPlaced, OutboxBus, messaging_for
 from djtest.models import Delivered, Order
 
 from busway import ConfigurationError
-from conftest import rows_seen_from_outside
+from conftest import empty, rows_seen_from_outside
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -89,7 +89,7 @@ def test_atomic_requests_roll_back_the_message_of_a_failing_view(alias, messagin
 
 def test_a_publish_in_atomic_on_another_database_is_refused():
     messaging = messaging_for("default")  # settings.BUSWAY's; "other" is not busway's
-    messaging.setup()
+    empty("default", TABLE)
     events = messaging.gateway(OutboxBus)
     with pytest.raises(ConfigurationError) as refused, transaction.atomic(using="other"):
         events.publish(OrderPlaced("o-6"))

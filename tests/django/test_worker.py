@@ -136,3 +136,31 @@ def test_a_command_handled_at_once_writes_in_the_open_block_or_its_own(alias, me
         raise RuntimeError("the block fails after the handler")
     assert sorted(Effect.objects.using(alias).values_list("key", flat=True)) == [1]
     assert Counter.objects.using(alias).get(worker="test").n == 1
+
+
+_SESSION = {
+    "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend({})"),
+    "mariadb": ("SELECT CONNECTION_ID()", "KILL {}"),
+}
+
+
+@pytest.mark.parametrize("alias", list(_SESSION), indirect=True)
+def test_a_worker_whose_connection_the_server_killed_goes_on_with_a_new_one(messaging, alias):
+    from django.db import connections
+    from sqlalchemy import create_engine, text
+
+    Counter.objects.using(alias).create(worker="test")
+    send_work(messaging, alias, 3)
+    find, kill = _SESSION[alias]
+    with connections[alias].cursor() as cursor:
+        cursor.execute(find)
+        (session,) = cursor.fetchone()
+    engine = create_engine(messaging.database.url)
+    try:
+        with engine.connect() as other:
+            other.execute(text(kill.format(int(session))))
+    finally:
+        engine.dispose()
+
+    assert messaging.run("work").handled == 3
+    assert Counter.objects.using(alias).get(worker="test").n == 3

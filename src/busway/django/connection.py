@@ -13,6 +13,7 @@ at once, as Django's own do; inside one they are part of it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import ModuleType
 from typing import Any
@@ -32,7 +33,9 @@ _DIALECTS = {
     "pymysql": "mysql+pymysql",
     "sqlite3": "sqlite+pysqlite",
 }
-_OWN = frozenset({"_alias", "_wrapper", "_raw", "_atomic", "_joined", "_driver", "_aside"})
+_OWN = frozenset(
+    {"_alias", "_wrapper", "_raw", "_atomic", "_joined", "_driver", "_aside", "_broken"}
+)
 
 
 _connecting = threading.local()
@@ -73,6 +76,7 @@ class DjangoConnection:
         set_(self, "_atomic", None)
         set_(self, "_joined", None)
         set_(self, "_aside", False)
+        set_(self, "_broken", False)
 
     # -- the transaction: a Django atomic() block -------------------------------------------
 
@@ -81,10 +85,28 @@ class DjangoConnection:
         set_ = object.__setattr__
         set_(self, "_joined", self._wrapper.in_atomic_block)
         block = transaction.atomic(using=self._alias)
-        block.__enter__()
+        try:
+            block.__enter__()
+        except DatabaseError:
+            if self._joined or self._wrapper.is_usable():
+                raise
+            self._reconnect()  # broken since its last use (MariaDB's wait_timeout, a restart)
+            block = transaction.atomic(using=self._alias)
+            block.__enter__()
         set_(self, "_atomic", block)
         if not self._joined:
             aside.opened_by_busway(self._alias, True)
+
+    def _reconnect(self) -> None:
+        """A new Django connection in place of a broken one nothing was done on yet."""
+        with contextlib.suppress(DatabaseError):
+            self._wrapper.close()
+        _connecting.busway = True
+        try:
+            self._wrapper.ensure_connection()
+        finally:
+            _connecting.busway = False
+        object.__setattr__(self, "_raw", self._wrapper.connection)
 
     def savepoint_undone(self) -> None:
         self._wrapper.needs_rollback = False
@@ -111,6 +133,8 @@ class DjangoConnection:
         stays open, Django's to close."""
         self.rollback()
         object.__setattr__(self, "_joined", None)
+        if self._broken:
+            self._drop_broken()
 
     def _end(self) -> Any:
         block = self._atomic
@@ -156,8 +180,18 @@ class DjangoConnection:
         return bool(self._aside)
 
     def invalidated(self) -> None:
+        """SQLAlchemy found the connection broken (a server restart, a killed session): the
+        next one must be new. SQLAlchemy closes this one next (``close``)."""
+        object.__setattr__(self, "_broken", True)
         if self._aside:
             aside.forget(self._alias)
+
+    def _drop_broken(self) -> None:
+        """Close Django's broken connection once no block holds it (the rollback of a block
+        that held it was this connection's last use): Django's next use opens a new one."""
+        if not self._aside and not self._wrapper.in_atomic_block:
+            with contextlib.suppress(DatabaseError):
+                self._wrapper.close()
 
     # -- the refusal ------------------------------------------------------------------------
 
@@ -176,6 +210,11 @@ class DjangoConnection:
 
 class _MySQLConnection(DjangoConnection):
     __slots__ = ()
+
+    def character_set_name(self) -> None:
+        """None, so that SQLAlchemy sends no ``SET NAMES`` at each checkout: Django set the
+        connection's character set when it connected."""
+        return None
 
     def autocommit(self, value: bool) -> None:
         """MySQLdb's and PyMySQL's way to set autocommit: Django's to decide."""
