@@ -7,8 +7,10 @@ opens: the outermost one begins Django's transaction, one inside an open block m
 savepoint, so a message sent inside a view's ``atomic()`` is written in that transaction and a
 worker's claim, its handlers' ORM writes and its acknowledgement are one transaction. busway's
 commit and rollback end that block; closing the connection leaves Django's connection open.
-A connection asked for ``AUTOCOMMIT`` opens no block: outside ``atomic()`` its statements commit
-at once, as Django's own do; inside one they are part of it.
+A connection asked for ``AUTOCOMMIT``, or one of busway's reads, opens no block: outside
+``atomic()`` its statements commit at once, as Django's own do; inside the application's block
+they are part of it; inside a block busway opened (a worker's batch), ``AUTOCOMMIT`` statements
+go to a connection beside Django's (``busway.django.aside``).
 """
 
 from __future__ import annotations
@@ -283,9 +285,14 @@ def _isolation_left_to_django(engine: Engine) -> None:
     setattr(dialect, "set_isolation_level", set_isolation_level)  # noqa: B010 - this engine's
 
 
+_READ_ONLY = "busway_read_only"
+"""The execution option of ``Database.reading()``'s connections (busway.sql.database)."""
+
+
 def _begin(connection: Connection) -> None:
-    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-        return  # its statements commit on their own, or join the open block
+    options = connection.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT" or options.get(_READ_ONLY):
+        return  # its statements commit on their own (reads: no lock), or join the open block
     _django(connection).begin()
 
 
