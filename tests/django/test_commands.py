@@ -10,10 +10,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import override_settings
-from djtest.messaging import OrderPlaced, OutboxBus, Record, WorkBus
+from djtest.messaging import OrderPlaced, OutboxBus, Record, WorkBus, messaging_for
 from djtest.models import Counter, Delivered, Effect
 
-from busway import Messaging
+from busway import ConfigurationError, Messaging
 from busway.django.messaging import checked_messaging, get_messaging
 from busway.django.settings import BuswaySettings, configured
 
@@ -123,3 +123,29 @@ def test_without_django_the_integration_says_which_extra_to_install():
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "pip install 'busway[django]'" in found.stdout, found.stderr
+
+
+def test_sqlite_without_immediate_transactions_is_warned_about():
+    from django.db import connections
+
+    from busway.django.checks import sqlite_transactions
+
+    assert sqlite_transactions() == []
+    options = connections["default"].settings_dict["OPTIONS"]
+    saved = dict(options)
+    options.pop("transaction_mode")
+    try:
+        (warning,) = sqlite_transactions()
+    finally:
+        options.update(saved)
+    assert warning.id == "busway.W001"
+    assert '"transaction_mode": "IMMEDIATE"' in warning.hint
+
+
+async def test_the_asyncio_paths_are_refused_in_one_sentence():
+    from asgiref.sync import sync_to_async
+
+    messaging = await sync_to_async(messaging_for)("default")
+    with pytest.raises(ConfigurationError) as error:
+        await messaging.gateway(OutboxBus).apublish(OrderPlaced("a-1"))
+    assert "use send() and publish() (not asend/apublish)" in str(error.value)

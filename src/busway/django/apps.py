@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import AppConfig
+from django.core.checks import register
 from django.db.backends.signals import connection_created
 
+from busway.django.checks import sqlite_transactions
 from busway.django.connection import busway_is_connecting
 from busway.django.messaging import checked_messaging
 from busway.django.settings import configured
@@ -20,6 +22,7 @@ class BuswayConfig(AppConfig):  # type: ignore[misc]  # Django is untyped
     verbose_name = "busway"
 
     def ready(self) -> None:
+        register(sqlite_transactions, "database")
         found = configured()
         messaging = checked_messaging(found)
         connection_created.connect(
