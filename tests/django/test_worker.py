@@ -53,7 +53,7 @@ def test_a_failing_handler_leaves_no_orm_write_behind(alias, messaging):
     assert Effect.objects.using(alias).get(key=3).worker == "before"
 
 
-def _worker(alias, name, *, block_at=None, marker=None, batch=5, exit_on=None):
+def _worker(alias, name, *options, block_at=None, marker=None, batch=5, exit_on=None):
     databases = djsettings.as_worker_sees_them(settings.DATABASES)
     environment = {
         djsettings.WORKER_DATABASES: databases,
@@ -68,7 +68,7 @@ def _worker(alias, name, *, block_at=None, marker=None, batch=5, exit_on=None):
     saved = dict(os.environ)
     os.environ.update(environment)
     try:
-        return start_worker(HERE, "django_worker")
+        return start_worker(HERE, "django_worker", *options)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -164,3 +164,24 @@ def test_a_worker_whose_connection_the_server_killed_goes_on_with_a_new_one(mess
 
     assert messaging.run("work").handled == 3
     assert Counter.objects.using(alias).get(worker="test").n == 3
+
+
+def test_two_worker_processes_handle_each_message_once(alias, messaging):
+    total = 300
+    send_work(messaging, alias, total)
+    for name in ("w1", "w2"):
+        Counter.objects.using(alias).create(worker=name)
+
+    workers = [
+        _worker(alias, "w1", batch=10),
+        _worker(alias, "w2", "--concurrency", "2", batch=10),  # two threads, two connections
+    ]
+    for worker in workers:
+        finish(worker, timeout=120)
+
+    keys = sorted(Effect.objects.using(alias).values_list("key", flat=True))
+    assert keys == list(range(total))
+    counts = dict(Counter.objects.using(alias).values_list("worker", "n"))
+    assert counts["w1"] + counts["w2"] == total
+    assert messaging.channel("work").depth() == 0
+    assert messaging.dead_letters.list() == []
