@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import transaction
 from djtest.messaging import Record, WorkBus
-from djtest.models import Counter, Effect
+from djtest.models import Counter, Delivered, Effect
 
 from workers import deaths_until_drained, finish, kill_when, start_worker
 
@@ -185,3 +185,21 @@ def test_two_worker_processes_handle_each_message_once(alias, messaging):
     assert counts["w1"] + counts["w2"] == total
     assert messaging.channel("work").depth() == 0
     assert messaging.dead_letters.list() == []
+
+
+def test_the_inbox_record_commits_with_the_handler_and_not_without(alias, messaging):
+    from djtest.messaging import OrderPlaced, OutboxBus
+
+    from conftest import rows_seen_from_outside
+
+    events = messaging.gateway(OutboxBus)
+    events.publish(OrderPlaced("kept"))
+    Delivered.objects.using(alias).create(number="failing")  # its handler fails on it
+    events.publish(OrderPlaced("failing"))
+
+    messaging.run("outbox")
+
+    assert Delivered.objects.using(alias).filter(number="kept").exists()
+    assert len(messaging.dead_letters.list()) == 1
+    # One deduplication record: the handler that took effect; the failed one's went with it.
+    assert rows_seen_from_outside(alias, "busway_inbox") == 1
