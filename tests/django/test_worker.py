@@ -9,10 +9,12 @@ from pathlib import Path
 import djsettings
 import pytest
 from django.conf import settings
-from django.db import transaction
-from djtest.messaging import Record, WorkBus
+from django.db import connections, transaction
+from djtest.messaging import OrderPlaced, OutboxBus, Record, WorkBus
 from djtest.models import Counter, Delivered, Effect
+from sqlalchemy import create_engine, text
 
+from conftest import rows_seen_from_outside
 from workers import deaths_until_drained, finish, kill_when, start_worker
 
 HERE = Path(__file__).parent
@@ -124,8 +126,6 @@ def test_a_message_that_kills_its_worker_is_dead_lettered_after_max_crashes(alia
 
 
 def test_a_command_handled_at_once_writes_in_the_open_block_or_its_own(alias, messaging):
-    from conftest import rows_seen_from_outside
-
     Counter.objects.using(alias).create(worker="test")
     messaging.command_bus.send(Record(1))  # no block open: its own, committed
     assert rows_seen_from_outside(alias, "busway_dj_effect") == 1
@@ -146,9 +146,6 @@ _SESSION = {
 
 @pytest.mark.parametrize("alias", list(_SESSION), indirect=True)
 def test_a_worker_whose_connection_the_server_killed_goes_on_with_a_new_one(messaging, alias):
-    from django.db import connections
-    from sqlalchemy import create_engine, text
-
     Counter.objects.using(alias).create(worker="test")
     send_work(messaging, alias, 3)
     find, kill = _SESSION[alias]
@@ -188,10 +185,6 @@ def test_two_worker_processes_handle_each_message_once(alias, messaging):
 
 
 def test_the_inbox_record_commits_with_the_handler_and_not_without(alias, messaging):
-    from djtest.messaging import OrderPlaced, OutboxBus
-
-    from conftest import rows_seen_from_outside
-
     events = messaging.gateway(OutboxBus)
     events.publish(OrderPlaced("kept"))
     Delivered.objects.using(alias).create(number="failing")  # its handler fails on it
