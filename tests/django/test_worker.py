@@ -196,3 +196,22 @@ def test_the_inbox_record_commits_with_the_handler_and_not_without(alias, messag
     assert len(messaging.dead_letters.list()) == 1
     # One deduplication record: the handler that took effect; the failed one's went with it.
     assert rows_seen_from_outside(alias, "busway_inbox") == 1
+
+
+def test_on_commit_callbacks_of_a_handler_run_once_its_batch_commits(alias, messaging):
+    import djtest.messaging
+
+    djtest.messaging.committed.clear()
+    djtest.messaging.in_block.clear()
+    events = messaging.gateway(OutboxBus)
+    Delivered.objects.using(alias).create(number="fails")  # its handler fails on it
+    for number in ("first", "fails", "last"):
+        events.publish(OrderPlaced(number))
+
+    messaging.run("outbox")
+
+    assert all(djtest.messaging.in_block)  # the batch's block: on_commit waits for it
+    # "first" ran twice: the batch was redone after "fails" failed. Its first run's callback
+    # went with the rolled-back try; only what committed called back, once.
+    assert len(djtest.messaging.in_block) == 3
+    assert djtest.messaging.committed == ["first", "last"]

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F
 
 from busway import (
@@ -27,6 +28,10 @@ from djtest.models import Counter, Delivered, Effect
 from markers import write_atomically
 
 TABLE = "busway_dj_messages"
+committed: list[str] = []
+"""The numbers of the OrderPlaced events whose handling committed (``on_commit``)."""
+in_block: list[bool] = []
+"""Whether each OrderPlaced handler ran inside an ``atomic()`` block."""
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Handlers:
     @event_handler
     def deliver(self, event: OrderPlaced) -> None:
         Delivered.objects.using(self.alias).create(number=event.number)
+        in_block.append(transaction.get_connection(self.alias).in_atomic_block)
+        transaction.on_commit(lambda: committed.append(event.number), using=self.alias)
 
     @command_handler
     def record(self, command: Record) -> None:
