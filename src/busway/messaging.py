@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from busway._internal.consuming import Consumer
 from busway._internal.dead_letters import DeadLetters
+from busway._internal.instruments import Instrument, Instruments
 from busway._internal.outlet import bind_gateway
 from busway._internal.preparation import Preparation
 from busway._internal.registry import (
@@ -78,6 +79,7 @@ class Messaging:
         gateways: Iterable[type[Gateway] | ModuleType] = (),
         clock: Callable[[], float] = time.time,
         auto_setup: bool = True,
+        instruments: Iterable[Instrument] = (),
     ) -> None:
         problems: list[str] = []
         handlers = list(handlers)
@@ -123,6 +125,7 @@ class Messaging:
             retry or RetryPolicy(),
             command_failures=command_failures,
             preparation=preparation,
+            instruments=Instruments(instruments),
         )
         problems += _max_crashes_problems(max_crashes)
         self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
@@ -161,6 +164,7 @@ class Messaging:
             problems += channel.validate()
         if problems:
             raise ConfigurationError(_unique(problems))
+        self._runtime.instruments.attach(self.channels)
         self.dead_letters = DeadLetters(self._runtime)
 
     # -- gateways --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from busway._internal.consuming import (
     rehop,
 )
 from busway._internal.registry import HandlerDefinition
-from busway._internal.runtime import Call, Enqueue
+from busway._internal.runtime import Call, Enqueue, Runtime
 from busway.channels.base import BatchRollback, Delivery
 from busway.errors import ConversionError, SetupRequired
 from busway.message import ID
@@ -33,6 +33,14 @@ log = logging.getLogger("busway")
 def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | None = None) -> bool:
     """Handle one delivery; True when every handler succeeded. ``default_timeout`` is the
     time limit of handlers without one of their own or their bus's."""
+    instruments = consumer.runtime.instruments
+    if instruments:
+        with instruments.receiving(delivery):
+            return _areceive(consumer, delivery, default_timeout)
+    return _areceive(consumer, delivery, default_timeout)
+
+
+def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: float | None) -> bool:
     runtime = consumer.runtime
     prepared = consumer.prepare(delivery)
     if isinstance(prepared, Forward):
@@ -40,11 +48,11 @@ def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | Non
         try:
             runtime.send(prepared.channel, prepared.envelope)
         except ConversionError as unsendable:  # it can never travel there: poison
-            runtime.dead_letters.add(consumer.dead_letter(delivery, None, unsendable))
+            _adead_letter(runtime, consumer.dead_letter(delivery, None, unsendable))
             return False
         return True
     if isinstance(prepared, Reject):
-        runtime.dead_letters.add(prepared.letter)
+        _adead_letter(runtime, prepared.letter)
         return False
     if isinstance(prepared, Drop):
         log.warning("message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason)
@@ -63,10 +71,18 @@ def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | Non
             ok = False
             outcome = consumer.decide_failure(delivery, definition, error)
             if isinstance(outcome, DeadLetter):
-                runtime.dead_letters.add(outcome)
+                _adead_letter(runtime, outcome)
             else:
                 runtime.send(*outcome)
+                if runtime.instruments:
+                    runtime.instruments.retried(delivery, definition.name, error)
     return ok
+
+
+def _adead_letter(runtime: Runtime, letter: DeadLetter) -> None:
+    runtime.dead_letters.add(letter)
+    if runtime.instruments:
+        runtime.instruments.dead_lettered(letter)
 
 
 def _running(

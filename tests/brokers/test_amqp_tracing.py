@@ -1,0 +1,168 @@
+"""One trace across every hop: a command through an outbox relayed to RabbitMQ, its handler's
+event, and the message that event's handler sends, failing once and retried."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from amqp_support import broker as broker  # fixtures: pytest finds them by name
+from amqp_support import queues as queues
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from busway import (
+    CommandBus,
+    EventBus,
+    Messaging,
+    RetryPolicy,
+    SqlChannel,
+    asynchronous,
+    command_handler,
+    event_handler,
+)
+from busway.amqp import AmqpChannel
+from busway.tracing import Tracing
+
+
+@dataclass
+class PlaceOrder:
+    order_id: str
+
+
+@dataclass
+class OrderWasPlaced:
+    order_id: str
+
+
+@dataclass
+class SendReceipt:
+    order_id: str
+
+
+@asynchronous("outbox", "rabbit")
+class RelayedCommands(CommandBus):
+    """Committed to the outbox, relayed to RabbitMQ, handled from there."""
+
+
+@asynchronous("outbox")
+class OutboxCommands(CommandBus):
+    """Committed to the outbox, handled from it."""
+
+
+def test_a_command_and_everything_it_causes_are_one_trace(
+    tmp_path: Path, amqp_url: str, queues: Callable[[], str]
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    receipts: list[str] = []
+    tries: list[str] = []
+
+    @command_handler
+    def place(command: PlaceOrder, events: EventBus) -> None:
+        events.publish(OrderWasPlaced(command.order_id))
+
+    @event_handler
+    def on_placed(event: OrderWasPlaced, commands: OutboxCommands) -> None:
+        commands.send(SendReceipt(event.order_id))
+
+    @command_handler
+    def send_receipt(command: SendReceipt) -> None:
+        tries.append(command.order_id)
+        if len(tries) == 1:
+            raise ConnectionError("mail server away")
+        receipts.append(command.order_id)
+
+    messaging = Messaging(
+        handlers=[place, on_placed, send_receipt],
+        channels=[SqlChannel("outbox"), AmqpChannel("rabbit", amqp_url, queue=queues())],
+        database=f"sqlite:///{tmp_path / 'outbox.db'}",
+        retry=RetryPolicy(retries=1, initial_delay=0, jitter=0),
+        instruments=[Tracing(provider)],
+    )
+    try:
+        messaging.setup()
+        tracer = provider.get_tracer("test")
+        with tracer.start_as_current_span("request") as request, messaging.transaction():
+            messaging.gateway(RelayedCommands).send(PlaceOrder("o-1"))
+        assert messaging.run("outbox").handled == 1  # relayed
+        assert messaging.run("rabbit").handled == 1  # placed; the receipt is in the outbox
+        messaging.run("outbox")  # the receipt fails, goes back, and is sent the second time
+    finally:
+        messaging.close()
+    assert receipts == ["o-1"]
+
+    spans = exporter.get_finished_spans()
+    trace_id = request.get_span_context().trace_id
+    assert {span.context.trace_id for span in spans} == {trace_id}
+    by_id = {span.context.span_id: span for span in spans}
+
+    def parent(span: ReadableSpan) -> ReadableSpan:
+        assert span.parent is not None, f"{span.name} has no parent"
+        return by_id[span.parent.span_id]
+
+    def named(name: str) -> list[ReadableSpan]:
+        return sorted((s for s in spans if s.name == name), key=lambda s: s.start_time or 0)
+
+    [first_send] = [s for s in named("send outbox") if parent(s).name == "request"]
+    assert first_send.kind is SpanKind.PRODUCER
+    assert first_send.attributes is not None
+    assert first_send.attributes["messaging.system"] == "busway.sql"
+    assert first_send.attributes["messaging.destination.name"] == "outbox"
+    assert first_send.attributes["messaging.operation.type"] == "send"
+    assert isinstance(first_send.attributes["messaging.message.id"], str)
+    conversation = first_send.attributes["messaging.message.conversation_id"]
+
+    [relay] = [s for s in named("process outbox") if parent(s) is first_send]
+    assert relay.kind is SpanKind.CONSUMER
+    [to_rabbit] = named("send rabbit")
+    assert parent(to_rabbit) is relay
+    assert to_rabbit.attributes is not None
+    assert to_rabbit.attributes["messaging.system"] == "rabbitmq"
+    [from_rabbit] = named("process rabbit")
+    assert parent(from_rabbit) is to_rabbit
+    assert from_rabbit.kind is SpanKind.CONSUMER
+
+    [handle_place] = [s for s in spans if str(s.name).endswith(".place")]
+    assert parent(handle_place) is from_rabbit
+    assert handle_place.attributes is not None
+    assert handle_place.attributes["busway.handler"].endswith("place")
+    assert handle_place.attributes["messaging.message.conversation_id"] == conversation
+    [handle_placed] = [s for s in spans if str(s.name).endswith("on_placed")]
+    assert parent(handle_placed) is handle_place  # an event bus calls its handler at once
+
+    [receipt_send] = [s for s in named("send outbox") if parent(s) is handle_placed]
+    # A SQL batch in which a handler fails is rolled back and handled again, so the first
+    # delivery of the receipt may show as two spans: the one rolled back, then the one that
+    # decides on the failure.
+    receipt_first = [s for s in named("process outbox") if parent(s) is receipt_send]
+    [failed] = [
+        s
+        for s in spans
+        if s.name.startswith("handle") and any(parent_is(s, p, by_id) for p in receipt_first)
+    ]
+    assert failed.name.endswith(".send_receipt")
+    assert failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None and failed.attributes["busway.attempt"] == 0
+    assert any(event.name == "exception" for event in failed.events)
+    [deciding] = [s for s in receipt_first if [e.name for e in s.events] == ["busway.retry"]]
+    assert deciding.status.status_code is not StatusCode.ERROR
+
+    [retry_send] = [s for s in named("send outbox") if parent(s) is deciding]
+    [receipt_second] = [s for s in named("process outbox") if parent(s) is retry_send]
+    [succeeded] = [s for s in spans if parent_is(s, receipt_second, by_id)]
+    assert succeeded.status.status_code is not StatusCode.ERROR
+    assert succeeded.attributes is not None and succeeded.attributes["busway.attempt"] == 1
+    assert all(
+        span.attributes is not None
+        and span.attributes.get("messaging.message.conversation_id", conversation) == conversation
+        for span in spans
+    )
+
+
+def parent_is(span: ReadableSpan, parent: ReadableSpan, by_id: dict[int, ReadableSpan]) -> bool:
+    return span.parent is not None and by_id.get(span.parent.span_id) is parent
