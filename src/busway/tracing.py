@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from busway._internal.instruments import Instrument
@@ -56,14 +57,19 @@ class _HeaderGetter(Getter[Mapping[str, HeaderValue]]):
 _GETTER = _HeaderGetter()
 
 
+def _version() -> str:
+    try:
+        return version("busway")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
 class Tracing(Instrument):
     """Spans for sends, deliveries and handler calls; ``tracer_provider`` defaults to the
     global one (``opentelemetry.trace.set_tracer_provider``)."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
-        from busway import __version__
-
-        self._tracer = trace.get_tracer("busway", __version__, tracer_provider)
+        self._tracer = trace.get_tracer("busway", _version(), tracer_provider)
         self._systems: dict[str, str] = {}
 
     def attach(self, channels: Mapping[str, Channel]) -> None:
