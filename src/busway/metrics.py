@@ -5,7 +5,9 @@ channel is.
 with ``busway run --metrics-port N``, or in an application's own server through
 ``metrics.asgi_app()`` / ``metrics.wsgi_app()`` (``pip install busway[prometheus]``). Labels
 are channel names, handler names and error classes, which the application defines: never a
-message id, so the number of series stays bounded.
+message id, so the number of series stays bounded. What is counted is what travels through
+channels: a handler a gateway calls at once, through no channel, is a function call of its
+caller's, and no metric sees it.
 """
 
 from __future__ import annotations
@@ -15,24 +17,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from busway._internal.instruments import Instrument
+from busway._internal.instruments import Instrument, failure_of
 from busway.channels.base import Channel, Delivery, Envelope
+from busway.errors import extra_required
 from busway.interceptors import Invocation
 from busway.recovery import DeadLetter
 
-try:
+with extra_required("busway.metrics", "prometheus"):
     import prometheus_client
     from prometheus_client import CollectorRegistry, Counter, Histogram
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.registry import Collector
-except ImportError as missing:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        "busway.metrics needs prometheus_client; install busway[prometheus] "
-        "(pip install 'busway[prometheus]')"
-    ) from missing
-
-DIRECT = ""
-"""The channel label of a handler called at once by a gateway, through no channel."""
 
 
 class Metrics(Instrument):
@@ -54,6 +49,8 @@ class Metrics(Instrument):
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._channels: Mapping[str, Channel] = {}
+        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
+        """The handled counter and the timing histogram of each channel and handler."""
         common: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
         self._sent = Counter("messages_sent", "Messages sent to a channel.", ["channel"], **common)
         self._handled = Counter(
@@ -100,18 +97,28 @@ class Metrics(Instrument):
 
     @contextmanager
     def handling(self, invocation: Invocation) -> Iterator[None]:
-        channel = DIRECT if invocation.delivery is None else invocation.delivery.channel
-        handler = invocation.handler.name
+        assert invocation.delivery is not None  # instruments see only a worker's calls
+        key = (invocation.delivery.channel, invocation.handler.name)
+        series = self._series.get(key) or self._new_series(key)
         started = time.perf_counter()
         try:
             yield
         except BaseException as error:
-            self._failed.labels(channel, handler, type(error).__qualname__).inc()
+            failure = failure_of(error)
+            if failure is not None:
+                kind = type(failure)
+                self._failed.labels(*key, f"{kind.__module__}.{kind.__qualname__}").inc()
             raise
         else:
-            self._handled.labels(channel, handler).inc()
+            if not invocation.delivery.repeated:  # a redone batch's success is counted once
+                series[0].inc()
         finally:
-            self._handling_time.labels(channel, handler).observe(time.perf_counter() - started)
+            series[1].observe(time.perf_counter() - started)
+
+    def _new_series(self, key: tuple[str, str]) -> tuple[Any, Any]:
+        series = (self._handled.labels(*key), self._handling_time.labels(*key))
+        self._series[key] = series
+        return series
 
     def retried(self, delivery: Delivery, handler: str, error: BaseException) -> None:
         self._retried.labels(delivery.channel, handler).inc()

@@ -1,10 +1,12 @@
 """OpenTelemetry tracing: one trace for a message and everything it causes.
 
 ``Messaging(instruments=[Tracing()])`` makes a span for every send to a channel (a producer
-span, whose W3C trace context travels in the message's headers), for every delivery a worker
-handles (a consumer span, child of the context that came with the message), and for every
-call of a handler (each try). A message a handler sends is a child of that handler's span, so
-a command, the events it publishes, their relay to a broker and their handlers are one trace.
+span, whose W3C trace context travels in the message's headers) and for every delivery a
+worker handles (a consumer span, child of the context that came with the message, naming the
+handler and the attempt, with each handler's failure recorded on it). A message a handler
+sends is a child of that span, so a command, the events it publishes, their relay to a broker
+and their handlers are one trace. A handler a gateway calls at once, through no channel, is a
+function call within its caller's span.
 
 Only ``opentelemetry-api`` is needed at run time (``pip install busway[otel]``); spans go
 wherever the application's tracer provider sends them. The span names and attributes follow
@@ -18,19 +20,16 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from busway._internal.instruments import Instrument
+from busway._internal.instruments import Instrument, failure_of
 from busway.channels.base import BatchRollback, Channel, Delivery, Envelope
+from busway.errors import extra_required
 from busway.interceptors import Invocation
 from busway.message import CORRELATION_ID, ID, HeaderValue
 from busway.recovery import DeadLetter
 
-try:
+with extra_required("busway.tracing", "otel"):
     from opentelemetry import propagate, trace
     from opentelemetry.propagators.textmap import Getter
-except ImportError as missing:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        "busway.tracing needs OpenTelemetry; install busway[otel] (pip install 'busway[otel]')"
-    ) from missing
 
 # Where a channel's messages travel, as the conventions' ``messaging.system`` names it.
 _SYSTEMS = {
@@ -114,32 +113,31 @@ class Tracing(Instrument):
             except BaseException as error:
                 span.record_exception(error)
                 span.set_status(trace.StatusCode.ERROR, f"{type(error).__qualname__}: {error}")
-                span.set_attribute("error.type", type(error).__qualname__)
+                span.set_attribute("error.type", _type_name(error))
                 raise
 
     @contextmanager
     def handling(self, invocation: Invocation) -> Iterator[None]:
-        message = invocation.message
-        attributes: dict[str, Any] = {
-            "busway.handler": invocation.handler.name,
-            "busway.kind": invocation.handler.kind.value,
-            "busway.attempt": message.headers.attempt,
-            "messaging.message.id": message.headers.id,
-        }
-        correlation = message.headers.get(CORRELATION_ID)
-        if isinstance(correlation, str):
-            attributes["messaging.message.conversation_id"] = correlation
-        if invocation.delivery is not None:
-            attributes["messaging.destination.name"] = invocation.delivery.channel
-        with self._tracer.start_as_current_span(
-            f"handle {invocation.handler.name}", attributes=attributes
-        ):
+        # A handler's call is told on its delivery's span, not a span of its own: a span is
+        # the costliest thing tracing makes, and one per hop is what a trace needs.
+        span = trace.get_current_span()
+        handler = invocation.handler.name
+        span.set_attribute("busway.handler", handler)
+        span.set_attribute("busway.attempt", invocation.message.headers.attempt)
+        try:
             yield
+        except BaseException as error:
+            failure = failure_of(error)
+            if failure is not None:
+                span.record_exception(failure, {"busway.handler": handler})
+                span.set_status(trace.StatusCode.ERROR, f"{handler}: {_type_name(failure)}")
+                span.set_attribute("error.type", _type_name(failure))
+            raise
 
     def retried(self, delivery: Delivery, handler: str, error: BaseException) -> None:
         trace.get_current_span().add_event(
             "busway.retry",
-            {"busway.handler": handler, "error.type": type(error).__qualname__},
+            {"busway.handler": handler, "error.type": _type_name(error)},
         )
 
     def dead_lettered(self, letter: DeadLetter) -> None:
@@ -169,3 +167,7 @@ class Tracing(Instrument):
         if isinstance(correlation, str):
             attributes["messaging.message.conversation_id"] = correlation
         return attributes
+
+
+def _type_name(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__qualname__}"

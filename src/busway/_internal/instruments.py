@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any
 
-from busway.channels.base import Channel, Delivery, Envelope
+from busway.channels.base import BatchRollback, Channel, Delivery, Envelope
 from busway.interceptors import Invocation
 from busway.recovery import DeadLetter
 
@@ -35,7 +35,9 @@ class Instrument:
         return nullcontext()
 
     def handling(self, invocation: Invocation) -> AbstractContextManager[Any]:
-        """Around one call of one handler; an instant retry is a call of its own."""
+        """Around one call of one handler with a delivery a worker took from a channel; an
+        instant retry is a call of its own. (A handler a gateway calls at once, through no
+        channel, is a function call of its caller's: no instrument sees it.)"""
         return nullcontext()
 
     def retried(self, delivery: Delivery, handler: str, error: BaseException) -> None:
@@ -43,6 +45,16 @@ class Instrument:
 
     def dead_lettered(self, letter: DeadLetter) -> None:
         """A message went to the dead letter store."""
+
+
+def failure_of(error: BaseException) -> BaseException | None:
+    """The handler's own failure in what came out of its call, if it failed.
+
+    A handler's error in a batch run without savepoints comes out as the cause of the
+    batch's rollback; a rollback with no such cause (a duplicate met, a transaction lost) is
+    nobody's failure."""
+    failure = error.__cause__ if isinstance(error, BatchRollback) else error
+    return None if failure is None or isinstance(failure, BatchRollback) else failure
 
 
 class Instruments:
@@ -60,22 +72,37 @@ class Instruments:
         for instrument in self.all:
             instrument.attach(channels)
 
+    def sending(self, channel: str, envelope: Envelope) -> AbstractContextManager[Envelope]:
+        if len(self.all) == 1:
+            return self.all[0].sending(channel, envelope)
+        return self._sending(channel, envelope)
+
+    def receiving(self, delivery: Delivery) -> AbstractContextManager[Any]:
+        if len(self.all) == 1:
+            return self.all[0].receiving(delivery)
+        return self._receiving(delivery)
+
+    def handling(self, invocation: Invocation) -> AbstractContextManager[Any]:
+        if len(self.all) == 1:
+            return self.all[0].handling(invocation)
+        return self._handling(invocation)
+
     @contextmanager
-    def sending(self, channel: str, envelope: Envelope) -> Iterator[Envelope]:
+    def _sending(self, channel: str, envelope: Envelope) -> Iterator[Envelope]:
         with ExitStack() as stack:
             for instrument in self.all:
                 envelope = stack.enter_context(instrument.sending(channel, envelope))
             yield envelope
 
     @contextmanager
-    def receiving(self, delivery: Delivery) -> Iterator[None]:
+    def _receiving(self, delivery: Delivery) -> Iterator[None]:
         with ExitStack() as stack:
             for instrument in self.all:
                 stack.enter_context(instrument.receiving(delivery))
             yield
 
     @contextmanager
-    def handling(self, invocation: Invocation) -> Iterator[None]:
+    def _handling(self, invocation: Invocation) -> Iterator[None]:
         with ExitStack() as stack:
             for instrument in self.all:
                 stack.enter_context(instrument.handling(invocation))

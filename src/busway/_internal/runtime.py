@@ -322,7 +322,7 @@ class Runtime:
         self, definition: HandlerDefinition, message: Message[Any], delivery: Delivery | None = None
     ) -> Any:
         invocation = Invocation(message, definition.info, delivery)
-        if self.instruments:
+        if delivery is not None and self.instruments:
             with self.instruments.handling(invocation):
                 return self._invoke(definition, invocation)
         return self._invoke(definition, invocation)
@@ -344,7 +344,7 @@ class Runtime:
         invocation = Invocation(message, definition.info, delivery)
         token = current_message.set(message)
         try:
-            if self.instruments:
+            if delivery is not None and self.instruments:
                 with self.instruments.handling(invocation):
                     return await self._acall(definition, invocation)
             return await self._acall(definition, invocation)

@@ -71,17 +71,18 @@ async def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: flo
             ok = False
             outcome = consumer.decide_failure(delivery, definition, error)
             if isinstance(outcome, DeadLetter):
-                await _adead_letter(runtime, outcome)
+                await _adead_letter(runtime, outcome, delivery.repeated)
             else:
                 await runtime.asend(*outcome)
-                if runtime.instruments:
+                if runtime.instruments and not delivery.repeated:  # told once, not per redo
                     runtime.instruments.retried(delivery, definition.name, error)
     return ok
 
 
-async def _adead_letter(runtime: Runtime, letter: DeadLetter) -> None:
+async def _adead_letter(runtime: Runtime, letter: DeadLetter, repeated: bool = False) -> None:
+    """Keep ``letter``; instruments hear of it unless a redone batch told them before."""
     await runtime.dead_letters.aadd(letter)
-    if runtime.instruments:
+    if runtime.instruments and not repeated:
         runtime.instruments.dead_lettered(letter)
 
 

@@ -71,17 +71,18 @@ def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: float | N
             ok = False
             outcome = consumer.decide_failure(delivery, definition, error)
             if isinstance(outcome, DeadLetter):
-                _adead_letter(runtime, outcome)
+                _adead_letter(runtime, outcome, delivery.repeated)
             else:
                 runtime.send(*outcome)
-                if runtime.instruments:
+                if runtime.instruments and not delivery.repeated:  # told once, not per redo
                     runtime.instruments.retried(delivery, definition.name, error)
     return ok
 
 
-def _adead_letter(runtime: Runtime, letter: DeadLetter) -> None:
+def _adead_letter(runtime: Runtime, letter: DeadLetter, repeated: bool = False) -> None:
+    """Keep ``letter``; instruments hear of it unless a redone batch told them before."""
     runtime.dead_letters.add(letter)
-    if runtime.instruments:
+    if runtime.instruments and not repeated:
         runtime.instruments.dead_lettered(letter)
 
 
