@@ -3,10 +3,12 @@ event, and the message that event's handler sends, failing once and retried."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from amqp_support import broker as broker  # fixtures: pytest finds them by name
 from amqp_support import queues as queues
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -53,8 +55,9 @@ class OutboxCommands(CommandBus):
     """Committed to the outbox, handled from it."""
 
 
+@pytest.mark.parametrize("mode", ["run", "arun"])
 def test_a_command_and_everything_it_causes_are_one_trace(
-    tmp_path: Path, amqp_url: str, queues: Callable[[], str]
+    tmp_path: Path, amqp_url: str, queues: Callable[[], str], mode: str
 ) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -89,9 +92,15 @@ def test_a_command_and_everything_it_causes_are_one_trace(
         tracer = provider.get_tracer("test")
         with tracer.start_as_current_span("request") as request, messaging.transaction():
             messaging.gateway(RelayedCommands).send(PlaceOrder("o-1"))
-        assert messaging.run("outbox").handled == 1  # relayed
-        assert messaging.run("rabbit").handled == 1  # placed; the receipt is in the outbox
-        messaging.run("outbox")  # the receipt fails, goes back, and is sent the second time
+
+        def run(channel: str) -> int:
+            if mode == "run":
+                return messaging.run(channel).handled
+            return asyncio.run(_arun(messaging, channel))
+
+        assert run("outbox") == 1  # relayed
+        assert run("rabbit") == 1  # placed; the receipt is in the outbox
+        run("outbox")  # the receipt fails, goes back, and is sent the second time
     finally:
         messaging.close()
     assert receipts == ["o-1"]
@@ -159,6 +168,13 @@ def test_a_command_and_everything_it_causes_are_one_trace(
         and span.attributes.get("messaging.message.conversation_id", conversation) == conversation
         for span in spans
     )
+
+
+async def _arun(messaging: Messaging, channel: str) -> int:
+    try:
+        return (await messaging.arun(channel)).handled
+    finally:
+        await messaging.aclose()
 
 
 def parent_is(span: ReadableSpan, parent: ReadableSpan, by_id: dict[int, ReadableSpan]) -> bool:
