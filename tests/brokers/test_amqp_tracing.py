@@ -175,7 +175,3 @@ async def _arun(messaging: Messaging, channel: str) -> int:
         return (await messaging.arun(channel)).handled
     finally:
         await messaging.aclose()
-
-
-def parent_is(span: ReadableSpan, parent: ReadableSpan, by_id: dict[int, ReadableSpan]) -> bool:
-    return span.parent is not None and by_id.get(span.parent.span_id) is parent
