@@ -7,7 +7,12 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+)
 from datetime import timedelta
 from types import ModuleType
 from typing import Any, TypeVar
@@ -39,6 +44,7 @@ from busway.recovery import (
     RetryPolicy,
     most_specific_policy,
 )
+from busway.schedules import SCHEDULE, TICK, Schedule
 from busway.timeouts import seconds_of
 from busway.worker import Limits, RunResult, Worker, graceful_signals
 
@@ -80,6 +86,7 @@ class Messaging:
         clock: Callable[[], float] = time.time,
         auto_setup: bool = True,
         instruments: Iterable[Instrument] = (),
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         problems: list[str] = []
         handlers = list(handlers)
@@ -162,6 +169,8 @@ class Messaging:
         for channel in self.channels.values():
             channel.attach(context)
             problems += channel.validate()
+        self._schedules, schedule_problems = self._make_schedules(list(schedules))
+        problems += schedule_problems
         if problems:
             raise ConfigurationError(_unique(problems))
         self._runtime.instruments.attach(self.channels)
@@ -222,6 +231,8 @@ class Messaging:
             self._extension.setup()
         for channel in self.channels.values():
             channel.setup()
+        if self._schedules is not None:
+            self._schedules.setup()
         self._runtime.preparation.done()
 
     async def asetup(self) -> None:
@@ -240,6 +251,8 @@ class Messaging:
             self._extension.setup()
         for name in self._sql_channels():
             self.channels[name].setup()
+        if self._schedules is not None:
+            self._schedules.setup()
 
     def worker(
         self,
@@ -297,7 +310,7 @@ class Messaging:
             stop_on_failure=stop_on_failure,
             handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker, shutdown_timeout=shutdown_timeout):
+        with graceful_signals(worker, shutdown_timeout=shutdown_timeout), self._scheduling():
             return worker.run(concurrency)
 
     async def arun(
@@ -323,8 +336,68 @@ class Messaging:
             stop_on_failure=stop_on_failure,
             handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker, asyncio.get_running_loop(), shutdown_timeout):
+        with (
+            graceful_signals(worker, asyncio.get_running_loop(), shutdown_timeout),
+            self._scheduling(),
+        ):
             return await worker.arun(concurrency)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def _make_schedules(self, schedules: list[Schedule]) -> tuple[Any, list[str]]:
+        if not schedules:
+            return None, []
+        problems = [problem for schedule in schedules for problem in schedule.problems()]
+        names = [schedule.name for schedule in schedules]
+        problems += [
+            f"two schedules are named {name!r}; give each schedule its own name"
+            for name in sorted({n for n in names if names.count(n) > 1})
+        ]
+        if self._extension is None:
+            problems.append(
+                "schedules need Messaging(database=...): the database records each tick, so "
+                "that it is sent once however many workers run"
+            )
+            return None, problems
+        from busway.sql.schedules import Schedules
+
+        made = Schedules(
+            self._extension.database, schedules, self.transaction, self._send_tick, self.clock
+        )
+        return made, problems
+
+    def _send_tick(self, schedule: Schedule, tick: float) -> None:
+        headers = {**schedule.headers, SCHEDULE: schedule.name, TICK: schedule.tick_id(tick)}
+        payload = schedule.payload(tick)
+        if schedule.via is not None:
+            gateway: Any = self.gateway(schedule.via)
+            if isinstance(gateway, EventBus):
+                gateway.publish(payload, headers=headers)
+            else:
+                gateway.send(payload, headers=headers)
+        elif schedule.kind == "event":
+            self.event_bus.publish(payload, headers=headers)
+        else:
+            self.command_bus.send(payload, headers=headers)
+
+    def _scheduling(self) -> AbstractContextManager[Any]:
+        """While a worker runs: fire the schedules from a thread, if there are any."""
+        if self._schedules is None:
+            return nullcontext()
+        from busway.sql.schedules import Scheduler
+
+        if self.auto_setup:
+            self._schedules.setup()
+        return Scheduler(self._schedules)
+
+    def schedules(self) -> list[Any]:
+        """Each schedule's last and next tick (``ScheduleState``), as ``busway schedules``
+        lists them."""
+        if self._schedules is None:
+            return []
+        if self.auto_setup:
+            self._schedules.setup()
+        return list(self._schedules.states())
 
     def setup_sql(self) -> list[str]:
         """The DDL ``setup`` runs on SQL databases, for migrations kept by hand or Alembic."""
