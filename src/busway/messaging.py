@@ -310,7 +310,7 @@ class Messaging:
             stop_on_failure=stop_on_failure,
             handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker, shutdown_timeout=shutdown_timeout), self._scheduling():
+        with graceful_signals(worker, shutdown_timeout=shutdown_timeout), self.scheduling():
             return worker.run(concurrency)
 
     async def arun(
@@ -338,7 +338,7 @@ class Messaging:
         )
         with (
             graceful_signals(worker, asyncio.get_running_loop(), shutdown_timeout),
-            self._scheduling(),
+            self.scheduling(),
         ):
             return await worker.arun(concurrency)
 
@@ -380,8 +380,9 @@ class Messaging:
         else:
             self.command_bus.send(payload, headers=headers)
 
-    def _scheduling(self) -> AbstractContextManager[Any]:
-        """While a worker runs: fire the schedules from a thread, if there are any."""
+    def scheduling(self) -> AbstractContextManager[Any]:
+        """A block during which this process fires the schedules, from a thread (``run``,
+        ``arun`` and ``busway run`` open one around their worker); nothing without schedules."""
         if self._schedules is None:
             return nullcontext()
         from busway.sql.schedules import Scheduler
@@ -389,6 +390,11 @@ class Messaging:
         if self.auto_setup:
             self._schedules.setup()
         return Scheduler(self._schedules)
+
+    @property
+    def schedule_definitions(self) -> tuple[Schedule, ...]:
+        """The schedules given to ``Messaging(schedules=...)``."""
+        return () if self._schedules is None else self._schedules.schedules
 
     def schedules(self) -> list[Any]:
         """Each schedule's last and next tick (``ScheduleState``), as ``busway schedules``

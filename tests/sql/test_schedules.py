@@ -138,3 +138,51 @@ def test_workers_racing_for_a_tick_send_it_once(database_url: str) -> None:
     finally:
         for messaging in workers:
             messaging.close()
+
+
+APP = """
+from dataclasses import dataclass
+
+from busway import Messaging, command_handler
+from busway.schedules import Schedule
+
+
+@dataclass
+class Report:
+    pass
+
+
+@command_handler
+def report(command: Report) -> None:
+    pass
+
+
+messaging = Messaging(
+    handlers=[report],
+    database="sqlite:///DATABASE",
+    schedules=[
+        Schedule("hourly", Report(), every=3600),
+        Schedule("nightly", Report(), cron="30 2 * * *", zone="Europe/Paris"),
+    ],
+)
+"""
+
+
+def test_busway_schedules_lists_last_and_next_ticks(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from busway.cli import cli
+
+    (tmp_path / "reports.py").write_text(APP.replace("DATABASE", str(tmp_path / "app.db")))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["schedules", "--app", "reports:messaging"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["NAME", "LAST", "TICK", "FIRED", "AT", "NEXT", "TICK"]
+    hourly = next(line for line in lines if line.startswith("hourly"))
+    nightly = next(line for line in lines if line.startswith("nightly"))
+    assert hourly.split()[1:3] == ["-", "-"]  # never fired: no worker ran yet
+    assert hourly.split()[3].endswith(":00:00+00:00")
+    assert "T02:30:00+0" in nightly.split()[3] or "T03:00:00+02:00" in nightly.split()[3]

@@ -17,6 +17,7 @@ from busway.cli.channels import channels, setup
 from busway.cli.dead_letters import dead_letter
 from busway.cli.handlers import handlers, inbox
 from busway.cli.run import run
+from busway.cli.schedules import schedules
 
 __all__ = ["ConfigError", "cli", "load_messaging", "main"]
 
@@ -33,6 +34,7 @@ cli.add_command(channels)
 cli.add_command(dead_letter)
 cli.add_command(handlers)
 cli.add_command(inbox)
+cli.add_command(schedules)
 
 
 def main(argv: Iterable[str] | None = None) -> None:
