@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 
@@ -56,7 +57,8 @@ def dashboard(app: str, host: str, port: int, token: str | None, read_only: bool
             err=True,
         )
         server = uvicorn.Server(uvicorn.Config(application, log_level="warning"))
-        server.run(sockets=[listening])
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl+C again once stopped
+            server.run(sockets=[listening])
 
 
 def _loopback(host: str) -> bool:

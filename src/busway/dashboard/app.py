@@ -155,20 +155,20 @@ class _Dashboard:
         return RedirectResponse(f"{_base(request)}/dead-letters?{query}", status_code=303)
 
     async def login_form(self, request: Request) -> Response:
-        if self.access.token is None:
+        if self.access.token is None or self.access.signed_in(request.headers, request.cookies):
             return RedirectResponse(f"{_base(request)}/", status_code=303)
-        return self.pages.login(request, status_code=200)
+        return self.pages.login(request, 200, next_path=request.query_params.get("next", "/"))
 
     async def login(self, request: Request) -> Response:
         form = await self._checked_form(request)
         if isinstance(form, Response):
             return form
+        next_path = form.get("next")
+        if not isinstance(next_path, str) or not _inside(next_path) or next_path == LOGIN_PATH:
+            next_path = "/"
         given = form.get("token")
         if not isinstance(given, str) or not self.access.correct(given):
-            return self.pages.login(request, wrong=True)
-        next_path = form.get("next")
-        if not isinstance(next_path, str) or not _inside(next_path):
-            next_path = "/"
+            return self.pages.login(request, wrong=True, next_path=next_path)
         response = RedirectResponse(f"{_base(request)}{next_path}", status_code=303)
         response.headers.append("set-cookie", session_cookie(request.scope, self.access))
         return response

@@ -50,8 +50,17 @@ class Pages:
         response.headers["content-security-policy"] = POLICY.format(nonce=nonce)
         return response
 
-    def login(self, request: Request, status_code: int = 401, wrong: bool = False) -> HTMLResponse:
-        next_path = request.query_params.get("next") or _path_in_app(request)
+    def login(
+        self,
+        request: Request,
+        status_code: int = 401,
+        wrong: bool = False,
+        next_path: str | None = None,
+    ) -> HTMLResponse:
+        """The login form; signing in leads on to ``next_path``, by default the page asked
+        for."""
+        if next_path is None:
+            next_path = request.query_params.get("next") or _path_in_app(request)
         return self.render(
             request, "login.html", status_code, page="login", wrong=wrong, next=next_path
         )
