@@ -16,7 +16,7 @@ class HandlerRow:
     takes: str
     channels: tuple[str, ...]
     policies: tuple[tuple[str, str], ...]
-    """(where, policy): the policy anywhere, then each channel that sets another."""
+    """(where, policy): the policy by default, then that of each channel that sets another."""
     timeout: float | None
     dead_letters: int
 
@@ -27,7 +27,7 @@ def handler_rows(messaging: Messaging) -> list[HandlerRow]:
     for info in messaging.handlers:
         takes = info.key or (info.payload_type.__qualname__ if info.payload_type else "?")
         default = messaging.retry_policy_for(info)
-        policies = [("anywhere", default.describe())]
+        policies = [("by default", default.describe())]
         for channel in messaging.channels:
             policy = messaging.retry_policy_for(info, channel)
             if policy != default:
