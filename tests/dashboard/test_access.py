@@ -96,12 +96,22 @@ def test_with_a_token_every_request_carries_it(shop: Shop, client: httpx.Client)
 def test_an_empty_token_is_refused_at_start_up(shop: Shop) -> None:
     with pytest.raises(ConfigurationError, match="the dashboard's token is empty"):
         dashboard_app(shop.messaging, token=" ")
+    with pytest.raises(ConfigurationError, match="give refresh=1 or more seconds"):
+        dashboard_app(shop.messaging, refresh=0)
+
+
+def test_the_workers_page_keeps_its_place(shop: Shop, client: httpx.Client) -> None:
+    with serving(dashboard_app(shop.messaging)) as url:
+        page = client.get(f"{url}/workers")
+    assert page.status_code == 200
+    assert "once workers record heartbeats" in page.text
 
 
 @pytest.mark.parametrize(
     ("headers", "reason"),
     [
         ({"origin": "https://evil.example"}, "a request from https://evil.example"),
+        ({"origin": "http://127.0.0.1:1"}, "a request from http://127.0.0.1:1"),
         ({"sec-fetch-site": "cross-site"}, "a cross-site request"),
         ({"sec-fetch-site": "same-site"}, "a same-site request"),
     ],

@@ -48,6 +48,11 @@ def dashboard_app(
     cross-site; ``read_only`` hides and refuses them. ``refresh``: seconds between reloads
     when a page's auto-refresh is on.
     """
+    if not refresh >= 1:
+        raise ConfigurationError(
+            f"dashboard_app(refresh={refresh!r}): the pages reload at most once a second; "
+            "give refresh=1 or more seconds"
+        )
     access = Access.of(token)
     pages = Pages(access, read_only, refresh)
     dashboard = _Dashboard(messaging, access, pages)

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import Request
@@ -167,8 +168,9 @@ def _cross_site(request: Request) -> str | None:
         return f"a {fetch_site} request"
     origin = request.headers.get("origin")
     if origin is not None:
-        own = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
-        if origin.lower() != own.lower():
+        # The host, not the scheme: behind a proxy that ends TLS the app sees http.
+        own = request.headers.get("host", request.url.netloc).lower()
+        if urlsplit(origin).netloc.lower() != own:
             return f"a request from {origin}"
     return None
 
