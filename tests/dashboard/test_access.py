@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from busway.channels.reading import kept_raw
 from busway.dashboard import dashboard_app
 from busway.errors import ConfigurationError
+from busway.recovery import DeadLetter, new_dead_letter_id
 from conftest import DATABASES, Shop, csrf_of, own_address, serving
 
 pytestmark = DATABASES
@@ -199,3 +203,61 @@ def test_mounted_in_an_application_its_links_and_cookies_stay_under_its_path(
     assert replayed.headers["location"].startswith("/ops/busway/dead-letters?")
     assert first not in shop.letter_ids()
     assert shop.messaging.channel("shipping").depth() == 1
+
+
+def add_letter(shop: Shop, *, failed_ago: float, headers: dict[str, Any] | None = None) -> str:
+    """A letter in the shop's store, as a worker would have kept it ``failed_ago`` seconds
+    ago."""
+    letter = DeadLetter(
+        id=new_dead_letter_id(),
+        channel="shipping",
+        handler="dashboard_shop.ship",
+        body=b'{"order_id": "o-old"}',
+        headers={"id": "m-old"} if headers is None else headers,
+        error_type="dashboard_shop.CarrierDown",
+        error_message="the carrier refused order o-old",
+        traceback="Traceback (most recent call last):\n...",
+        attempts=2,
+        failed_at=time.time() - failed_ago,
+    )
+    shop.messaging.dead_letters.store.add(letter)
+    return letter.id
+
+
+def test_the_filters_narrow_the_list_by_age_error_and_channel(
+    shop: Shop, client: httpx.Client
+) -> None:
+    recent = shop.letter_ids()
+    old = add_letter(shop, failed_ago=2 * 3600)
+
+    def listed(query: str) -> set[str]:
+        page = client.get(f"{url}/dead-letters?{query}")
+        assert page.status_code == 200
+        return {letter for letter in [old, *recent] if f'data-letter="{letter}"' in page.text}
+
+    with serving(dashboard_app(shop.messaging)) as url:
+        assert listed("within=1h") == set(recent)
+        assert listed("within=24h") == {old, *recent}
+        assert listed("error=KeyError") == {recent[2]}
+        assert listed("error=dashboard_shop.CarrierDown&within=15m") == set(recent[:2])
+        assert listed("channel=billing") == {recent[2]}
+        assert listed("within=forever") == {old, *recent}  # an unknown age filters nothing
+
+
+def test_a_letter_whose_headers_cannot_be_read_is_kept_by_a_replay(
+    shop: Shop, client: httpx.Client
+) -> None:
+    letter = add_letter(shop, failed_ago=60, headers=kept_raw(b"{not json"))
+    with serving(dashboard_app(shop.messaging)) as url:
+        page = client.get(f"{url}/dead-letters/{letter}")
+        replayed = client.post(
+            f"{url}/dead-letters/replay",
+            data={"id": [letter, "no-such-letter"], "csrf": csrf_of(page.text)},
+            headers={"origin": url},
+        )
+        after = client.get(f"{url}{replayed.headers['location']}")
+    assert "cannot be read" in page.text and "{not json" in page.text
+    assert replayed.status_code == 303
+    assert "Kept 1 whose message's headers still cannot be read" in after.text
+    assert "1 matched no dead letter" in after.text
+    assert letter in shop.letter_ids()

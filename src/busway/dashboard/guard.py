@@ -98,6 +98,9 @@ class Guard:
         """The 401 a browser gets without the token: the login form."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # the dashboard has none, and answers none
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
