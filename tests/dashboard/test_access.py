@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from dashboard_support import DATABASES, Shop, csrf_of, own_address, serving
 from fastapi import FastAPI
 
 from busway.channels.reading import kept_raw
 from busway.dashboard import dashboard_app
 from busway.errors import ConfigurationError
 from busway.recovery import DeadLetter, new_dead_letter_id
-from conftest import DATABASES, Shop, csrf_of, own_address, serving
 
 pytestmark = DATABASES
 

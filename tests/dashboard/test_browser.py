@@ -3,10 +3,10 @@ worker made: find a letter, read it, replay it and see it handled."""
 
 from __future__ import annotations
 
+from dashboard_support import DATABASES, Shop, serving
 from playwright.sync_api import Page, expect
 
 from busway.dashboard import dashboard_app
-from conftest import DATABASES, Shop, serving
 
 pytestmark = DATABASES
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from conftest import DATABASES, Shop, own_address
+from dashboard_support import DATABASES, Shop, own_address
 
 pytestmark = DATABASES
 
