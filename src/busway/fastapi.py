@@ -157,7 +157,7 @@ class Busway:
         messaging = self._build() if self._build is not None else self.messaging
         self._messaging = messaging
         try:
-            _check_middleware(app, self)
+            _check_routes(app, self, messaging)
             if self._setup if self._setup is not None else messaging.auto_setup:
                 await messaging.asetup()
             yield
@@ -224,15 +224,22 @@ _ENDED_EARLY = (
 )
 
 
-def _check_middleware(app: object, busway: Busway) -> None:
-    """At start-up: routes that take the request's session need the middleware."""
+def _check_routes(app: object, busway: Busway, messaging: Messaging) -> None:
+    """At start-up: routes that take the request's session need a database and the
+    middleware."""
     if not isinstance(app, FastAPI):
         return
-    if any(
-        cast(object, middleware.cls) is TransactionMiddleware for middleware in app.user_middleware
+    if not any(
+        _depends_on(getattr(route, "dependant", None), busway.session) for route in app.routes
     ):
         return
-    if any(_depends_on(getattr(route, "dependant", None), busway.session) for route in app.routes):
+    if messaging.database is None:
+        raise ConfigurationError(
+            "busway.fastapi: Depends(busway.session) joins the outbox to the request's "
+            "transaction, which needs Messaging(database=...)"
+        )
+    middleware = [cast(object, each.cls) for each in app.user_middleware]
+    if TransactionMiddleware not in middleware:
         raise ConfigurationError(_NEEDS_MIDDLEWARE)
 
 

@@ -99,7 +99,7 @@ class _AppState:
     def __init__(
         self,
         messaging: Messaging,
-        sessions: Callable[[], Session],
+        sessions: Callable[[], Session] | None,
         owned: bool,
         rollback_on: Callable[[int], bool],
         skip_endpoints: Collection[str],
@@ -112,6 +112,8 @@ class _AppState:
         self._checked: weakref.WeakSet[Engine] = weakref.WeakSet()
 
     def begin(self) -> None:
+        if self.sessions is None:
+            return
         if request.endpoint is None or request.endpoint in self.skip_endpoints:
             return  # no view runs (a 404), or one that needs no transaction (static files)
         session = self.sessions()
@@ -225,8 +227,16 @@ class Busway:
 
 def _sessions_for(
     app: Flask, messaging: Messaging, session: Callable[[], Session] | None
-) -> tuple[Callable[[], Session], bool]:
-    """What makes each request's session, and whether busway closes it after the request."""
+) -> tuple[Callable[[], Session] | None, bool]:
+    """What makes each request's session (None: requests need no transaction, the messaging
+    has no database), and whether busway closes it after the request."""
+    if messaging.database is None:
+        if session is not None:
+            raise ConfigurationError(
+                "busway.flask: Busway(session=...) joins the outbox to the session's "
+                "transaction, which needs Messaging(database=...) on the same database"
+            )
+        return None, False
     if session is None:
         flask_sqlalchemy = app.extensions.get("sqlalchemy")
         if flask_sqlalchemy is not None:
