@@ -276,11 +276,16 @@ def _on_current_app(command: click.Command) -> click.Command:
     return bound
 
 
-@click.group("busway", cls=AppGroup)
-@with_appcontext
-def cli() -> None:
-    """busway on this app's Messaging: run workers, set up channels, replay dead letters."""
+def _flask_cli() -> click.Group:
+    @click.group("busway", cls=AppGroup)
+    @with_appcontext
+    def busway() -> None:
+        """busway on this app's Messaging: run workers, set up channels, replay dead letters."""
+
+    for command in busway_cli.commands.values():
+        busway.add_command(_on_current_app(command))
+    return busway
 
 
-for _command in busway_cli.commands.values():
-    cli.add_command(_on_current_app(_command))
+cli = _flask_cli()
+"""``flask busway ...``: added to the app's commands by ``init_app``."""

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Column, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
@@ -72,7 +72,9 @@ def make_shop(database_url: str, **options: Any) -> Shop:
     Events = Annotated[OutboxEventBus, Depends(busway.gateway(OutboxEventBus))]
 
     @app.post("/orders/{order_id}")
-    async def place(order_id: str, outcome: str, session: Session, events: Events) -> Any:
+    async def place(
+        order_id: str, outcome: str, session: Session, events: Events, response: Response
+    ) -> Any:
         await session.execute(insert(orders).values(order_id=order_id))
         await events.apublish(OrderWasPlaced(order_id))
         if outcome == "raise":
@@ -81,6 +83,8 @@ def make_shop(database_url: str, **options: Any) -> Shop:
             raise HTTPException(status_code=409, detail="conflict")
         if outcome == "error-response":
             return JSONResponse({"status": "rejected"}, status_code=422)
+        if outcome == "error-status":
+            response.status_code = 410
         if outcome == "pause":
             shop.published.set()
             await shop.release.wait()
@@ -117,7 +121,7 @@ async def test_a_successful_route_commits_its_row_and_its_event(shop: Shop) -> N
 
 @pytest.mark.parametrize(
     ("outcome", "status"),
-    [("raise", 500), ("http-error", 409), ("error-response", 422)],
+    [("raise", 500), ("http-error", 409), ("error-response", 422), ("error-status", 410)],
 )
 async def test_a_failing_route_keeps_neither_its_row_nor_its_event(
     shop: Shop, outcome: str, status: int

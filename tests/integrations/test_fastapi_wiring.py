@@ -164,3 +164,33 @@ def test_a_route_taking_the_session_without_a_database_fails_at_start_up() -> No
 
     with pytest.raises(ConfigurationError, match=r"needs Messaging\(database=\.\.\.\)"):
         TestClient(app).__enter__()
+
+
+@asynchronous("outbox")
+class OutboxEventBus(EventBus):
+    """Events published here commit with the request."""
+
+
+def test_a_route_is_tested_with_record_and_the_test_client(tmp_path: Path) -> None:
+    """What docs/fastapi.md shows: the outbox on a SQLite file, TestClient and record."""
+    seen.clear()
+    messaging = Messaging(
+        handlers=[note], channels=[SqlChannel("outbox")], database=f"sqlite:///{tmp_path}/t.db"
+    )
+    busway = Busway(messaging)
+    app = FastAPI(lifespan=busway.lifespan)
+    app.add_middleware(TransactionMiddleware)
+
+    @app.post("/{path}")
+    async def page(
+        path: str,
+        session: Annotated[AsyncSession, Depends(busway.session)],
+        events: Annotated[OutboxEventBus, Depends(busway.gateway(OutboxEventBus))],
+    ) -> None:
+        await events.apublish(PageWasSeen(path))
+
+    with TestClient(app) as client, record(messaging) as recorded:
+        assert client.post("/home").status_code == 200
+        assert recorded.sent(OutboxEventBus) == [PageWasSeen("home")]
+        run_until_idle(messaging)
+    assert seen == ["home"]
