@@ -117,11 +117,11 @@ class _AppState:
         if request.endpoint is None or request.endpoint in self.skip_endpoints:
             return  # no view runs (a 404), or one that needs no transaction (static files)
         session = self.sessions()
-        self.check_database(session)
         in_hand = _RequestTransaction(session, current_transaction.get())
         if self.owned:
             in_hand.exits.callback(session.close)
         try:
+            self.check_engine(session.get_bind().engine)
             in_hand.exits.enter_context(self.messaging.transaction(session))
         except BaseException:
             in_hand.exits.close()
@@ -139,9 +139,8 @@ class _AppState:
         if in_hand is not None:
             in_hand.end()
 
-    def check_database(self, session: Session) -> None:
+    def check_engine(self, engine: Engine) -> None:
         """The outbox commits with the session only on the messaging database."""
-        engine = session.get_bind().engine
         if engine in self._checked:
             return
         expected = self.messaging.database_engine.url
@@ -197,6 +196,10 @@ class Busway:
             )
         sessions, owned = _sessions_for(app, messaging, session or self._session)
         state = _AppState(messaging, sessions, owned, self._rollback_on, self._skip_endpoints)
+        flask_sqlalchemy = app.extensions.get("sqlalchemy")
+        if flask_sqlalchemy is not None and sessions is flask_sqlalchemy.session:
+            with app.app_context():  # at start-up, not at the first request
+                state.check_engine(flask_sqlalchemy.engine)
         app.extensions[_EXTENSION] = state
         app.before_request(state.begin)
         app.after_request(state.finish)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from busway import (
@@ -82,14 +83,24 @@ def test_busway_session_outside_a_request_says_where_it_lives(tmp_path: Path) ->
         _ = busway.messaging  # outside any app
 
 
-def test_a_flask_sqlalchemy_database_other_than_the_messagings_is_refused(
+def test_a_flask_sqlalchemy_database_other_than_the_messagings_is_refused_at_start_up(
     tmp_path: Path,
 ) -> None:
     app = Flask("shop")
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'shop.db'}"
     SQLAlchemy(app)
     messaging = sqlite_messaging(tmp_path, "elsewhere.db")
-    Busway(app, messaging)
+
+    with pytest.raises(ConfigurationError, match="not on the messaging database"):
+        Busway(app, messaging)
+    messaging.close()
+
+
+def test_a_session_on_another_database_is_refused_at_its_first_request(tmp_path: Path) -> None:
+    app = Flask("shop")
+    messaging = sqlite_messaging(tmp_path)
+    other = create_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    Busway(app, messaging, session=sessionmaker(other))
     app.testing = True
 
     @app.post("/")
@@ -99,6 +110,7 @@ def test_a_flask_sqlalchemy_database_other_than_the_messagings_is_refused(
     with pytest.raises(ConfigurationError, match="not on the messaging database"):
         app.test_client().post("/")
     messaging.close()
+    other.dispose()
 
 
 def test_requests_that_reach_no_view_or_static_files_open_no_transaction(
