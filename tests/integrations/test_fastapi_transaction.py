@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Column, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
@@ -219,3 +219,37 @@ def _foreign_keys_on(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+@pytest.mark.parametrize("outermost", ["http-middleware", "transaction-middleware"])
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+async def test_an_http_middleware_on_either_side_changes_nothing(
+    database_url: str, outermost: str
+) -> None:
+    """``@app.middleware("http")`` runs the app in a task of its own, behind a stream."""
+    create_tables(database_url, metadata)
+    shop = make_shop(database_url)
+    shop.app.user_middleware.clear()
+
+    async def mark(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers["x-marked"] = "yes"
+        return response
+
+    if outermost == "http-middleware":
+        shop.app.add_middleware(TransactionMiddleware)
+        shop.app.middleware("http")(mark)
+    else:
+        shop.app.middleware("http")(mark)
+        shop.app.add_middleware(TransactionMiddleware)
+    async with shop.app.router.lifespan_context(shop.app), client(shop.app) as http:
+        responses = [
+            await http.post(f"/orders/o-{outcome}", params={"outcome": outcome})
+            for outcome in ("ok", "error-response", "raise")
+        ]
+
+        assert [response.status_code for response in responses] == [200, 422, 500]
+        assert responses[0].headers["x-marked"] == "yes"
+        assert (shop.rows(), shop.queued()) == (1, 1)
+        assert (await shop.messaging.arun("outbox")).handled == 1
+    assert shop.confirmed == ["o-ok"]
