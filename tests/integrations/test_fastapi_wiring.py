@@ -6,7 +6,7 @@ written (no ``from __future__ import annotations``): FastAPI reads them.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import pytest
@@ -17,14 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from busway import (
     ConfigurationError,
     EventBus,
+    Gateway,
     InMemoryChannel,
     Messaging,
     SqlChannel,
     asynchronous,
     event_handler,
+    query_handler,
 )
 from busway.errors import SetupRequired
 from busway.fastapi import Busway, TransactionMiddleware
+from busway.gateways import route
 from busway.testing import record, run_until_idle
 
 
@@ -194,3 +197,29 @@ def test_a_route_is_tested_with_record_and_the_test_client(tmp_path: Path) -> No
         assert recorded.sent(OutboxEventBus) == [PageWasSeen("home")]
         run_until_idle(messaging)
     assert seen == ["home"]
+
+
+class Prices(Gateway):
+    """A business interface: busway implements it."""
+
+    @route("price")
+    async def price(self, product: str) -> Any: ...
+
+
+@query_handler("price")
+def price_of(product: str) -> int:
+    return {"book": 12, "pen": 2}[product]
+
+
+def test_a_route_gets_a_business_interface_from_a_dependency() -> None:
+    busway = Busway(Messaging(handlers=[price_of]))
+    app = FastAPI(lifespan=busway.lifespan)
+
+    @app.get("/prices/{product}")
+    async def price(
+        product: str, prices: Annotated[Prices, Depends(busway.gateway(Prices))]
+    ) -> Any:
+        return {"price": await prices.price(product)}
+
+    with TestClient(app) as client:
+        assert client.get("/prices/book").json() == {"price": 12}
