@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Flask, abort
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
 from busway.flask import Busway
@@ -25,6 +25,11 @@ class Base(DeclarativeBase):
 
 class Order(Base):
     __tablename__ = "web_flask_example_orders"
+    order_id: Mapped[str] = mapped_column(String(50), primary_key=True)
+
+
+class Confirmation(Base):
+    __tablename__ = "web_flask_example_confirmations"
     order_id: Mapped[str] = mapped_column(String(50), primary_key=True)
 
 
@@ -42,7 +47,9 @@ confirmed: list[str] = []
 
 
 @event_handler
-def confirm(event: OrderWasPlaced) -> None:
+def confirm(event: OrderWasPlaced, session: Session) -> None:
+    """Run by the worker: its session is the worker's transaction, not db.session."""
+    session.add(Confirmation(order_id=event.order_id))  # commits with the message's claim
     confirmed.append(event.order_id)
 
 

@@ -28,7 +28,7 @@ def load_example(database_url: str, monkeypatch: pytest.MonkeyPatch) -> ModuleTy
 def test_a_view_commits_its_order_and_event_together(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drop_tables(database_url, "web_flask_example_orders")
+    drop_tables(database_url, "web_flask_example_orders", "web_flask_example_confirmations")
     example = load_example(database_url, monkeypatch)
     with example.app.app_context():
         example.db.create_all()
@@ -44,4 +44,6 @@ def test_a_view_commits_its_order_and_event_together(
     assert example.confirmed == ["o-1"]
     with example.app.app_context():
         assert [order.order_id for order in example.db.session.query(example.Order)] == ["o-1"]
+        confirmations = example.db.session.query(example.Confirmation)
+        assert [confirmation.order_id for confirmation in confirmations] == ["o-1"]
         example.db.engine.dispose()
