@@ -36,11 +36,15 @@ class Waiting:
         self.listener = Listener(channel)
         self.alistener = AsyncListener(channel)
         self._wakeup = threading.Condition()
+        self._woken = False
 
     def pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or until ``wake_local``."""
+        """Wait ``seconds``, or until ``wake_local``: not at all if it was called since the
+        last pause, while the consumer claimed (a stop, or a send, would be lost)."""
         with self._wakeup:
-            self._wakeup.wait(seconds)
+            if not self._woken:
+                self._wakeup.wait(seconds)
+            self._woken = False
 
     async def apause(self, seconds: float) -> None:
         """``pause`` on an event loop, for ``seconds``."""
@@ -50,6 +54,7 @@ class Waiting:
         """End the sync waits in this process that poll; a PostgreSQL listener's ends at its
         timeout."""
         with self._wakeup:
+            self._woken = True
             self._wakeup.notify_all()
 
     def close(self) -> None:
