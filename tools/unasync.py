@@ -92,6 +92,9 @@ NAMES = {
     "abefore_ack": "before_ack",
     "_afetch": "_fetch",
     "_ahand_out": "_hand_out",
+    "AsyncLink": "Link",
+    "AsyncReceive": "Receive",
+    "areceiving": "receiving",
 }
 """Names of the asyncio source and the sync names they become, wherever they occur."""
 
