@@ -95,6 +95,10 @@ NAMES = {
     "AsyncLink": "Link",
     "AsyncReceive": "Receive",
     "areceiving": "receiving",
+    "AAround": "Around",
+    "aarounds": "arounds",
+    "aaround": "around",
+    "_abind": "_bind",
 }
 """Names of the asyncio source and the sync names they become, wherever they occur."""
 
