@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from busway._internal.fields import error_type, failure_fields
 from busway._internal.links import AsyncReceive, Chains, Receive
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import (
@@ -238,6 +239,9 @@ class Consumer:
                 type(error).__name__,
                 error,
                 delay,
+                extra=failure_fields(
+                    delivery.channel, definition.name, headers.get(ID), attempt, error
+                ),
             )
             return delivery.channel, Envelope(delivery.envelope.body, retry_headers)
         return None
@@ -249,6 +253,7 @@ class Consumer:
         if definition is not None:
             headers[TARGET] = definition.name
         attempts = _attempts_before(delivery.envelope.headers) + 1
+        letter_id = new_dead_letter_id()
         log.error(
             "message %s on channel %r goes to the dead letter store after %d attempt(s): %s: %s",
             headers.get(ID),
@@ -256,14 +261,22 @@ class Consumer:
             attempts,
             type(error).__name__,
             error,
+            extra=failure_fields(
+                delivery.channel,
+                definition.name if definition else None,
+                headers.get(ID),
+                attempts,
+                error,
+                letter_id,
+            ),
         )
         return DeadLetter(
-            id=new_dead_letter_id(),
+            id=letter_id,
             channel=delivery.channel,
             handler=definition.name if definition else None,
             body=delivery.envelope.body,
             headers=headers,
-            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+            error_type=error_type(error),
             error_message=str(error),
             traceback="".join(traceback_module.format_exception(error)),
             attempts=attempts,
