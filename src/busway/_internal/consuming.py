@@ -1,7 +1,8 @@
 """The worker's side of the pipeline: what to do with a delivery, and with a failure.
 
-These are the decisions; ``busway._internal._async.receiving`` carries them out (and its
-sync twin, generated from it).
+These are the decisions; the links of the chain (``busway._internal._async.links``, and its
+sync twin, generated from it) carry them out. ``Consumer`` composes each handler's chains
+once, when it is made.
 """
 
 from __future__ import annotations

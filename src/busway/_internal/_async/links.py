@@ -86,12 +86,11 @@ class Routing:
             definition = step.definition
             handling = Handling(
                 definition,
-                None,
-                delivery,
-                prepared.headers,
-                prepared.payload_class,
-                default_timeout,
-                known,
+                delivery=delivery,
+                headers=prepared.headers,
+                payload_class=prepared.payload_class,
+                default_timeout=default_timeout,
+                known_failure=known,
             )
             known = None
             await definition.chains.aconsume.ainvoke(handling)
