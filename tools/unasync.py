@@ -103,6 +103,13 @@ NAMES = {
     "asend": "send",
     "_afetch": "_fetch",
     "_ahand_out": "_hand_out",
+    "AsyncLink": "Link",
+    "AsyncReceive": "Receive",
+    "areceiving": "receiving",
+    "AAround": "Around",
+    "aarounds": "arounds",
+    "aaround": "around",
+    "_abind": "_bind",
 }
 """Names of the asyncio source and the sync names they become, wherever they occur."""
 

@@ -135,7 +135,6 @@ class Messaging:
             instruments=Instruments(instruments),
         )
         problems += _max_crashes_problems(max_crashes)
-        self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         for name in [*(channel_retries or {}), *([command_failures] if command_failures else [])]:
             if name not in self.channels:
                 problems.append(_unknown_channel(name, self.channels))
@@ -148,6 +147,8 @@ class Messaging:
         router = Router(registry.definitions)
         self._runtime.router = router
         registry.apply_interceptors(all_interceptors)
+        # Each handler's chains, composed once its interceptors are known.
+        self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         problems += registry.problems + router.problems
         for definition in registry.definitions:
             for name in definition.info.channels:

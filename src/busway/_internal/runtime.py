@@ -287,9 +287,7 @@ class Runtime:
             self.gateway_plan(channels) if channels else self.plan(kind, payload_type, key)
         )
         direct = None
-        # A failed command goes on to ``command_failures`` through the steps' error handling.
-        failures_go_on = kind is Kind.COMMAND and self.command_failures is not None
-        if len(steps) == 1 and isinstance(steps[0], Invoke) and not failures_go_on:
+        if len(steps) == 1 and isinstance(steps[0], Invoke) and steps[0].definition.chains.direct:
             direct = steps[0].definition
         headers = self.fixed_headers(kind, payload_type, key, retry, handler_timeout)
         return Route(kind, headers, steps, direct)
