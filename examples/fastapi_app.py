@@ -1,21 +1,22 @@
-"""Publishing through the outbox from a FastAPI view that owns its AsyncSession.
+"""Publishing through the outbox from FastAPI routes, with busway.fastapi.
 
 BUSWAY_DATABASE=postgresql://postgres@127.0.0.1/test uvicorn examples.fastapi_app:app
+busway run outbox --app examples.fastapi_app:messaging      # the worker, in another shell
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import String
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from busway import EventBus, Messaging, SqlChannel, asynchronous, event_handler
+from busway.fastapi import Busway, TransactionMiddleware
 
 
 class Base(DeclarativeBase):
@@ -34,7 +35,7 @@ class OrderWasPlaced:
 
 @asynchronous("outbox")
 class OutboxEventBus(EventBus):
-    """Events published here commit with the view's transaction."""
+    """Events published here commit with the request's transaction."""
 
 
 confirmed: list[str] = []
@@ -50,25 +51,18 @@ messaging = Messaging(
     channels=[SqlChannel("outbox")],
     database=os.environ.get("BUSWAY_DATABASE", "sqlite:///web.db"),
 )
-sessions = async_sessionmaker(messaging.async_database_engine, expire_on_commit=False)
-app = FastAPI()
+busway = Busway(messaging)
+app = FastAPI(lifespan=busway.lifespan)  # sets busway up at start, closes it at shutdown
+app.add_middleware(TransactionMiddleware)  # commits each request before its response
 
-
-async def get_session() -> AsyncIterator[AsyncSession]:
-    async with sessions() as session:
-        yield session
-
-
-SessionDependency = Annotated[AsyncSession, Depends(get_session)]
+Session = Annotated[AsyncSession, Depends(busway.session)]
+Events = Annotated[OutboxEventBus, Depends(busway.gateway(OutboxEventBus))]
 
 
 @app.post("/orders/{order_id}")
-async def place(order_id: str, session: SessionDependency) -> dict[str, str]:
-    async with messaging.atransaction(session):
-        session.add(Order(order_id=order_id))
-        await messaging.gateway(OutboxEventBus).apublish(OrderWasPlaced(order_id))
-        if order_id.startswith("bad"):
-            await session.rollback()  # the event goes with the order
-            raise HTTPException(status_code=422, detail="rejected")
-        await session.commit()  # the order and its event commit together
+async def place(order_id: str, session: Session, events: Events) -> dict[str, str]:
+    session.add(Order(order_id=order_id))
+    await events.apublish(OrderWasPlaced(order_id))  # commits with the order, or not at all
+    if order_id.startswith("bad"):
+        raise HTTPException(status_code=422, detail="rejected")  # the order and event roll back
     return {"status": "placed"}

@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from busway._internal.instruments import Instrument
 from busway.channels.base import Channel
 from busway.channels.memory import InMemoryChannel
 from busway.conversion import Converter, named
@@ -42,6 +43,7 @@ __all__ = [
     "HandlerTimeout",
     "Headers",
     "InMemoryChannel",
+    "Instrument",
     "Interceptor",
     "Invocation",
     "Message",

@@ -24,22 +24,27 @@ applies to an ``async def`` handler (a sync hook cannot wrap a coroutine), and, 
 call of a ``def`` handler on the asyncio path, an interceptor whose ``aaround`` must be awaited
 (it has no ``around``, or sets ``requires_aaround``).
 
-Where busway's own layers sit, outermost first, as a worker handles a delivery:
+Interceptors are the innermost links of the one chain every message goes through. Its order
+is written down once, in ``busway._internal._async.links.LINKS``, outermost first:
 
-1. the channel's transaction, if it has one: a ``SqlChannel`` (in its default ``transaction``
-   mode) claims a batch, runs its handlers and acknowledges it in one transaction;
-2. the decision on a failure (``busway._internal.consuming.Consumer``, not interceptors):
-   instant retries run everything below again; then a delayed retry sent back to the channel,
-   or the dead letter store;
-3. the handler's time limit (``busway._internal.time_limits``), around the whole chain;
-4. this chain: user interceptors (``order`` 500 by default), then, with a database,
-   ``TransactionInterceptor`` at 800 (opens the transaction, or joins the open one under a
-   savepoint) and ``DeduplicationInterceptor`` at 900 (records the delivery in the inbox,
-   inside that transaction);
-5. the handler.
+    TimeToLive      a delivery past its time to live is dropped
+    Routing         the delivery's handlers are found; each has its own chain below
+    DeadLettering   a failure for good goes to the dead letter store
+    DelayedRetries  a failure retried later goes back to its channel, due after a delay
+    FailedCommands  a command failed where it was sent goes to Messaging(command_failures=...)
+    InstantRetries  a failure retried at once runs the rest again, in a new savepoint
+    Decoding        the message is decoded for the handler
+    TimeLimit       the rest runs within the handler's time limit
+    Calling         this chain of interceptors, by order: the application's (500 by
+                    default), TransactionInterceptor (800: opens the transaction, or joins
+                    the open one under a savepoint), DeduplicationInterceptor (900: the
+                    inbox, inside that transaction); then the handler
 
-A send through a gateway runs only the chain and the handler; a command whose handling failed
-there goes to ``Messaging(command_failures=...)``, if set.
+A worker's delivery meets every link that applies to its handler (all but
+``FailedCommands``); a send through a gateway meets ``FailedCommands`` (a command, when
+``Messaging(command_failures=...)`` is set) and ``Calling``. Around all of it, a ``SqlChannel``
+in its default ``transaction`` mode claims a batch, hands it out and acknowledges it in one
+transaction.
 """
 
 from __future__ import annotations

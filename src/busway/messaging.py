@@ -7,13 +7,19 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+)
 from datetime import timedelta
 from types import ModuleType
 from typing import Any, TypeVar
 
 from busway._internal.consuming import Consumer
 from busway._internal.dead_letters import DeadLetters
+from busway._internal.instruments import Instrument, Instruments
 from busway._internal.outlet import bind_gateway
 from busway._internal.preparation import Preparation
 from busway._internal.registry import (
@@ -38,6 +44,7 @@ from busway.recovery import (
     RetryPolicy,
     most_specific_policy,
 )
+from busway.schedules import SCHEDULE, TICK, Schedule
 from busway.timeouts import seconds_of
 from busway.worker import Limits, RunResult, Worker, graceful_signals
 
@@ -78,6 +85,8 @@ class Messaging:
         gateways: Iterable[type[Gateway] | ModuleType] = (),
         clock: Callable[[], float] = time.time,
         auto_setup: bool = True,
+        instruments: Iterable[Instrument] = (),
+        schedules: Iterable[Schedule] = (),
     ) -> None:
         problems: list[str] = []
         handlers = list(handlers)
@@ -123,9 +132,9 @@ class Messaging:
             retry or RetryPolicy(),
             command_failures=command_failures,
             preparation=preparation,
+            instruments=Instruments(instruments),
         )
         problems += _max_crashes_problems(max_crashes)
-        self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         for name in [*(channel_retries or {}), *([command_failures] if command_failures else [])]:
             if name not in self.channels:
                 problems.append(_unknown_channel(name, self.channels))
@@ -138,6 +147,8 @@ class Messaging:
         router = Router(registry.definitions)
         self._runtime.router = router
         registry.apply_interceptors(all_interceptors)
+        # Each handler's chains, composed once its interceptors are known.
+        self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         problems += registry.problems + router.problems
         for definition in registry.definitions:
             for name in definition.info.channels:
@@ -159,8 +170,11 @@ class Messaging:
         for channel in self.channels.values():
             channel.attach(context)
             problems += channel.validate()
+        self._schedules, schedule_problems = self._make_schedules(list(schedules))
+        problems += schedule_problems
         if problems:
             raise ConfigurationError(_unique(problems))
+        self._runtime.instruments.attach(self.channels)
         self.dead_letters = DeadLetters(self._runtime)
 
     # -- gateways --------------------------------------------------------------------------
@@ -218,6 +232,8 @@ class Messaging:
             self._extension.setup()
         for channel in self.channels.values():
             channel.setup()
+        if self._schedules is not None:
+            self._schedules.setup()
         self._runtime.preparation.done()
 
     async def asetup(self) -> None:
@@ -236,6 +252,8 @@ class Messaging:
             self._extension.setup()
         for name in self._sql_channels():
             self.channels[name].setup()
+        if self._schedules is not None:
+            self._schedules.setup()
 
     def worker(
         self,
@@ -293,7 +311,7 @@ class Messaging:
             stop_on_failure=stop_on_failure,
             handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker, shutdown_timeout=shutdown_timeout):
+        with graceful_signals(worker, shutdown_timeout=shutdown_timeout), self.scheduling():
             return worker.run(concurrency)
 
     async def arun(
@@ -319,8 +337,74 @@ class Messaging:
             stop_on_failure=stop_on_failure,
             handler_timeout=handler_timeout,
         )
-        with graceful_signals(worker, asyncio.get_running_loop(), shutdown_timeout):
+        with (
+            graceful_signals(worker, asyncio.get_running_loop(), shutdown_timeout),
+            self.scheduling(),
+        ):
             return await worker.arun(concurrency)
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def _make_schedules(self, schedules: list[Schedule]) -> tuple[Any, list[str]]:
+        if not schedules:
+            return None, []
+        problems = [problem for schedule in schedules for problem in schedule.problems()]
+        names = [schedule.name for schedule in schedules]
+        problems += [
+            f"two schedules are named {name!r}; give each schedule its own name"
+            for name in sorted({n for n in names if names.count(n) > 1})
+        ]
+        if self._extension is None:
+            problems.append(
+                "schedules need Messaging(database=...): the database records each tick, so "
+                "that it is sent once however many workers run"
+            )
+            return None, problems
+        from busway.sql.schedules import Schedules
+
+        made = Schedules(
+            self._extension.database, schedules, self.transaction, self._send_tick, self.clock
+        )
+        return made, problems
+
+    def _send_tick(self, schedule: Schedule, tick: float) -> None:
+        headers = {**schedule.headers, SCHEDULE: schedule.name, TICK: schedule.tick_id(tick)}
+        payload = schedule.payload(tick)
+        if schedule.via is not None:
+            gateway: Any = self.gateway(schedule.via)
+            if isinstance(gateway, EventBus):
+                gateway.publish(payload, headers=headers)
+            else:
+                gateway.send(payload, headers=headers)
+        elif schedule.kind == "event":
+            self.event_bus.publish(payload, headers=headers)
+        else:
+            self.command_bus.send(payload, headers=headers)
+
+    def scheduling(self) -> AbstractContextManager[Any]:
+        """A block during which this process fires the schedules, from a thread (``run``,
+        ``arun`` and ``busway run`` open one around their worker); nothing without schedules."""
+        if self._schedules is None:
+            return nullcontext()
+        from busway.sql.schedules import Scheduler
+
+        if self.auto_setup:
+            self._schedules.setup()
+        return Scheduler(self._schedules)
+
+    @property
+    def schedule_definitions(self) -> tuple[Schedule, ...]:
+        """The schedules given to ``Messaging(schedules=...)``."""
+        return () if self._schedules is None else self._schedules.schedules
+
+    def schedules(self) -> list[Any]:
+        """Each schedule's last and next tick (``ScheduleState``), as ``busway schedules``
+        lists them."""
+        if self._schedules is None:
+            return []
+        if self.auto_setup:
+            self._schedules.setup()
+        return list(self._schedules.states())
 
     def setup_sql(self) -> list[str]:
         """The DDL ``setup`` runs on SQL databases, for migrations kept by hand or Alembic."""

@@ -1,4 +1,4 @@
-"""The documented FastAPI outbox pattern, run against each database."""
+"""examples/fastapi_app.py, run against each database."""
 
 from __future__ import annotations
 
@@ -32,11 +32,10 @@ async def test_a_view_commits_its_order_and_event_together(
         drop_tables(database_url, "web_orders")
     example = load_example(database_url, monkeypatch)
     messaging = example.messaging
-    messaging.setup()
-    async with messaging.async_database_engine.begin() as connection:
-        await connection.run_sync(example.Base.metadata.create_all)
     transport = httpx.ASGITransport(app=example.app)
-    try:
+    async with example.app.router.lifespan_context(example.app):  # as the server starts it
+        async with messaging.async_database_engine.begin() as connection:
+            await connection.run_sync(example.Base.metadata.create_all)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             placed = await client.post("/orders/o-1")
             rejected = await client.post("/orders/bad-1")
@@ -48,6 +47,8 @@ async def test_a_view_commits_its_order_and_event_together(
 
         assert result.handled == 1
         assert example.confirmed == ["o-1"]
-    finally:
-        await messaging.async_database_engine.dispose()
-        messaging.close()
+        async with messaging.async_database_engine.connect() as connection:
+            orders = await connection.run_sync(
+                lambda sync: sync.exec_driver_sql("SELECT order_id FROM web_orders").all()
+            )
+        assert [tuple(row) for row in orders] == [("o-1",)]

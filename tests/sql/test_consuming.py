@@ -26,6 +26,7 @@ from busway import (
     CommandBus,
     EventBus,
     Message,
+    Messaging,
     RetryPolicy,
     SqlChannel,
     asynchronous,
@@ -674,3 +675,22 @@ def test_setup_names_the_columns_an_older_table_lacks_and_how_to_add_them(
         assert messaging.run("jobs").handled == 1
     finally:
         engine.dispose()
+
+
+def test_a_wake_up_while_a_consumer_claims_ends_its_wait_at_once(tmp_path):
+    """A stop or a send that comes while a polling consumer claims, before it waits, is not
+    lost: the wait after that empty claim ends at once, not after ``poll_interval``."""
+    channel = SqlChannel("idle", poll_interval=600)
+    messaging = Messaging(channels=[channel], database=f"sqlite:///{tmp_path / 'busway.db'}")
+    messaging.setup()
+    channel.interrupt()  # as ``worker.stop()`` does, the consumer not waiting yet
+    consumed: list[int] = []
+    consumer = threading.Thread(
+        target=lambda: consumed.append(channel.consume(lambda _delivery: None, 10, 600)),
+        daemon=True,
+    )
+    consumer.start()
+    consumer.join(30)
+
+    assert consumed == [0]
+    messaging.close()

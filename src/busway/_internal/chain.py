@@ -9,6 +9,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from busway._internal._async.chaining import acall as _acall
+from busway._internal._sync.chaining import _bind
+from busway._internal._sync.chaining import call as _call
 from busway._internal.bridge import run_around
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
 
@@ -43,34 +46,8 @@ class Chain:
             or self.faileds
         )
 
-    def call(self, invocation: Invocation, handler: Callable[[], Any]) -> Any:
-        try:
-            for before in self.befores:
-                before(invocation)
-            result = _nest(self.arounds, invocation, handler)
-        except BaseException as error:
-            for failed in self.faileds:
-                failed(invocation, error)
-            raise
-        for after in self.afters:
-            after(invocation, result)
-        return result
-
-    async def acall(self, invocation: Invocation, handler: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            for before in self.befores:
-                before(invocation)
-            proceed = handler
-            for aaround in reversed(self.aarounds):
-                proceed = _abind(aaround, invocation, proceed)
-            result = await proceed()
-        except BaseException as error:
-            for failed in self.faileds:
-                failed(invocation, error)
-            raise
-        for after in self.afters:
-            after(invocation, result)
-        return result
+    call = _call
+    acall = _acall
 
     def call_sync_unit(self, invocation: Invocation, handler: Callable[[], Any]) -> Any:
         """Run a ``def`` handler on the asyncio path inside the chain's sync unit."""
@@ -184,13 +161,3 @@ def _nest(arounds: list[Around], invocation: Invocation, handler: Callable[[], A
     for around in reversed(arounds):
         proceed = _bind(around, invocation, proceed)
     return proceed()
-
-
-def _bind(around: Around, invocation: Invocation, proceed: Callable[[], Any]) -> Callable[[], Any]:
-    return lambda: around(invocation, proceed)
-
-
-def _abind(
-    aaround: AAround, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]
-) -> Callable[[], Awaitable[Any]]:
-    return lambda: aaround(invocation, proceed)

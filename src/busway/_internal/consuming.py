@@ -1,7 +1,8 @@
 """The worker's side of the pipeline: what to do with a delivery, and with a failure.
 
-These are the decisions; ``busway._internal._async.receiving`` carries them out (and its
-sync twin, generated from it).
+These are the decisions; the links of the chain (``busway._internal._async.links``, and its
+sync twin, generated from it) carry them out. ``Consumer`` composes each handler's chains
+once, when it is made.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from busway._internal.fields import error_type, failure_fields
+from busway._internal.links import AsyncReceive, Chains, Receive
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import (
     Invoke,
@@ -69,13 +72,6 @@ class Reject:
 
 
 @dataclass(frozen=True, slots=True)
-class Drop:
-    """The message outlived its time to live."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
 class Run:
     headers: Headers
     steps: list[Step]
@@ -83,7 +79,7 @@ class Run:
     """The class its type header names here, when that is how its handlers were found."""
 
 
-Prepared = Forward | Reject | Drop | Run
+Prepared = Forward | Reject | Run
 
 
 POISON = (ConversionError, MalformedMessageError)
@@ -101,20 +97,27 @@ class Consumer:
         self.runtime = runtime
         self.channel_retries = dict(channel_retries)
         self.max_crashes = max_crashes
+        self.receiving, self.areceiving = _compose(self)
 
     # -- deciding --------------------------------------------------------------------------
 
+    def expired(self, delivery: Delivery) -> str | None:
+        """Why a delivery is dropped unseen: its time to live ended; None if it did not."""
+        if delivery.unreadable is not None:
+            return None  # its headers say nothing: it goes to the dead letter store
+        expires_at = delivery.envelope.headers.get(EXPIRES_AT)
+        if isinstance(expires_at, int | float) and expires_at < self.runtime.clock():
+            return f"its time to live ended at {expires_at!r}"
+        return None
+
     def prepare(self, delivery: Delivery) -> Prepared:
-        """What to do with a delivery: forward it, reject it, drop it, or run its steps."""
+        """What to do with a delivery: forward it, reject it, or run its steps."""
         if delivery.unreadable is not None:
             unreadable = UnreadableMessageError(delivery.channel, delivery.unreadable.reason)
             return Reject(self.dead_letter(delivery, None, unreadable))
         runtime = self.runtime
         headers = delivery.envelope.headers
         try:
-            expires_at = headers.get(EXPIRES_AT)
-            if isinstance(expires_at, int | float) and expires_at < runtime.clock():
-                return Drop(f"its time to live ended at {expires_at!r}")
             if self.max_crashes is not None and delivery.crashes >= self.max_crashes:
                 # Handing it out again would most likely kill this worker too.
                 return Reject(self.dead_letter(delivery, None, WorkerDiedError(delivery.crashes)))
@@ -217,10 +220,10 @@ class Consumer:
             and policy.retries_error(error)
         )
 
-    def decide_failure(
+    def delayed_retry(
         self, delivery: Delivery, definition: HandlerDefinition, error: BaseException
-    ) -> tuple[str, Envelope] | DeadLetter:
-        """A delayed retry (the channel and envelope to send) or a dead letter."""
+    ) -> tuple[str, Envelope] | None:
+        """The delayed retry of a failure (the channel and envelope to send), if it has one."""
         headers = delivery.envelope.headers
         attempt = _attempts_before(headers) + 1
         policy = self.policy_for(definition, delivery)
@@ -237,9 +240,12 @@ class Consumer:
                 type(error).__name__,
                 error,
                 delay,
+                extra=failure_fields(
+                    delivery.channel, definition.name, headers.get(ID), attempt, error
+                ),
             )
             return delivery.channel, Envelope(delivery.envelope.body, retry_headers)
-        return self.dead_letter(delivery, definition, error)
+        return None
 
     def dead_letter(
         self, delivery: Delivery, definition: HandlerDefinition | None, error: BaseException
@@ -248,6 +254,7 @@ class Consumer:
         if definition is not None:
             headers[TARGET] = definition.name
         attempts = _attempts_before(delivery.envelope.headers) + 1
+        letter_id = new_dead_letter_id()
         log.error(
             "message %s on channel %r goes to the dead letter store after %d attempt(s): %s: %s",
             headers.get(ID),
@@ -255,19 +262,45 @@ class Consumer:
             attempts,
             type(error).__name__,
             error,
+            extra=failure_fields(
+                delivery.channel,
+                definition.name if definition else None,
+                headers.get(ID),
+                attempts,
+                error,
+                letter_id,
+            ),
         )
         return DeadLetter(
-            id=new_dead_letter_id(),
+            id=letter_id,
             channel=delivery.channel,
             handler=definition.name if definition else None,
             body=delivery.envelope.body,
             headers=headers,
-            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+            error_type=error_type(error),
             error_message=str(error),
             traceback="".join(traceback_module.format_exception(error)),
             attempts=attempts,
             failed_at=self.runtime.clock(),
         )
+
+
+def _compose(consumer: Consumer) -> tuple[Receive, AsyncReceive]:
+    """Each handler's chains, composed once from the links that apply to it, and the chain
+    of a worker's deliveries on each path."""
+    from busway._internal._async import links as alinks
+    from busway._internal._sync import links
+
+    for definition in consumer.runtime.router.by_name.values():
+        send = links.compose(consumer, definition, links.SEND)
+        definition.chains = Chains(
+            links.compose(consumer, definition, links.CONSUME),
+            alinks.compose(consumer, definition, alinks.CONSUME),
+            send,
+            alinks.compose(consumer, definition, alinks.SEND),
+            direct=isinstance(send, links.Calling),
+        )
+    return links.receiving(consumer), alinks.receiving(consumer)
 
 
 MAX_ATTEMPTS = 1_000_000

@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Any, Protocol, get_type_hints
 
 from busway._internal.chain import Chain, refusals
+from busway._internal.links import Chains
 from busway.conversion import Conversion, type_name
 from busway.gateways import BUILT_IN_BUSES, Gateway
 from busway.handlers import HandlerMark, Kind, async_channels, handler_marks
@@ -34,6 +35,10 @@ class HandlerDefinition:
     keyword_resolvers: tuple[tuple[str, Resolver], ...] = ()
     """Resolvers of keyword-only parameters, by parameter name."""
     chain: Chain = field(default_factory=lambda: Chain([]))
+    """Its interceptors."""
+    chains: Chains = field(init=False)
+    """Its chains on each path, interceptors innermost, composed once the runtime is built
+    (``busway._internal.consuming.Consumer``)."""
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from busway._context import current_message
 from busway._internal.bridge import run_coroutine
+from busway._internal.instruments import Instruments
 from busway._internal.preparation import Preparation
 from busway._internal.registry import HandlerDefinition
 from busway._internal.router import Router
@@ -111,6 +112,7 @@ class Runtime:
         *,
         command_failures: str | None = None,
         preparation: Preparation | None = None,
+        instruments: Instruments | None = None,
     ) -> None:
         self.router = router
         self.conversion = conversion
@@ -125,6 +127,8 @@ class Runtime:
         """The channel where commands whose synchronous handling failed go, if any."""
         self.preparation = preparation or Preparation(enabled=False)
         """What is set up at its first use (``Messaging(auto_setup=...)``)."""
+        self.instruments = instruments or Instruments()
+        """What traces and counts messages (``Messaging(instruments=...)``); usually none."""
 
     # -- making messages -------------------------------------------------------------------
 
@@ -283,9 +287,7 @@ class Runtime:
             self.gateway_plan(channels) if channels else self.plan(kind, payload_type, key)
         )
         direct = None
-        # A failed command goes on to ``command_failures`` through the steps' error handling.
-        failures_go_on = kind is Kind.COMMAND and self.command_failures is not None
-        if len(steps) == 1 and isinstance(steps[0], Invoke) and not failures_go_on:
+        if len(steps) == 1 and isinstance(steps[0], Invoke) and steps[0].definition.chains.direct:
             direct = steps[0].definition
         headers = self.fixed_headers(kind, payload_type, key, retry, handler_timeout)
         return Route(kind, headers, steps, direct)
@@ -296,13 +298,21 @@ class Runtime:
 
     def send(self, channel: str, envelope: Envelope) -> None:
         self.preparation.sending(channel)
-        self.channels[channel].send(envelope)
+        if self.instruments:
+            with self.instruments.sending(channel, envelope) as envelope:
+                self.channels[channel].send(envelope)
+        else:
+            self.channels[channel].send(envelope)
         for observer in self.observers:
             observer.enqueued(channel, envelope)
 
     async def asend(self, channel: str, envelope: Envelope) -> None:
         await self.preparation.asending(channel)
-        await self.channels[channel].asend(envelope)
+        if self.instruments:
+            with self.instruments.sending(channel, envelope) as envelope:
+                await self.channels[channel].asend(envelope)
+        else:
+            await self.channels[channel].asend(envelope)
         for observer in self.observers:
             observer.enqueued(channel, envelope)
 
@@ -310,7 +320,13 @@ class Runtime:
         self, definition: HandlerDefinition, message: Message[Any], delivery: Delivery | None = None
     ) -> Any:
         invocation = Invocation(message, definition.info, delivery)
-        token = current_message.set(message)
+        if delivery is not None and self.instruments:
+            with self.instruments.handling(invocation):
+                return self._invoke(definition, invocation)
+        return self._invoke(definition, invocation)
+
+    def _invoke(self, definition: HandlerDefinition, invocation: Invocation) -> Any:
+        token = current_message.set(invocation.message)
         try:
             if definition.info.is_coroutine:
                 return run_coroutine(self._acall(definition, invocation))
@@ -326,6 +342,9 @@ class Runtime:
         invocation = Invocation(message, definition.info, delivery)
         token = current_message.set(message)
         try:
+            if delivery is not None and self.instruments:
+                with self.instruments.handling(invocation):
+                    return await self._acall(definition, invocation)
             return await self._acall(definition, invocation)
         finally:
             current_message.reset(token)

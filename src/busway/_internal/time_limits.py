@@ -31,6 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from busway._internal.bridge import run_coroutine
+from busway._internal.fields import attempt_in, failure_fields, message_id_in
 from busway.channels.base import BatchRollback, Delivery
 from busway.errors import HandlerTimeout
 
@@ -151,8 +152,19 @@ def invoke(runtime: Runtime, call: Call, limit: float) -> Any:
         handling = runtime.ainvoke(definition, call.message, delivery)
         return run_coroutine(_within(handling, definition.name, limit, delivery))
     try:
+        headers = delivery.envelope.headers
+        fields = failure_fields(
+            delivery.channel,
+            definition.name,
+            message_id_in(headers),
+            attempt_in(headers),
+            HandlerTimeout(definition.name, limit),
+        )
         return _in_thread(
-            lambda: runtime.invoke(definition, call.message, delivery), definition.name, limit
+            lambda: runtime.invoke(definition, call.message, delivery),
+            definition.name,
+            limit,
+            fields,
         )
     except _GaveUp:
         invalidate = getattr(delivery.transaction, "invalidate", None)
@@ -165,7 +177,9 @@ class _GaveUp(Exception):
     pass
 
 
-def _in_thread(function: Callable[[], T], name: str, limit: float) -> T:
+def _in_thread(
+    function: Callable[[], T], name: str, limit: float, fields: dict[str, Any] | None = None
+) -> T:
     context = contextvars.copy_context()
     abandonment = Abandonment()
     context.run(_abandonment.set, abandonment)
@@ -183,7 +197,7 @@ def _in_thread(function: Callable[[], T], name: str, limit: float) -> T:
     threading.Thread(target=target, name=f"busway-handler {name}", daemon=True).start()
     if not done.wait(limit):
         abandonment.abandon(HandlerTimeout(name, limit), done)
-        log.error("handler %s is still running after %gs: abandoned", name, limit)
+        log.error("handler %s is still running after %gs: abandoned", name, limit, extra=fields)
         raise _GaveUp
     succeeded, value = outcome[0]
     if succeeded:

@@ -14,9 +14,11 @@ import click
 from busway import __version__
 from busway.cli.app import ConfigError, load_messaging
 from busway.cli.channels import channels, setup
+from busway.cli.dashboard import dashboard
 from busway.cli.dead_letters import dead_letter
 from busway.cli.handlers import handlers, inbox
 from busway.cli.run import run
+from busway.cli.schedules import schedules
 
 __all__ = ["ConfigError", "cli", "load_messaging", "main"]
 
@@ -33,6 +35,8 @@ cli.add_command(channels)
 cli.add_command(dead_letter)
 cli.add_command(handlers)
 cli.add_command(inbox)
+cli.add_command(schedules)
+cli.add_command(dashboard)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

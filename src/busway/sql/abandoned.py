@@ -5,16 +5,23 @@ row lock, say): closing the connection on the client side alone would leave the 
 session, its transaction and its locks in place until that statement ends. So the server
 session is ended first (``pg_terminate_backend``, ``KILL``; on SQLite the running statement
 is interrupted), then the connection is invalidated: nothing of its transaction can commit.
+
+On the asyncio path nothing is abandoned: an ``async def`` handler is cancelled at its limit
+(``busway._internal.time_limits``). The asyncio names here, which the generated code's source
+calls, do nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
 from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from busway._internal.time_limits import raise_if_abandoned as raise_if_abandoned
 from busway._internal.time_limits import released_if_abandoned
 
 GONE_WITHIN = 5.0
@@ -25,6 +32,15 @@ def freed_if_abandoned(connection: Connection) -> AbstractContextManager[None]:
     """Around a handler's use of ``connection``: if the worker abandons the handler, its
     session is ended, then the connection invalidated."""
     return released_if_abandoned(functools.partial(end_session, connection), connection.invalidate)
+
+
+def afreed_if_abandoned(connection: AsyncConnection) -> AbstractAsyncContextManager[None]:
+    """``freed_if_abandoned`` on the asyncio path: nothing to free."""
+    return contextlib.nullcontext()
+
+
+def araise_if_abandoned() -> None:
+    """``raise_if_abandoned`` on the asyncio path: nothing to raise."""
 
 
 def end_session(connection: Connection) -> None:

@@ -24,12 +24,10 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import msgspec
 from sqlalchemy import Connection, MetaData, Table, inspect
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateTable
 
 from busway.channels.base import (
@@ -42,11 +40,11 @@ from busway.channels.base import (
 from busway.errors import BuswayError, ConfigurationError
 from busway.message import ID
 from busway.sql._async import consuming as aconsuming
-from busway.sql._sync import consuming
+from busway.sql._async import idling as aidling
+from busway.sql._async import sending as asending
+from busway.sql._sync import consuming, idling, sending
 from busway.sql.consumer import Mode, SqlConsumer
-from busway.sql.crashes import (
-    InHand,
-)
+from busway.sql.crashes import InHand
 from busway.sql.creating import has_trigger, set_up
 from busway.sql.database import Database
 from busway.sql.schema import in_hand_table, messages_table
@@ -86,7 +84,7 @@ class SqlChannel(Channel):
         self.in_hand_table: Table = in_hand_table(MetaData(), f"{table}_in_hand")
         self._max_crashes: int | None = 3
         self._clock: Callable[[], float] = time.time
-        self._waiting = Waiting(name)
+        self._waiting = Waiting(name, poll_interval)
 
     def __repr__(self) -> str:
         return f"SqlChannel({self.name!r}, mode={self.mode!r})"
@@ -193,7 +191,6 @@ class SqlChannel(Channel):
         }
 
     def send(self, envelope: Envelope) -> None:
-        row = self._row(envelope)
         transaction = open_transaction(self.database.key, asynchronous=False)
         if transaction is None and open_transaction(self.database.key, asynchronous=True):
             raise BuswayError(
@@ -201,46 +198,23 @@ class SqlChannel(Channel):
                 "outside the asyncio transaction that is open; in async code, use "
                 "await bus.asend(...) or await events.apublish(...)"
             )
-        if transaction is not None:
-            assert isinstance(transaction.connection, Connection)
-            transaction.begin_writes()
-            transaction.connection.exec_driver_sql(*self._sql.insert(transaction.connection, row))
-            transaction.after_commit.append(self._wake_local)
-            return
-        with self._autocommit() as connection:
-            connection.exec_driver_sql(*self._sql.insert(connection, row))
-        self._wake_local()
-
-    def _autocommit(self) -> AbstractContextManager[Connection]:
-        """A connection for one statement that commits by itself: on PostgreSQL, without
-        the round trips of BEGIN and COMMIT."""
-        if self.database.backend == "postgresql":
-            return self.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self.database.engine.begin()
+        sending.write(self.database, self._sql, transaction, self._row(envelope), self._wake_local)
 
     async def asend(self, envelope: Envelope) -> None:
-        row = self._row(envelope)
         transaction = open_transaction(self.database.key, asynchronous=True)
-        if transaction is not None:
-            assert isinstance(transaction.connection, AsyncConnection)
-            await transaction.abegin_writes()
-            insert = self._sql.insert(transaction.connection, row)
-            await transaction.connection.exec_driver_sql(*insert)
-            transaction.after_commit.append(self._wake_local)
-            return
-        if open_transaction(self.database.key, asynchronous=False) is not None:
+        if transaction is None and open_transaction(self.database.key, asynchronous=False):
             # A sync transaction is open on this thread (a def handler on the asyncio path).
             self.send(envelope)
             return
-        async with self.database.async_engine.begin() as connection:
-            await connection.exec_driver_sql(*self._sql.insert(connection, row))
-        self._wake_local()
+        row = self._row(envelope)
+        await asending.awrite(self.database, self._sql, transaction, row, self._wake_local)
 
     # -- consuming -------------------------------------------------------------------------
 
     @functools.cached_property
     def _consumer(self) -> SqlConsumer:
         """What consuming needs, made at the first consume: after ``attach``."""
+        idle = (self._waiting, self.database, self._sql.next_due(), self._clock)
         return SqlConsumer(
             name=self.name,
             database=self.database,
@@ -252,8 +226,8 @@ class SqlChannel(Channel):
             visibility_timeout=self.visibility_timeout,
             in_hand=self._in_hand,
             guarded=self._max_crashes is not None,
-            wait_idle=self._wait,
-            await_idle=self._await,
+            wait_idle=functools.partial(idling.wait_idle, *idle),
+            await_idle=functools.partial(aidling.await_idle, *idle),
         )
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
@@ -262,25 +236,7 @@ class SqlChannel(Channel):
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         return await aconsuming.aconsume(self._consumer, handle, max_messages, wait)
 
-    # -- waiting ---------------------------------------------------------------------------
-
-    def _wait(self, wait: float) -> None:
-        self._waiting.wait(
-            wait,
-            database=self.database,
-            due=self._sql.next_due(),
-            clock=self._clock,
-            poll_interval=self.poll_interval,
-        )
-
-    async def _await(self, wait: float) -> None:
-        await self._waiting.await_(
-            wait,
-            database=self.database,
-            due=self._sql.next_due(),
-            clock=self._clock,
-            poll_interval=self.poll_interval,
-        )
+    # -- waking ----------------------------------------------------------------------------
 
     def interrupt(self) -> None:
         self._wake_local()  # a PostgreSQL listener's wait ends at its timeout

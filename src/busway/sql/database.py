@@ -6,12 +6,13 @@ import random
 import sqlite3
 import time
 import weakref
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from busway.errors import ConfigurationError, MissingExtraError
 from busway.sql.missing import watch_for_missing_tables
@@ -110,6 +111,17 @@ class Database:
         write lock; elsewhere it is a plain connection.
         """
         return self.engine.connect().execution_options(**{_READ_ONLY: True})
+
+    def autocommit(self) -> AbstractContextManager[Connection]:
+        """A connection for one statement that commits by itself: on PostgreSQL, without
+        the round trips of BEGIN and COMMIT."""
+        if self.backend == "postgresql":
+            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self.engine.begin()
+
+    def aautocommit(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """``autocommit`` for asyncio code: a transaction of its own, committed on leaving."""
+        return self.async_engine.begin()
 
     @property
     def worker_engine(self) -> Engine:

@@ -20,13 +20,15 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Connection, MetaData, Table, delete
+from sqlalchemy import MetaData, Table, delete
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from busway.channels.base import Batch, BatchRollback, current_batch
+from busway.channels.base import Batch, current_batch
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.message import ID, Message
+from busway.sql._async import recording as arecording
+from busway.sql._sync import recording
 from busway.sql.creating import create_table, has_table, set_up
 from busway.sql.database import Database
 from busway.sql.schema import inbox_table
@@ -85,7 +87,7 @@ class Inbox:
         set_up(self.database, has_table(self.table), create_table(self.table))
 
     @functools.cached_property
-    def _insert(self) -> Any:
+    def insert(self) -> Any:
         """Insert records, skipping those that exist: the unique index finds them, with no
         plan that statistics could choose."""
         backend, key = self.database.backend, [self.table.c.message_key, self.table.c.handler]
@@ -100,14 +102,8 @@ class Inbox:
             return sqlite.insert(self.table).on_conflict_do_nothing(index_elements=key)
         return mysql.insert(self.table).prefix_with("IGNORE")
 
-    def record(self, connection: Connection, rows: list[dict[str, Any]]) -> int:
-        """Write the records; how many were new."""
-        return self._count(connection.execute(self._insert, rows))
-
-    async def arecord(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> int:
-        return self._count(await connection.execute(self._insert, rows))
-
-    def _count(self, result: Any) -> int:
+    def inserted(self, result: Any) -> int:
+        """How many records the result of ``insert`` wrote: those that were new."""
         if self.database.backend == "postgresql":
             return len(result.all())
         return int(result.rowcount)
@@ -128,9 +124,7 @@ class DeduplicationInterceptor(Interceptor):
     def __init__(self, inbox: Inbox, key: KeyFunction = message_id) -> None:
         self.inbox = inbox
         self.key = key
-        self._batches: weakref.WeakKeyDictionary[Batch, set[tuple[str, str]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._deferred = DeferredRecords(inbox)
 
     def applies_to(self, handler: HandlerInfo) -> bool:
         return handler.transactional is not False
@@ -157,47 +151,24 @@ class DeduplicationInterceptor(Interceptor):
         transaction = self._transaction(asynchronous=False) if row else None
         if row is None or transaction is None:
             return proceed()
-        if self._deferrable(invocation, transaction):
-            if not self._defer(transaction, row):
-                return None
-            try:
-                return proceed()
-            except BaseException:
-                self._undefer(transaction, row)
-                raise
-        assert isinstance(transaction.connection, Connection)
-        transaction.begin_writes()
-        if not self.inbox.record(transaction.connection, [row]):
-            return None  # taken effect already
-        return proceed()
+        deferrable = self._deferrable(invocation, transaction)
+        return recording.once(self._deferred, transaction, row, proceed, deferrable)
 
     async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
         row = self._row(invocation)
-        transaction = self._transaction(asynchronous=True) if row else None
-        if row is None or transaction is None:
-            if row is not None and not invocation.handler.is_coroutine:
-                return self.around(invocation, blocking(proceed))
-            joined = self._transaction(asynchronous=False) if row else None
-            if row is not None and joined is not None:
-                # An async def handler run by a sync worker, in the worker's transaction.
-                assert isinstance(joined.connection, Connection)
-                joined.begin_writes()
-                if not self.inbox.record(joined.connection, [row]):
-                    return None
+        if row is None:
             return await proceed()
-        if self._deferrable(invocation, transaction):
-            if not self._defer(transaction, row):
+        transaction = self._transaction(asynchronous=True)
+        if transaction is None:
+            if not invocation.handler.is_coroutine:
+                return self.around(invocation, blocking(proceed))
+            # An async def handler run by a sync worker records in the worker's transaction.
+            joined = self._transaction(asynchronous=False)
+            if joined is not None and not recording.recorded(self.inbox, joined, row):
                 return None
-            try:
-                return await proceed()
-            except BaseException:
-                self._undefer(transaction, row)
-                raise
-        assert isinstance(transaction.connection, AsyncConnection)
-        await transaction.abegin_writes()
-        if not await self.inbox.arecord(transaction.connection, [row]):
-            return None
-        return await proceed()
+            return await proceed()
+        deferrable = self._deferrable(invocation, transaction)
+        return await arecording.aonce(self._deferred, transaction, row, proceed, deferrable)
 
     def _deferrable(self, invocation: Invocation, transaction: Transaction) -> bool:
         """Whether the record can wait for the batch's flush: in a channel's batch keyed by
@@ -217,6 +188,16 @@ class DeduplicationInterceptor(Interceptor):
         # asyncio claim that a def handler works in, which records at once instead.
         return transaction.connection is delivery.transaction
 
+
+class DeferredRecords:
+    """The records that the handlers of a channel's batch defer to the batch's flush."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+        self._batches: weakref.WeakKeyDictionary[Batch, set[tuple[str, str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
     def _noted(self) -> set[tuple[str, str]]:
         """The records the current batch has noted for its flush so far."""
         batch = current_batch.get()
@@ -226,7 +207,7 @@ class DeduplicationInterceptor(Interceptor):
             noted = self._batches[batch] = set()
         return noted
 
-    def _defer(self, transaction: Transaction, row: dict[str, Any]) -> bool:
+    def defer(self, transaction: Transaction, row: dict[str, Any]) -> bool:
         """Note the record for the batch's flush; False if the batch noted it already (the
         same message twice in one batch)."""
         record = (row["message_key"], row["handler"])
@@ -240,23 +221,18 @@ class DeduplicationInterceptor(Interceptor):
         pending.append(row)
         return True
 
-    def _undefer(self, transaction: Transaction, row: dict[str, Any]) -> None:
+    def undefer(self, transaction: Transaction, row: dict[str, Any]) -> None:
         """The handler failed and its savepoint is undone: so is its record."""
         pending = transaction.pending.get(self, [])
         if row in pending:
             pending.remove(row)
         self._noted().discard((row["message_key"], row["handler"]))
 
-    def _flush(self, transaction: Transaction) -> Any:
+    def _flush(self, transaction: Transaction) -> Awaitable[None] | None:
         rows = transaction.pending.pop(self, [])
         if not rows:
             return None
         if isinstance(transaction.connection, AsyncConnection):
-            return self._aflush(transaction.connection, rows)
-        if self.inbox.record(transaction.connection, rows) != len(rows):
-            raise BatchRollback("a message of the batch was handled before")
+            return arecording.aflush(self.inbox, transaction.connection, rows)
+        recording.flush(self.inbox, transaction.connection, rows)
         return None
-
-    async def _aflush(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        if await self.inbox.arecord(connection, rows) != len(rows):
-            raise BatchRollback("a message of the batch was handled before")

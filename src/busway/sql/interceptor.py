@@ -6,16 +6,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from busway._internal.time_limits import raise_if_abandoned
 from busway.channels.base import BatchRollback
 from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
-from busway.sql._async.scopes import asavepoint
+from busway.sql._async import transacting as atransacting
+from busway.sql._async.scopes import abegin_writes
+from busway.sql._sync import transacting
 from busway.sql._sync.scopes import savepoint
-from busway.sql.abandoned import freed_if_abandoned
 from busway.sql.database import Database
 from busway.sql.transactions import (
     Transaction,
@@ -23,7 +22,6 @@ from busway.sql.transactions import (
     current_transaction,
     in_batch,
     open_transaction,
-    run_after_commit,
 )
 
 
@@ -61,60 +59,18 @@ class TransactionInterceptor(Interceptor):
             return handler.transactional
         return handler.kind is Kind.COMMAND or handler.name in self.wants_database
 
+    def _eager(self, invocation: Invocation) -> bool:
+        return self.eager_savepoints or invocation.handler.name in self.wants_database
+
     def around(self, invocation: Invocation, proceed: Callable[[], Any]) -> Any:
-        joined = open_transaction(self.database.key, asynchronous=False)
-        if joined is not None:
-            assert isinstance(joined.connection, Connection)
-            if in_batch(invocation, joined):
-                try:
-                    return self._call(invocation, joined, proceed)
-                except Exception as error:
-                    raise BatchRollback(str(error)) from error
-            with savepoint(joined):
-                return self._call(invocation, joined, proceed)
-        if not self._opens_transaction(invocation.handler):
-            return proceed()
-        with (
-            self.database.engine.connect() as connection,
-            freed_if_abandoned(connection),
-            connection.begin(),
-        ):
-            transaction = Transaction(self.database.key, connection)
-            token = current_transaction.set(transaction)
-            try:
-                result = self._call(invocation, transaction, proceed)
-                raise_if_abandoned()  # past its time limit, and retried: commit nothing
-            finally:
-                current_transaction.reset(token)
-        run_after_commit(transaction)
-        return result
-
-    def _call(
-        self, invocation: Invocation, transaction: Transaction, proceed: Callable[[], Any]
-    ) -> Any:
-        connection = transaction.connection
-        assert isinstance(connection, Connection)
-        sessions: list[Session] = []
-
-        def session() -> Session:
-            if not sessions:
-                transaction.begin_writes()
-                sessions.append(Session(bind=connection, join_transaction_mode="rollback_only"))
-            return sessions[0]
-
-        if self.eager_savepoints or invocation.handler.name in self.wants_database:
-            transaction.begin_writes()
-        invocation.resources[Connection] = connection
-        invocation.resources[Session] = session
-        try:
-            with freed_if_abandoned(connection):
-                result = proceed()
-            if sessions:
-                sessions[0].flush()
-            return result
-        finally:
-            if sessions:
-                sessions[0].close()
+        return transacting.run_in_transaction(
+            self.database,
+            open_transaction(self.database.key, asynchronous=False),
+            invocation,
+            proceed,
+            opens=self._opens_transaction(invocation.handler),
+            eager=self._eager(invocation),
+        )
 
     async def aaround(self, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]) -> Any:
         joined = open_transaction(self.database.key, asynchronous=True)
@@ -124,33 +80,21 @@ class TransactionInterceptor(Interceptor):
             if joined is None:
                 return self.around(invocation, blocking(proceed))
             assert isinstance(joined.connection, AsyncConnection)
-            await joined.abegin_writes()  # its writes go through another Transaction object
+            await abegin_writes(joined)  # its writes go through another Transaction object
             return await joined.connection.run_sync(
                 lambda connection: self._through(connection, invocation, proceed)
             )
         joined_sync = open_transaction(self.database.key, asynchronous=False)
         if joined is None and joined_sync is not None:
             return await self._in_sync_transaction(invocation, joined_sync, proceed)
-        if joined is not None:
-            assert isinstance(joined.connection, AsyncConnection)
-            if in_batch(invocation, joined):
-                try:
-                    return await self._acall(invocation, joined, proceed)
-                except Exception as error:
-                    raise BatchRollback(str(error)) from error
-            async with asavepoint(joined):
-                return await self._acall(invocation, joined, proceed)
-        if not self._opens_transaction(invocation.handler):
-            return await proceed()
-        async with self.database.async_engine.connect() as connection, connection.begin():
-            transaction = Transaction(self.database.key, connection)
-            token = current_transaction.set(transaction)
-            try:
-                result = await self._acall(invocation, transaction, proceed)
-            finally:
-                current_transaction.reset(token)
-        run_after_commit(transaction)
-        return result
+        return await atransacting.arun_in_transaction(
+            self.database,
+            joined,
+            invocation,
+            proceed,
+            opens=self._opens_transaction(invocation.handler),
+            eager=self._eager(invocation),
+        )
 
     def _through(
         self, connection: Connection, invocation: Invocation, proceed: Callable[[], Awaitable[Any]]
@@ -184,33 +128,3 @@ class TransactionInterceptor(Interceptor):
                 raise BatchRollback(str(error)) from error
         with savepoint(joined):
             return await proceed()
-
-    async def _acall(
-        self,
-        invocation: Invocation,
-        transaction: Transaction,
-        proceed: Callable[[], Awaitable[Any]],
-    ) -> Any:
-        connection = transaction.connection
-        assert isinstance(connection, AsyncConnection)
-        sessions: list[AsyncSession] = []
-
-        def session() -> AsyncSession:
-            if not sessions:
-                sessions.append(
-                    AsyncSession(bind=connection, join_transaction_mode="rollback_only")
-                )
-            return sessions[0]
-
-        if self.eager_savepoints or invocation.handler.name in self.wants_database:
-            await transaction.abegin_writes()
-        invocation.resources[AsyncConnection] = connection
-        invocation.resources[AsyncSession] = session
-        try:
-            result = await proceed()
-            if sessions:
-                await sessions[0].flush()
-            return result
-        finally:
-            if sessions:
-                await sessions[0].close()

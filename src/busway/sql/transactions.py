@@ -41,38 +41,10 @@ class Transaction:
     def is_async(self) -> bool:
         return isinstance(self.connection, AsyncConnection)
 
-    def begin_writes(self) -> None:
-        """Begin the savepoints promised and not begun yet: call before writing through
-        ``connection``. A handler that never writes costs no savepoint."""
-        for savepoint in self.savepoints:
-            if savepoint.nested is None:
-                assert isinstance(self.connection, Connection)
-                savepoint.nested = self.connection.begin_nested()
-
-    async def abegin_writes(self) -> None:
-        for savepoint in self.savepoints:
-            if savepoint.nested is None:
-                assert isinstance(self.connection, AsyncConnection)
-                savepoint.nested = await self.connection.begin_nested()
-
-    def sync_session(self) -> Session:
-        if self.session is None:
-            assert isinstance(self.connection, Connection)
-            self.session = Session(bind=self.connection, join_transaction_mode="rollback_only")
-        assert isinstance(self.session, Session)
-        return self.session
-
-    def async_session(self) -> AsyncSession:
-        if self.session is None:
-            assert isinstance(self.connection, AsyncConnection)
-            self.session = AsyncSession(bind=self.connection, join_transaction_mode="rollback_only")
-        assert isinstance(self.session, AsyncSession)
-        return self.session
-
 
 @dataclass(eq=False, slots=True)
 class Savepoint:
-    """A savepoint around one handler, begun on its first write (``begin_writes``)."""
+    """A savepoint around one handler, begun on its first write (``scopes.begin_writes``)."""
 
     nested: NestedTransaction | AsyncTransaction | None = None
 

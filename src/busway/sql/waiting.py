@@ -1,7 +1,8 @@
 """How a ``SqlChannel`` consumer that found nothing waits: until the next delayed message is
 due or one is sent, at most as long as the worker allows. On PostgreSQL it listens for the
 notifications of the table's trigger; elsewhere it polls, and a send in this process ends
-the wait early."""
+the sync waits early. The wait itself is ``busway.sql._async.idling``'s; here is what it
+holds and decides."""
 
 from __future__ import annotations
 
@@ -15,94 +16,70 @@ from busway.sql._async.listening import AsyncListener
 from busway.sql._sync.listening import Listener
 from busway.sql.database import Database
 
-_UNKNOWN = object()
-next_due: ContextVar[Any] = ContextVar("busway_sql_next_due", default=_UNKNOWN)
+UNKNOWN = object()
+next_due: ContextVar[Any] = ContextVar("busway_sql_next_due", default=UNKNOWN)
 """What the last empty claim in this context found: its channel, and that channel's earliest
 ``available_at``."""
 
-_BUSY_PAUSE = 0.05
+BUSY_PAUSE = 0.05
+"""How long to wait for a message due now but not taken: another worker has it locked."""
 
 
 class Waiting:
     """The waits of the channel ``channel``: its PostgreSQL listeners, sync and asyncio, and
-    the wake-up of the waits in this process."""
+    the wake-up of the waits in this process, which look again every ``poll_interval``
+    seconds."""
 
-    def __init__(self, channel: str) -> None:
+    def __init__(self, channel: str, poll_interval: float) -> None:
         self.channel = channel
+        self.poll_interval = poll_interval
+        self.listener = Listener(channel)
+        self.alistener = AsyncListener(channel)
         self._wakeup = threading.Condition()
-        self._listener = Listener(channel)
-        self._alistener = AsyncListener(channel)
+        self._woken = False
 
-    def wait(
-        self,
-        wait: float,
-        *,
-        database: Database,
-        due: Any,
-        clock: Callable[[], float],
-        poll_interval: float,
-    ) -> None:
-        """Wait at most ``wait`` seconds; ``due`` is the query of the next due time."""
-        # A message due now but not taken is locked by another worker: wait a moment for it.
-        timeout = _seconds_until_due(wait, self.channel, database, due, clock)
-        timeout = timeout or min(wait, _BUSY_PAUSE)
-        if database.backend == "postgresql":
-            self._listener.listen(database, timeout)
-            return
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or until ``wake_local``: not at all if it was called since the
+        last pause, while the consumer claimed (a stop, or a send, would be lost)."""
         with self._wakeup:
-            self._wakeup.wait(min(timeout, poll_interval))
+            if not self._woken:
+                self._wakeup.wait(seconds)
+            self._woken = False
 
-    async def await_(
-        self,
-        wait: float,
-        *,
-        database: Database,
-        due: Any,
-        clock: Callable[[], float],
-        poll_interval: float,
-    ) -> None:
-        """``wait`` on an event loop."""
-        if _found(self.channel) is _UNKNOWN:
-            timeout = await asyncio.to_thread(
-                _seconds_until_due, wait, self.channel, database, due, clock
-            )
-        else:
-            timeout = _seconds_until_due(wait, self.channel, database, due, clock)
-        timeout = timeout or min(wait, _BUSY_PAUSE)
-        if database.backend == "postgresql":
-            await self._alistener.alisten(database, timeout)
-        else:
-            await asyncio.sleep(min(timeout, poll_interval))
+    async def apause(self, seconds: float) -> None:
+        """``pause`` on an event loop, for ``seconds``."""
+        await asyncio.sleep(seconds)
 
     def wake_local(self) -> None:
-        """End the waits in this process that poll; a PostgreSQL listener's ends at its
+        """End the sync waits in this process that poll; a PostgreSQL listener's ends at its
         timeout."""
         with self._wakeup:
+            self._woken = True
             self._wakeup.notify_all()
 
     def close(self) -> None:
-        self._listener.close()
+        self.listener.close()
 
     async def aclose(self) -> None:
-        await self._alistener.aclose()
+        await self.alistener.aclose()
 
 
-def _found(channel: str) -> Any:
-    """The next due time the last empty claim of ``channel`` in this context found."""
+def last_found(channel: str) -> Any:
+    """The next due time the last empty claim of ``channel`` in this context found, or
+    ``UNKNOWN``; forgotten once asked for."""
     found = next_due.get()
-    return found[1] if found is not _UNKNOWN and found[0] == channel else _UNKNOWN
+    next_due.set(UNKNOWN)
+    return found[1] if found is not UNKNOWN and found[0] == channel else UNKNOWN
 
 
-def _seconds_until_due(
-    limit: float, channel: str, database: Database, due: Any, clock: Callable[[], float]
-) -> float:
-    """How long until the next delayed message is due, at most ``limit``: as an empty claim
-    of ``channel`` just found it, or asked now with the query ``due``."""
-    found = _found(channel)
-    next_due.set(_UNKNOWN)
-    if found is _UNKNOWN:
-        with database.worker_engine.connect() as connection:
-            found = connection.execute(due).scalar()
+def due_at(database: Database, due: Any) -> Any:
+    """The next due time, asked now with the query ``due``."""
+    with database.worker_engine.connect() as connection:
+        return connection.execute(due).scalar()
+
+
+def seconds_until(found: Any, limit: float, clock: Callable[[], float]) -> float:
+    """How long until the next delayed message is due (``found``), at most ``limit``."""
     if found is None:
         return limit
     return max(0.0, min(limit, float(found) / 1000 - clock()))

@@ -1,6 +1,5 @@
 """What a gateway's call does: make the message, then call its one handler at once, or carry
-out its steps (handlers to call, channels to send it to), a failed command going on to the
-failed-command channel if there is one."""
+out its steps (handlers to call, each through its chain, and channels to send it to)."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from busway._internal.links import Handling
 from busway._internal.routes import Routes
 from busway._internal.runtime import Enqueue
 from busway.handlers import Kind
@@ -41,11 +41,5 @@ class AsyncDispatch(Routes):
             if isinstance(step, Enqueue):
                 await runtime.asend(step.channel, runtime.envelope(message, step.headers))
                 continue
-            try:
-                result = await runtime.ainvoke(step.definition, message)
-            except Exception:
-                failures = runtime.command_failures
-                if failures is not None and route.kind is Kind.COMMAND:
-                    await runtime.asend(failures, runtime.failed(message, step.definition))
-                raise
+            result = await step.definition.chains.asend.ainvoke(Handling(step.definition, message))
         return result

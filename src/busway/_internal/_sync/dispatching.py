@@ -1,8 +1,7 @@
 # Generated from src/busway/_internal/_async/dispatching.py by tools/unasync.py: do not edit.
 # Change the asyncio source, then run `make generate`.
 """What a gateway's call does: make the message, then call its one handler at once, or carry
-out its steps (handlers to call, channels to send it to), a failed command going on to the
-failed-command channel if there is one."""
+out its steps (handlers to call, each through its chain, and channels to send it to)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from busway._internal.links import Handling
 from busway._internal.routes import Routes
 from busway._internal.runtime import Enqueue
 from busway.handlers import Kind
@@ -43,11 +43,5 @@ class Dispatch(Routes):
             if isinstance(step, Enqueue):
                 runtime.send(step.channel, runtime.envelope(message, step.headers))
                 continue
-            try:
-                result = runtime.invoke(step.definition, message)
-            except Exception:
-                failures = runtime.command_failures
-                if failures is not None and route.kind is Kind.COMMAND:
-                    runtime.send(failures, runtime.failed(message, step.definition))
-                raise
+            result = step.definition.chains.send.invoke(Handling(step.definition, message))
         return result

@@ -1,102 +1,20 @@
 # Generated from src/busway/_internal/_async/receiving.py by tools/unasync.py: do not edit.
 # Change the asyncio source, then run `make generate`.
-"""What a worker does with one delivery: forward it, dead-letter it, drop it, or run its
-handlers, each with its instant retries, then a delayed retry or a dead letter for each that
-failed for good. The decisions are ``Consumer``'s; this is their I/O."""
+"""What a worker does with one delivery: run it through the chain (``busway._internal._async
+.links``): dropped once its time to live ended, forwarded, dead-lettered, or handled by each of
+its handlers' chains, with their retries and dead letters."""
 
 from __future__ import annotations
 
-import logging
-
-from busway._internal import time_limits
-from busway._internal.consuming import (
-    Consumer,
-    Drop,
-    Forward,
-    Reject,
-    Run,
-    isolate_siblings,
-    isolated,
-    note_forwarded,
-    rehop,
-)
-from busway._internal.registry import HandlerDefinition
-from busway._internal.runtime import Call, Enqueue
-from busway.channels.base import BatchRollback, Delivery
-from busway.errors import ConversionError, SetupRequired
-from busway.message import ID
-from busway.recovery import DeadLetter
-
-log = logging.getLogger("busway")
+from busway._internal.consuming import Consumer
+from busway.channels.base import Delivery
 
 
 def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | None = None) -> bool:
     """Handle one delivery; True when every handler succeeded. ``default_timeout`` is the
     time limit of handlers without one of their own or their bus's."""
-    runtime = consumer.runtime
-    prepared = consumer.prepare(delivery)
-    if isinstance(prepared, Forward):
-        note_forwarded()
-        try:
-            runtime.send(prepared.channel, prepared.envelope)
-        except ConversionError as unsendable:  # it can never travel there: poison
-            runtime.dead_letters.add(consumer.dead_letter(delivery, None, unsendable))
-            return False
-        return True
-    if isinstance(prepared, Reject):
-        runtime.dead_letters.add(prepared.letter)
-        return False
-    if isinstance(prepared, Drop):
-        log.warning("message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason)
-        return True
-    delivery = isolate_siblings(delivery, prepared.steps)
-    known = delivery.known_failure  # met the first time: the first handler is not run again
-    ok = True
-    for step in prepared.steps:
-        if isinstance(step, Enqueue):
-            runtime.send(step.channel, rehop(delivery.envelope, step.headers))
-            continue
-        definition = step.definition
-        error = _running(consumer, definition, delivery, prepared, default_timeout, known)
-        known = None
-        if error is not None:
-            ok = False
-            outcome = consumer.decide_failure(delivery, definition, error)
-            if isinstance(outcome, DeadLetter):
-                runtime.dead_letters.add(outcome)
-            else:
-                runtime.send(*outcome)
-    return ok
-
-
-def _running(
-    consumer: Consumer,
-    definition: HandlerDefinition,
-    delivery: Delivery,
-    run: Run,
-    default_timeout: float | None,
-    known: BaseException | None,
-) -> BaseException | None:
-    """Run one handler, with its instant retries; the last error, or None. ``known``: its
-    failure when the channel redoes the batch it failed in, met again without running it."""
-    tries = 0
-    while True:
-        try:
-            if known is not None:
-                error, known = known, None
-                raise error
-            message = consumer.message_for(definition, delivery, run.headers, run.payload_class)
-            limit = consumer.timeout_for(definition, delivery, default_timeout)
-            if limit is None:
-                consumer.runtime.invoke(definition, message, delivery)
-            else:
-                call = Call(definition, message, delivery)
-                time_limits.invoke(consumer.runtime, call, limit)
-            return None
-        except (BatchRollback, SetupRequired):
-            raise  # not the handler's failure: a missing table fails every message alike
-        except Exception as error:
-            tries += 1
-            if not consumer.retries_instantly(definition, delivery, error, tries):
-                return error
-            delivery = isolated(delivery)  # each instant retry in a fresh savepoint
+    instruments = consumer.runtime.instruments
+    if instruments:
+        with instruments.receiving(delivery):
+            return consumer.receiving.receive(delivery, default_timeout)
+    return consumer.receiving.receive(delivery, default_timeout)

@@ -29,7 +29,7 @@ from busway.channels.redis._sync import consuming
 from busway.channels.redis.consumer import RedisConsumer
 from busway.channels.redis.deferred import Deferred
 from busway.channels.redis.link import Link
-from busway.channels.redis.stream import Stream
+from busway.channels.redis.stream import Command, Stream
 
 log = logging.getLogger("busway.redis")
 
@@ -108,20 +108,23 @@ class RedisChannel(Channel):
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, envelope: Envelope) -> None:
-        command = self._stream.send(envelope, self._clock())
-        batch = current_batch.get()
-        if batch is None:
+        command = self._now_or_deferred(envelope)
+        if command is not None:
             self._link.execute(command)
-        else:
-            self._deferred_for(batch).add(command)
 
     async def asend(self, envelope: Envelope) -> None:
+        command = self._now_or_deferred(envelope)
+        if command is not None:
+            await self._link.aexecute(command)
+
+    def _now_or_deferred(self, envelope: Envelope) -> Command | None:
+        """The command that sends ``envelope`` now; None if a batch defers it."""
         command = self._stream.send(envelope, self._clock())
         batch = current_batch.get()
         if batch is None:
-            await self._link.aexecute(command)
-        else:
-            self._deferred_for(batch).add(command)
+            return command
+        self._deferred_for(batch).add(command)
+        return None
 
     def _deferred_for(self, batch: Batch) -> Deferred:
         """In a batch (a relay's, say), sends go out together, before its acknowledgement."""

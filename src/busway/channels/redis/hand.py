@@ -17,9 +17,9 @@ class Hand:
     """Entries handed out one at a time under one ``Batch``, and what becomes of them.
 
     The loop that hands them out counts ``handled``, sets ``failure`` when a handler raised,
-    runs ``before_ack``, then ``settle``-s: the entries to acknowledge come back, the rest
-    stay pending here for the next consume. The sends whose failure the batch's callbacks
-    report as ``Unsent`` keep back only their own messages.
+    runs the batch's ``before_ack`` callbacks into ``unsent``, then ``settle``-s: the entries
+    to acknowledge come back, the rest stay pending here for the next consume. The sends
+    whose failure the callbacks report as ``Unsent`` keep back only their own messages.
     """
 
     def __init__(self, channel: str, stream: Stream, entries: list[Entry]) -> None:
@@ -57,13 +57,6 @@ class Hand:
             return False
         self._touch_at = now + self._touch_every
         return True
-
-    def before_ack(self) -> None:
-        """Run the batch's ``before_ack`` callbacks; note the messages they could not send."""
-        self.unsent = self.batch.run_before_ack()
-
-    async def abefore_ack(self) -> None:
-        self.unsent = await self.batch.arun_before_ack()
 
     def give_back(self) -> None:
         """Nothing is acknowledged: hold every entry for a later delivery."""

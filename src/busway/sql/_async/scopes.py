@@ -1,5 +1,6 @@
-"""Scopes of a transaction: a savepoint around one handler in a transaction it joins, and
-the transaction a ``messaging.transaction(...)`` block joins or opens."""
+"""Scopes of a transaction: a savepoint around one handler in a transaction it joins, begun
+at its first write, and the transaction a ``messaging.transaction(...)`` block joins or
+opens."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 from sqlalchemy.ext.asyncio.session import AsyncSession
 
 from busway.sql.database import Database
@@ -55,6 +56,15 @@ class asavepoint:
             raise lost(error, None)
 
 
+async def abegin_writes(transaction: Transaction) -> None:
+    """Begin the savepoints promised and not begun yet: call before writing through
+    ``transaction.connection``. A handler that never writes costs no savepoint."""
+    for promised in transaction.savepoints:
+        if promised.nested is None:
+            assert isinstance(transaction.connection, AsyncConnection)
+            promised.nested = await transaction.connection.begin_nested()
+
+
 @asynccontextmanager
 async def atransaction_scope(
     database: Database, session: AsyncSession | None = None
@@ -71,11 +81,12 @@ async def atransaction_scope(
             current_transaction.reset(token)
         return
     async with database.async_engine.connect() as connection, connection.begin():
-        transaction = Transaction(database.key, connection)
+        opened = AsyncSession(bind=connection, join_transaction_mode="rollback_only")
+        transaction = Transaction(database.key, connection, opened)
         token = current_transaction.set(transaction)
         try:
-            yield transaction.async_session()
-            await transaction.async_session().flush()
+            yield opened
+            await opened.flush()
         finally:
             current_transaction.reset(token)
     run_after_commit(transaction)

@@ -1,14 +1,15 @@
 # Generated from src/busway/sql/_async/scopes.py by tools/unasync.py: do not edit.
 # Change the asyncio source, then run `make generate`.
-"""Scopes of a transaction: a savepoint around one handler in a transaction it joins, and
-the transaction a ``messaging.transaction(...)`` block joins or opens."""
+"""Scopes of a transaction: a savepoint around one handler in a transaction it joins, begun
+at its first write, and the transaction a ``messaging.transaction(...)`` block joins or
+opens."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import NestedTransaction
+from sqlalchemy import Connection, NestedTransaction
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -57,6 +58,15 @@ class savepoint:
             raise lost(error, None)
 
 
+def begin_writes(transaction: Transaction) -> None:
+    """Begin the savepoints promised and not begun yet: call before writing through
+    ``transaction.connection``. A handler that never writes costs no savepoint."""
+    for promised in transaction.savepoints:
+        if promised.nested is None:
+            assert isinstance(transaction.connection, Connection)
+            promised.nested = transaction.connection.begin_nested()
+
+
 @contextmanager
 def transaction_scope(database: Database, session: Session | None = None) -> Iterator[Session]:
     """Join ``session``'s transaction, or open one (committed on success) if none is given."""
@@ -71,11 +81,12 @@ def transaction_scope(database: Database, session: Session | None = None) -> Ite
             current_transaction.reset(token)
         return
     with database.engine.connect() as connection, connection.begin():
-        transaction = Transaction(database.key, connection)
+        opened = Session(bind=connection, join_transaction_mode="rollback_only")
+        transaction = Transaction(database.key, connection, opened)
         token = current_transaction.set(transaction)
         try:
-            yield transaction.sync_session()
-            transaction.sync_session().flush()
+            yield opened
+            opened.flush()
         finally:
             current_transaction.reset(token)
     run_after_commit(transaction)

@@ -62,7 +62,7 @@ async def _ahand_out(consumer: RedisConsumer, handle: AsyncHandle, entries: list
                 hand.failure = error
                 break
             hand.handled += 1
-        await hand.abefore_ack()
+        hand.unsent = await hand.batch.arun_before_ack()
     except BaseException:
         hand.give_back()
         raise

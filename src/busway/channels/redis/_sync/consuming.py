@@ -62,7 +62,7 @@ def _hand_out(consumer: RedisConsumer, handle: Handle, entries: list[Entry]) -> 
                 hand.failure = error
                 break
             hand.handled += 1
-        hand.before_ack()
+        hand.unsent = hand.batch.run_before_ack()
     except BaseException:
         hand.give_back()
         raise
