@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -37,6 +38,15 @@ from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import HandlerInfo, Interceptor
+from busway.liveness import (
+    ChannelState,
+    Health,
+    HeartbeatStore,
+    InMemoryHeartbeatStore,
+    WorkerRecord,
+    assess,
+    worker_record,
+)
 from busway.message import Message
 from busway.recovery import (
     DeadLetterStore,
@@ -46,7 +56,14 @@ from busway.recovery import (
 )
 from busway.schedules import SCHEDULE, TICK, Schedule
 from busway.timeouts import seconds_of
-from busway.worker import Limits, RunResult, Worker, graceful_signals
+from busway.worker import (
+    HEARTBEAT_INTERVAL,
+    Heartbeats,
+    Limits,
+    RunResult,
+    Worker,
+    graceful_signals,
+)
 
 log = logging.getLogger("busway")
 
@@ -266,7 +283,10 @@ class Messaging:
         poll_interval: float = 1.0,
         on_progress: Callable[[RunResult], None] | None = None,
         handler_timeout: float | timedelta | None = None,
+        heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
     ) -> Worker:
+        """A worker for ``channels``, to ``run()`` or ``arun()``. It beats every
+        ``heartbeat_interval`` seconds into ``heartbeats`` while it runs (None: never)."""
         names = [channels] if isinstance(channels, str) else list(channels)
         for name in names:
             self.channel(name)
@@ -279,7 +299,15 @@ class Messaging:
             poll_interval=poll_interval,
             handler_timeout=None if handler_timeout is None else seconds_of(handler_timeout),
         )
-        return Worker(self._consumer, names, limits, on_progress)
+        beats = None
+        if heartbeat_interval is not None:
+            beats = Heartbeats(
+                self.heartbeats,
+                heartbeat_interval,
+                self.clock,
+                self._runtime.preparation.dispatching,
+            )
+        return Worker(self._consumer, names, limits, on_progress, beats)
 
     def run(
         self,
@@ -494,6 +522,65 @@ class Messaging:
         assert self._extension is not None
         self._runtime.preparation.sql()
         return int(self._extension.inbox.cleanup(older_than))
+
+    # -- live workers and health ------------------------------------------------------------
+
+    @functools.cached_property
+    def heartbeats(self) -> HeartbeatStore:
+        """Where running workers record their heartbeats: the ``busway_workers`` table of
+        the database, or, without one, this process's memory (its own workers only)."""
+        if self._extension is not None:
+            store: HeartbeatStore = self._extension.heartbeats
+            return store
+        return InMemoryHeartbeatStore()
+
+    def workers(self, silent_after: float | None = None) -> list[WorkerRecord]:
+        """The running workers, by their last heartbeat, oldest start first.
+
+        A worker is silent (``alive`` is false) once its last beat is older than
+        ``silent_after`` seconds, by default three of its own beat intervals: it died
+        without stopping (a SIGKILL, a lost host), or it is stuck.
+        """
+        self._runtime.preparation.sql()
+        now = self.clock()
+        return [worker_record(beat, now, silent_after) for beat in self.heartbeats.list()]
+
+    def forget_workers(self, silent_for: float) -> int:
+        """Forget the workers silent for more than ``silent_for`` seconds; how many."""
+        self._runtime.preparation.sql()
+        return self.heartbeats.forget(self.clock() - silent_for)
+
+    def health(
+        self,
+        max_age: float = 60.0,
+        channels: Iterable[str] | None = None,
+        silent_after: float | None = None,
+    ) -> Health:
+        """Whether messages flow on ``channels`` (all by default): each must have no
+        message older than ``max_age`` seconds, and a live worker consuming it. For a
+        readiness probe: ``messaging.health().ok``, and ``.problems`` says what is wrong.
+        """
+        names = list(self.channels) if channels is None else list(channels)
+        for name in names:
+            self.channel(name)
+        workers: list[WorkerRecord] = []
+        errors: list[str] = []
+        try:
+            workers = self.workers(silent_after)
+        except Exception as error:
+            errors.append(
+                f"the workers' heartbeats cannot be read: {type(error).__name__}: {error}"
+            )
+        states = {name: self._channel_state(name) for name in names}
+        return assess(states, workers, max_age, errors)
+
+    def _channel_state(self, name: str) -> ChannelState:
+        channel = self.channels[name]
+        try:
+            self._runtime.preparation.sending(name)
+            return ChannelState(channel.depth(), channel.oldest_age())
+        except Exception as error:
+            return ChannelState(error=f"{type(error).__name__}: {error}")
 
 
 def _database_extension(

@@ -9,10 +9,11 @@ from collections.abc import Callable
 import click
 
 from busway.cli.app import ConfigError, app_option, opened
-from busway.cli.console import ProgressLog, StatusLine, configure_logging, fields
+from busway.cli.console import ProgressLog, StatusLine, fields, summary_text
+from busway.cli.logs import LEVELS, configure_logging
 from busway.cli.values import converted, parse_duration, parse_size
 from busway.errors import UnknownChannelError
-from busway.worker import RunResult, graceful_signals
+from busway.worker import HEARTBEAT_INTERVAL, RunResult, graceful_signals
 
 log = logging.getLogger("busway.cli")
 
@@ -56,6 +57,26 @@ EXIT_FAILURE = 1
     callback=converted(parse_duration),
     help="After SIGTERM/SIGINT, wait this long for the handler in hand, then exit (code 3).",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    envvar="BUSWAY_LOG_LEVEL",
+    help="Log every logger, the application's too, at this level and above [default: info] "
+    "(env: BUSWAY_LOG_LEVEL).",
+)
+@click.option(
+    "--log-each",
+    is_flag=True,
+    help="A log line for each message handled: its id, type, outcome and time taken.",
+)
+@click.option(
+    "--heartbeat-interval",
+    metavar="DURATION",
+    default=str(HEARTBEAT_INTERVAL),
+    callback=converted(parse_duration),
+    show_default=True,
+    help="Record the worker's heartbeat this often (see busway workers).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -69,6 +90,9 @@ def run(
     concurrency: int,
     handler_timeout: float | None,
     shutdown_timeout: float | None,
+    log_level: str | None,
+    log_each: bool,
+    heartbeat_interval: float,
 ) -> None:
     """Consume CHANNEL... until stopped.
 
@@ -82,7 +106,7 @@ def run(
     status = StatusLine(stream, label) if stream.isatty() else None
     progress: Callable[[RunResult], None] = status.update if status else ProgressLog().update
     with opened(app) as messaging:
-        configure_logging(stream, status)
+        configure_logging(stream, status, log_level, log_each)
         try:
             worker = messaging.worker(
                 list(channels),
@@ -93,6 +117,7 @@ def run(
                 stop_on_failure=stop_on_failure,
                 on_progress=progress,
                 handler_timeout=handler_timeout,
+                heartbeat_interval=heartbeat_interval,
             )
         except UnknownChannelError as error:
             raise ConfigError(str(error)) from None
@@ -101,18 +126,11 @@ def run(
                 "consuming %s %s",
                 label,
                 "until empty" if until_empty else "until stopped",
-                extra={"fields": {"channels": list(channels), "concurrency": concurrency}},
+                extra={"figures": {"channels": list(channels), "concurrency": concurrency}},
             )
             result = worker.run(concurrency)
     if status is not None:
         status.finish(result)
-    log.info(
-        "stopped (%s): handled %d, failed %d in %.2fs",
-        result.reason,
-        result.handled,
-        result.failed,
-        result.elapsed,
-        extra=fields(result, reason=result.reason),
-    )
+    log.info(summary_text(result), extra=fields(result, reason=result.reason))
     if result.reason == "failure":
         ctx.exit(EXIT_FAILURE)

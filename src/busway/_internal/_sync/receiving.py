@@ -10,9 +10,12 @@ import logging
 
 from busway._internal import time_limits
 from busway._internal.consuming import (
+    DEAD_LETTERED,
+    HANDLED,
     Consumer,
     Drop,
     Forward,
+    Outcome,
     Reject,
     Run,
     isolate_siblings,
@@ -30,9 +33,11 @@ from busway.recovery import DeadLetter
 log = logging.getLogger("busway")
 
 
-def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | None = None) -> bool:
-    """Handle one delivery; True when every handler succeeded. ``default_timeout`` is the
-    time limit of handlers without one of their own or their bus's."""
+def receive(
+    consumer: Consumer, delivery: Delivery, default_timeout: float | None = None
+) -> Outcome:
+    """Handle one delivery; what became of it. ``default_timeout`` is the time limit of
+    handlers without one of their own or their bus's."""
     instruments = consumer.runtime.instruments
     if instruments:
         with instruments.receiving(delivery):
@@ -40,7 +45,7 @@ def receive(consumer: Consumer, delivery: Delivery, default_timeout: float | Non
     return _areceive(consumer, delivery, default_timeout)
 
 
-def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: float | None) -> bool:
+def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: float | None) -> Outcome:
     runtime = consumer.runtime
     prepared = consumer.prepare(delivery)
     if isinstance(prepared, Forward):
@@ -49,17 +54,17 @@ def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: float | N
             runtime.send(prepared.channel, prepared.envelope)
         except ConversionError as unsendable:  # it can never travel there: poison
             _adead_letter(runtime, consumer.dead_letter(delivery, None, unsendable))
-            return False
-        return True
+            return DEAD_LETTERED
+        return HANDLED
     if isinstance(prepared, Reject):
         _adead_letter(runtime, prepared.letter)
-        return False
+        return DEAD_LETTERED
     if isinstance(prepared, Drop):
         log.warning("message %s dropped: %s", delivery.envelope.headers.get(ID), prepared.reason)
-        return True
+        return HANDLED
     delivery = isolate_siblings(delivery, prepared.steps)
     known = delivery.known_failure  # met the first time: the first handler is not run again
-    ok = True
+    ok, retried, dead_lettered = True, 0, 0
     for step in prepared.steps:
         if isinstance(step, Enqueue):
             runtime.send(step.channel, rehop(delivery.envelope, step.headers))
@@ -72,11 +77,13 @@ def _areceive(consumer: Consumer, delivery: Delivery, default_timeout: float | N
             outcome = consumer.decide_failure(delivery, definition, error)
             if isinstance(outcome, DeadLetter):
                 _adead_letter(runtime, outcome, delivery.repeated)
+                dead_lettered += 1
             else:
                 runtime.send(*outcome)
+                retried += 1
                 if runtime.instruments and not delivery.repeated:  # told once, not per redo
                     runtime.instruments.retried(delivery, definition.name, error)
-    return ok
+    return Outcome(ok, retried, dead_lettered)
 
 
 def _adead_letter(runtime: Runtime, letter: DeadLetter, repeated: bool = False) -> None:
