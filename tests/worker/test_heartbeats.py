@@ -23,10 +23,10 @@ from busway import (
     Messaging,
     RunResult,
     SqlChannel,
+    WorkerRecord,
     asynchronous,
     command_handler,
 )
-from busway.liveness import WorkerRecord
 from busway.testing import FakeClock
 from dbsupport import drop_tables, statements_sent
 
