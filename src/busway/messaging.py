@@ -300,6 +300,11 @@ class Messaging:
             handler_timeout=None if handler_timeout is None else seconds_of(handler_timeout),
         )
         beats = None
+        if heartbeat_interval is not None and not heartbeat_interval > 0:
+            raise ConfigurationError(
+                f"heartbeat_interval={heartbeat_interval!r}: a worker's heartbeat interval "
+                "must be a positive number of seconds, or None for no heartbeat"
+            )
         if heartbeat_interval is not None:
             beats = Heartbeats(
                 self.heartbeats,

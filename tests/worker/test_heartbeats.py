@@ -19,6 +19,7 @@ import pytest
 
 from busway import (
     CommandBus,
+    ConfigurationError,
     InMemoryChannel,
     Messaging,
     RunResult,
@@ -193,6 +194,12 @@ def test_a_worker_without_heartbeats_is_not_listed(memory_app: Messaging, packer
         listed = memory_app.workers()
 
     assert listed == []
+
+
+@pytest.mark.parametrize("interval", [0, -1.5])
+def test_a_heartbeat_interval_must_be_positive(memory_app: Messaging, interval: float) -> None:
+    with pytest.raises(ConfigurationError, match="must be a positive number of seconds"):
+        memory_app.worker("packing", heartbeat_interval=interval)
 
 
 # -- with a database ----------------------------------------------------------------------------

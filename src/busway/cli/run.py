@@ -72,7 +72,7 @@ EXIT_FAILURE = 1
 @click.option(
     "--heartbeat-interval",
     metavar="DURATION",
-    default=str(HEARTBEAT_INTERVAL),
+    default=f"{HEARTBEAT_INTERVAL:g}s",
     callback=converted(parse_duration),
     show_default=True,
     help="Record the worker's heartbeat this often (see busway workers).",
@@ -95,6 +95,9 @@ def run(
     heartbeat_interval: float,
 ) -> None:
     """Consume CHANNEL... until stopped.
+
+    Logs every logger at --log-level to standard error: JSON lines, or readable lines on a
+    terminal. The worker's heartbeat is kept for busway workers and busway health.
 
     SIGTERM and SIGINT finish the message in hand, then stop; a second signal, or
     --shutdown-timeout, ends the process at once, its messages unacknowledged. Exit code 1
