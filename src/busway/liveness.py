@@ -2,7 +2,7 @@
 
 A running worker beats every few seconds into a ``HeartbeatStore`` (the ``busway_workers``
 table of the messaging database, or this process's memory without one). A worker whose last
-beat is older than its threshold is silent: stopped without saying so, or stuck. ``assess``
+beat is older than its threshold is silent: it died without saying so. ``assess``
 turns what the channels hold and which workers are alive into a ``Health``.
 """
 

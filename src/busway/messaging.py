@@ -544,7 +544,9 @@ class Messaging:
 
         A worker is silent (``alive`` is false) once its last beat is older than
         ``silent_after`` seconds, by default three of its own beat intervals: it died
-        without stopping (a SIGKILL, a lost host), or it is stuck.
+        without stopping (a SIGKILL, a lost host), or its whole process is frozen. The beat
+        comes from a thread of its own: a handler that hangs shows as a count that no longer
+        grows, not as silence.
         """
         self._runtime.preparation.sql()
         now = self.clock()

@@ -205,7 +205,7 @@ def test_a_heartbeat_interval_must_be_positive(memory_app: Messaging, interval: 
 # -- with a database ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql", "mariadb"], indirect=True)
 def test_health_reports_a_channel_whose_oldest_message_is_too_old(
     make_messaging: MakeMessaging, packer: Packer, clock: FakeClock
 ) -> None:
@@ -232,7 +232,7 @@ def test_health_reports_a_channel_whose_oldest_message_is_too_old(
     ]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql", "mariadb"], indirect=True)
 def test_beats_are_not_made_per_message(make_messaging: MakeMessaging, packer: Packer) -> None:
     """300 messages, one beat: the heartbeat's statements are the first beat (an UPDATE that
     finds no row, then the INSERT) and the removal, however many messages go by."""

@@ -37,7 +37,7 @@ _NO_DATABASE = (
 )
 def workers(app: str, silent_after: float | None, forget_silent: float | None) -> None:
     """List the running workers by their heartbeats; SILENT marks one that stopped beating
-    (killed, lost, or stuck)."""
+    (killed, or on a lost host)."""
     with opened(app) as messaging:
         if messaging.database is None:
             click.echo(f"note: {_NO_DATABASE}", err=True)
