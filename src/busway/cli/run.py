@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -13,6 +14,7 @@ from busway.cli.console import ProgressLog, StatusLine, fields, summary_text
 from busway.cli.logs import LEVELS, configure_logging
 from busway.cli.values import converted, parse_duration, parse_size
 from busway.errors import UnknownChannelError
+from busway.messaging import Messaging
 from busway.worker import HEARTBEAT_INTERVAL, RunResult, graceful_signals
 
 log = logging.getLogger("busway.cli")
@@ -77,6 +79,18 @@ EXIT_FAILURE = 1
     show_default=True,
     help="Record the worker's heartbeat this often (see busway workers).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve the Prometheus metrics of Messaging(instruments=[Metrics()]) on this port, "
+    "at /metrics, while the worker runs.",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address --metrics-port listens on.",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -93,11 +107,14 @@ def run(
     log_level: str | None,
     log_each: bool,
     heartbeat_interval: float,
+    metrics_port: int | None,
+    metrics_address: str,
 ) -> None:
     """Consume CHANNEL... until stopped.
 
     Logs every logger at --log-level to standard error: JSON lines, or readable lines on a
-    terminal. The worker's heartbeat is kept for busway workers and busway health.
+    terminal. The worker's heartbeat is kept for busway workers and busway health. The
+    application's schedules fire while it runs.
 
     SIGTERM and SIGINT finish the message in hand, then stop; a second signal, or
     --shutdown-timeout, ends the process at once, its messages unacknowledged. Exit code 1
@@ -124,7 +141,12 @@ def run(
             )
         except UnknownChannelError as error:
             raise ConfigError(str(error)) from None
-        with graceful_signals(worker, shutdown_timeout=shutdown_timeout):
+        metrics = _metrics_served(messaging, metrics_port, metrics_address)
+        with (
+            graceful_signals(worker, shutdown_timeout=shutdown_timeout),
+            messaging.scheduling(),
+            metrics,
+        ):
             log.info(
                 "consuming %s %s",
                 label,
@@ -137,3 +159,32 @@ def run(
     log.info(summary_text(result), extra=fields(result, reason=result.reason))
     if result.reason == "failure":
         ctx.exit(EXIT_FAILURE)
+
+
+@contextlib.contextmanager
+def _metrics_served(messaging: Messaging, port: int | None, address: str) -> Iterator[None]:
+    """``/metrics`` on ``address:port`` while the block runs, if a port is given."""
+    if port is None:
+        yield
+        return
+    try:
+        from busway.metrics import Metrics
+    except ImportError as error:
+        raise ConfigError(f"--metrics-port: {error}") from None
+    found = [i for i in messaging.runtime.instruments.all if isinstance(i, Metrics)]
+    if not found:
+        raise ConfigError(
+            "--metrics-port: this application counts no metrics; pass "
+            "Messaging(instruments=[Metrics()]) (from busway.metrics import Metrics)"
+        )
+    try:
+        server = found[0].serve(port, address)
+    except OSError as error:
+        raise ConfigError(f"--metrics-port: cannot listen on {address}:{port}: {error}") from None
+    host, bound = server.server_address[:2]
+    log.info("metrics on http://%s:%d/metrics", host, bound, extra={"metrics_port": bound})
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
