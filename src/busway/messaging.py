@@ -33,20 +33,13 @@ from busway._internal.registry import (
 )
 from busway._internal.router import Router
 from busway._internal.runtime import Runtime
+from busway._internal.workers import Workers
 from busway.channels.base import Channel, ChannelContext
 from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import HandlerInfo, Interceptor
-from busway.liveness import (
-    ChannelState,
-    Health,
-    HeartbeatStore,
-    InMemoryHeartbeatStore,
-    WorkerRecord,
-    assess,
-    worker_record,
-)
+from busway.liveness import Health, HeartbeatStore, InMemoryHeartbeatStore, WorkerRecord
 from busway.message import Message
 from busway.recovery import (
     DeadLetterStore,
@@ -539,6 +532,10 @@ class Messaging:
             return store
         return InMemoryHeartbeatStore()
 
+    @functools.cached_property
+    def _workers(self) -> Workers:
+        return Workers(self._runtime, self.heartbeats)
+
     def workers(self, silent_after: float | None = None) -> list[WorkerRecord]:
         """The running workers, by their last heartbeat, oldest start first.
 
@@ -548,14 +545,11 @@ class Messaging:
         comes from a thread of its own: a handler that hangs shows as a count that no longer
         grows, not as silence.
         """
-        self._runtime.preparation.sql()
-        now = self.clock()
-        return [worker_record(beat, now, silent_after) for beat in self.heartbeats.list()]
+        return self._workers.list(silent_after)
 
     def forget_workers(self, silent_for: float) -> int:
         """Forget the workers silent for more than ``silent_for`` seconds; how many."""
-        self._runtime.preparation.sql()
-        return self.heartbeats.forget(self.clock() - silent_for)
+        return self._workers.forget(silent_for)
 
     def health(
         self,
@@ -570,24 +564,7 @@ class Messaging:
         names = list(self.channels) if channels is None else list(channels)
         for name in names:
             self.channel(name)
-        workers: list[WorkerRecord] = []
-        errors: list[str] = []
-        try:
-            workers = self.workers(silent_after)
-        except Exception as error:
-            errors.append(
-                f"the workers' heartbeats cannot be read: {type(error).__name__}: {error}"
-            )
-        states = {name: self._channel_state(name) for name in names}
-        return assess(states, workers, max_age, errors)
-
-    def _channel_state(self, name: str) -> ChannelState:
-        channel = self.channels[name]
-        try:
-            self._runtime.preparation.sending(name)
-            return ChannelState(channel.depth(), channel.oldest_age())
-        except Exception as error:
-            return ChannelState(error=f"{type(error).__name__}: {error}")
+        return self._workers.health(max_age, names, silent_after)
 
 
 def _database_extension(
