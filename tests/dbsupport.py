@@ -31,6 +31,7 @@ BUSWAY_TABLES = (
     "busway_messages_in_hand",
     "busway_dead_letters",
     "busway_inbox",
+    "busway_workers",
 )
 
 # The driver used for a URL that names only the database kind, as busway picks it.

@@ -17,6 +17,7 @@ from busway.errors import (
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus, route
 from busway.handlers import asynchronous, command_handler, event_handler, query_handler
 from busway.interceptors import HandlerInfo, Interceptor, Invocation
+from busway.liveness import ChannelHealth, Health, WorkerRecord
 from busway.message import Headers, Message
 from busway.messaging import Messaging
 from busway.recovery import DeadLetter, RetryPolicy, retry_policy
@@ -32,6 +33,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 __all__ = [
     "BuswayError",
     "Channel",
+    "ChannelHealth",
     "CommandBus",
     "ConfigurationError",
     "ConversionError",
@@ -42,6 +44,7 @@ __all__ = [
     "HandlerInfo",
     "HandlerTimeout",
     "Headers",
+    "Health",
     "InMemoryChannel",
     "Instrument",
     "Interceptor",
@@ -54,6 +57,7 @@ __all__ = [
     "RunResult",
     "SetupRequired",
     "SqlChannel",
+    "WorkerRecord",
     "__version__",
     "asynchronous",
     "command_handler",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -32,11 +33,13 @@ from busway._internal.registry import (
 )
 from busway._internal.router import Router
 from busway._internal.runtime import Runtime
+from busway._internal.workers import Workers
 from busway.channels.base import Channel, ChannelContext
 from busway.conversion import Conversion, Converter
 from busway.errors import ConfigurationError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
 from busway.interceptors import HandlerInfo, Interceptor
+from busway.liveness import Health, HeartbeatStore, InMemoryHeartbeatStore, WorkerRecord
 from busway.message import Message
 from busway.recovery import (
     DeadLetterStore,
@@ -46,7 +49,14 @@ from busway.recovery import (
 )
 from busway.schedules import SCHEDULE, TICK, Schedule
 from busway.timeouts import seconds_of
-from busway.worker import Limits, RunResult, Worker, graceful_signals
+from busway.worker import (
+    HEARTBEAT_INTERVAL,
+    Heartbeats,
+    Limits,
+    RunResult,
+    Worker,
+    graceful_signals,
+)
 
 log = logging.getLogger("busway")
 
@@ -267,7 +277,10 @@ class Messaging:
         poll_interval: float = 1.0,
         on_progress: Callable[[RunResult], None] | None = None,
         handler_timeout: float | timedelta | None = None,
+        heartbeat_interval: float | None = HEARTBEAT_INTERVAL,
     ) -> Worker:
+        """A worker for ``channels``, to ``run()`` or ``arun()``. It beats every
+        ``heartbeat_interval`` seconds into ``heartbeats`` while it runs (None: never)."""
         names = [channels] if isinstance(channels, str) else list(channels)
         for name in names:
             self.channel(name)
@@ -280,7 +293,20 @@ class Messaging:
             poll_interval=poll_interval,
             handler_timeout=None if handler_timeout is None else seconds_of(handler_timeout),
         )
-        return Worker(self._consumer, names, limits, on_progress)
+        beats = None
+        if heartbeat_interval is not None and not heartbeat_interval > 0:
+            raise ConfigurationError(
+                f"heartbeat_interval={heartbeat_interval!r}: a worker's heartbeat interval "
+                "must be a positive number of seconds, or None for no heartbeat"
+            )
+        if heartbeat_interval is not None:
+            beats = Heartbeats(
+                self.heartbeats,
+                heartbeat_interval,
+                self.clock,
+                self._runtime.preparation.dispatching,
+            )
+        return Worker(self._consumer, names, limits, on_progress, beats)
 
     def run(
         self,
@@ -495,6 +521,51 @@ class Messaging:
         assert self._extension is not None
         self._runtime.preparation.sql()
         return int(self._extension.inbox.cleanup(older_than))
+
+    # -- live workers and health ------------------------------------------------------------
+
+    @functools.cached_property
+    def heartbeats(self) -> HeartbeatStore:
+        """Where running workers record their heartbeats: the ``busway_workers`` table of
+        the database, or, without one, this process's memory (its own workers only)."""
+        if self._extension is not None:
+            store: HeartbeatStore = self._extension.heartbeats
+            return store
+        return InMemoryHeartbeatStore()
+
+    @functools.cached_property
+    def _workers(self) -> Workers:
+        return Workers(self._runtime, self.heartbeats)
+
+    def workers(self, silent_after: float | None = None) -> list[WorkerRecord]:
+        """The running workers, by their last heartbeat, oldest start first.
+
+        A worker is silent (``alive`` is false) once its last beat is older than
+        ``silent_after`` seconds, by default three of its own beat intervals: it died
+        without stopping (a SIGKILL, a lost host), or its whole process is frozen. The beat
+        comes from a thread of its own: a handler that hangs shows as a count that no longer
+        grows, not as silence.
+        """
+        return self._workers.list(silent_after)
+
+    def forget_workers(self, silent_for: float) -> int:
+        """Forget the workers silent for more than ``silent_for`` seconds; how many."""
+        return self._workers.forget(silent_for)
+
+    def health(
+        self,
+        max_age: float = 60.0,
+        channels: Iterable[str] | None = None,
+        silent_after: float | None = None,
+    ) -> Health:
+        """Whether messages flow on ``channels`` (all by default): each must have no
+        message older than ``max_age`` seconds, and a live worker consuming it. For a
+        readiness probe: ``messaging.health().ok``, and ``.problems`` says what is wrong.
+        """
+        names = list(self.channels) if channels is None else list(channels)
+        for name in names:
+            self.channel(name)
+        return self._workers.health(max_age, names, silent_after)
 
 
 def _database_extension(

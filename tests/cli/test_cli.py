@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import busway, busway_executable, log_lines, read_all
 from click.testing import CliRunner
 
 from busway import (
@@ -68,34 +68,9 @@ for name in NAMES:
 """
 
 
-def busway_executable() -> str:
-    found = shutil.which("busway", path=str(Path(sys.executable).parent)) or shutil.which("busway")
-    assert found, "the busway console script is not installed next to this Python"
-    return found
-
-
 def write_app(directory: Path, names: list[str], module: str = "shop") -> None:
     source = SHOP.replace("NAMES", repr(names))
     (directory / f"{module}.py").write_text(textwrap.dedent(source))
-
-
-def busway(
-    directory: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = {key: value for key, value in os.environ.items() if key != "BUSWAY_APP"}
-    environment.update(env or {})
-    return subprocess.run(
-        [busway_executable(), *args],
-        cwd=directory,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def log_lines(stderr: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
 @pytest.fixture
@@ -213,19 +188,6 @@ def test_a_terminal_gets_a_live_status_line(shop: Path) -> None:
     assert "\r\x1b[Kasync  handled 3  failed 1" in screen
     assert "ERROR busway: message" in screen
     assert not screen.lstrip().startswith("{")
-
-
-def read_all(fd: int) -> str:
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # EIO: the terminal's other end is closed and drained
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks).decode()
 
 
 # -- errors: one line, exit code 2 ------------------------------------------------------------

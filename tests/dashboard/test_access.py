@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from busway.channels.reading import kept_raw
 from busway.dashboard import dashboard_app
 from busway.errors import ConfigurationError
+from busway.liveness import Heartbeat
 from busway.recovery import DeadLetter, new_dead_letter_id
 
 pytestmark = DATABASES
@@ -104,11 +105,26 @@ def test_an_empty_token_is_refused_at_start_up(shop: Shop) -> None:
         dashboard_app(shop.messaging, refresh=0)
 
 
-def test_the_workers_page_keeps_its_place(shop: Shop, client: httpx.Client) -> None:
-    with serving(dashboard_app(shop.messaging)) as url:
-        page = client.get(f"{url}/workers")
+def test_the_workers_page_lists_the_workers_and_the_silent_ones(
+    shop: Shop, client: httpx.Client
+) -> None:
+    now = time.time()
+    for worker_id, pid, last_beat in (("w-live", 101, now), ("w-dead", 202, now - 600)):
+        beat = Heartbeat(worker_id, "host-a", pid, ("shipping",), now - 900, last_beat, 5.0, 7, 1)
+        shop.messaging.heartbeats.beat(beat)
+    try:
+        with serving(dashboard_app(shop.messaging)) as url:
+            page = client.get(f"{url}/workers")
+    finally:
+        for worker_id in ("w-live", "w-dead"):
+            shop.messaging.heartbeats.remove(worker_id)
+
     assert page.status_code == 200
-    assert "once workers record heartbeats" in page.text
+    rows = {row.split('"')[0]: row for row in page.text.split('<tr data-worker="')[1:]}
+    assert sorted(rows) == ["w-dead", "w-live"]
+    assert '<td class="state">alive</td>' in rows["w-live"]
+    assert '<span class="bad">silent</span>' in rows["w-dead"]
+    assert all(part in rows["w-live"] for part in ("host-a", ">101<", ">shipping<"))
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,20 @@ class Run:
 Prepared = Forward | Reject | Run
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one delivery, for the worker's counts: whether every handler succeeded,
+    and how many delayed retries and dead letters its failures made."""
+
+    ok: bool = True
+    retried: int = 0
+    dead_lettered: int = 0
+
+
+HANDLED = Outcome()
+DEAD_LETTERED = Outcome(ok=False, dead_lettered=1)
+
+
 POISON = (ConversionError, MalformedMessageError)
 
 

@@ -16,6 +16,7 @@ from busway.channels.base import Delivery
 from busway.message import Headers, Message
 
 if TYPE_CHECKING:
+    from busway._internal.consuming import Outcome
     from busway._internal.registry import HandlerDefinition
 
 
@@ -37,6 +38,10 @@ class Handling:
     """The handler's failure met before, when the channel redoes a batch: not run again."""
     failure: BaseException | None = None
     """The failure a link dealt with for good (retry sent, letter stored), if any."""
+    retried: bool = False
+    """Whether that failure was sent back for a delayed retry."""
+    dead_lettered: bool = False
+    """Whether that failure went to the dead letter store."""
 
 
 class Link(Protocol):
@@ -54,11 +59,11 @@ class AsyncLink(Protocol):
 class Receive(Protocol):
     """A link before a delivery's handlers are found, on the sync path."""
 
-    def receive(self, delivery: Delivery, default_timeout: float | None) -> bool: ...
+    def receive(self, delivery: Delivery, default_timeout: float | None) -> Outcome: ...
 
 
 class AsyncReceive(Protocol):
-    def areceive(self, delivery: Delivery, default_timeout: float | None) -> Awaitable[bool]: ...
+    def areceive(self, delivery: Delivery, default_timeout: float | None) -> Awaitable[Outcome]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
-"""The ``busway`` command: run workers, set up channels, inspect and replay dead letters.
+"""The ``busway`` command: run workers, set up channels, inspect and replay dead letters,
+see the running workers and check health.
 
 Every command takes ``--app module:attribute`` (or ``BUSWAY_APP``) naming the application's
 ``Messaging`` object. Exit codes: 0 when a run stops normally, 1 when it stopped on a failed
-message, 2 for a usage or configuration error.
+message (or ``health`` found a problem), 2 for a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from busway.cli.dead_letters import dead_letter
 from busway.cli.handlers import handlers, inbox
 from busway.cli.run import run
 from busway.cli.schedules import schedules
+from busway.cli.workers import health, workers
 
 __all__ = ["ConfigError", "cli", "load_messaging", "main"]
 
@@ -37,6 +39,8 @@ cli.add_command(handlers)
 cli.add_command(inbox)
 cli.add_command(schedules)
 cli.add_command(dashboard)
+cli.add_command(workers)
+cli.add_command(health)
 
 
 def main(argv: Iterable[str] | None = None) -> None:

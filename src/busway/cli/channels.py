@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from busway.cli.app import app_option, opened
-from busway.cli.console import table
+from busway.cli.console import age_text, table
 from busway.messaging import Messaging
 
 
@@ -52,15 +52,7 @@ def channels(app: str) -> None:
                     name,
                     type(channel).__name__,
                     "?" if depth is None else str(depth),
-                    "-" if age is None else _age(age),
+                    "-" if age is None else age_text(age),
                 )
             )
     table(rows)
-
-
-def _age(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"

@@ -1,9 +1,9 @@
-"""What the commands write: tables, a live status line on a terminal, logs otherwise."""
+"""What the commands write: tables, and a run's progress (a live status line on a terminal,
+a log line now and then otherwise). The log lines themselves are ``busway.cli.logs``'."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import threading
 import time
@@ -73,7 +73,21 @@ class ProgressLog:
 
 
 def progress_text(result: RunResult) -> str:
-    return f"handled {result.handled}  failed {result.failed}  {rate(result):.1f} msg/s"
+    return (
+        f"handled {result.handled}  failed {result.failed}  retried {result.retried}  "
+        f"dead-lettered {result.dead_lettered}  {rate(result):.1f} msg/s"
+    )
+
+
+def summary_text(result: RunResult) -> str:
+    """The last line of a run: what it handled, and what became of the failures."""
+    text = f"stopped ({result.reason}) after {result.elapsed:.2f}s: handled {result.handled}"
+    if result.failed:
+        text += (
+            f", {result.handled - result.failed} succeeded, {result.failed} failed "
+            f"({result.retried} retried later, {result.dead_lettered} dead-lettered)"
+        )
+    return text
 
 
 def rate(result: RunResult) -> float:
@@ -82,62 +96,17 @@ def rate(result: RunResult) -> float:
 
 
 def fields(result: RunResult, **more: Any) -> dict[str, Any]:
-    """``extra=`` for a log call: the run's figures as structured fields."""
+    """``extra=`` for a log call: the run's figures, as fields of its JSON line only (the
+    line's text states them)."""
     values = {
         "handled": result.handled,
         "failed": result.failed,
+        "retried": result.retried,
+        "dead_lettered": result.dead_lettered,
         "rate": round(rate(result), 1),
         "elapsed": round(result.elapsed, 3),
     }
-    return {"fields": {**more, **values}}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Plain log lines that step around the status line."""
-
-    def __init__(self, stream: IO[str], status: StatusLine | None = None) -> None:
-        super().__init__(stream)
-        self.status = status
-        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.status is None:
-            super().emit(record)
-            return
-        with self.status.lock:
-            self.status.clear()
-            super().emit(record)
-
-
-def configure_logging(stream: IO[str], status: StatusLine | None = None) -> None:
-    """Send busway's logs to ``stream``, unless the application configured logging itself."""
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler: logging.Handler
-    if stream.isatty():
-        handler = TerminalHandler(stream, status)
-    else:
-        handler = logging.StreamHandler(stream)
-        handler.setFormatter(JsonFormatter())
-    root.addHandler(handler)
-    logging.getLogger("busway").setLevel(logging.INFO)
+    return {"figures": {**more, **values}}
 
 
 def table(rows: Sequence[Sequence[str]]) -> None:
@@ -147,6 +116,15 @@ def table(rows: Sequence[Sequence[str]]) -> None:
         click.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def age_text(seconds: float) -> str:
+    """``4.2s``, ``3.5m``, ``2.0h``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def when(timestamp: float) -> str:

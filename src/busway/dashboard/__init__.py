@@ -7,7 +7,7 @@ or mount it in a FastAPI or Starlette application. Needs the extra:
 - ``app.py``: ``dashboard_app``, the routes and the pages they render;
 - ``guard.py``: who may see it (a token, or loopback only) and cross-site protection;
 - ``channels.py``, ``handlers.py``, ``letters.py``: what each page shows, read from the
-  application's ``Messaging``; ``workers.py``: the place of the live workers page;
+  application's ``Messaging``; ``workers.py``: the live workers page;
 - ``templates/``: the Jinja2 templates, server-rendered, with no build step.
 """
 

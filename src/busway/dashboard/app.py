@@ -26,7 +26,7 @@ from busway.dashboard.guard import (
 )
 from busway.dashboard.handlers import handler_rows
 from busway.dashboard.rendering import Pages
-from busway.dashboard.workers import AVAILABLE, worker_rows
+from busway.dashboard.workers import worker_rows
 from busway.errors import ConfigurationError
 from busway.messaging import Messaging
 
@@ -94,9 +94,7 @@ class _Dashboard:
 
     async def workers(self, request: Request) -> Response:
         rows = await _in_thread(worker_rows, self.messaging)
-        return self.pages.render(
-            request, "workers.html", page="workers", rows=rows, available=AVAILABLE
-        )
+        return self.pages.render(request, "workers.html", page="workers", rows=rows)
 
     async def dead_letters(self, request: Request) -> Response:
         filters = letters.Filters.of(request.query_params)

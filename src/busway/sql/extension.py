@@ -9,6 +9,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from busway.interceptors import Interceptor
 from busway.sql.database import Database
 from busway.sql.dead_letters import SqlDeadLetterStore
+from busway.sql.heartbeats import SqlHeartbeatStore
 from busway.sql.inbox import DeduplicationInterceptor, Inbox, KeyFunction, key_function
 from busway.sql.interceptor import TransactionInterceptor
 from busway.sql.transactions import DatabaseParameters
@@ -34,6 +35,7 @@ class SqlExtension:
                 DeduplicationInterceptor(self.inbox, key_function(deduplicate_by))
             )
         self.dead_letters = SqlDeadLetterStore(database)
+        self.heartbeats = SqlHeartbeatStore(database)
 
     def see_interceptors(self, interceptors: list[Interceptor]) -> None:
         """The application's own interceptors: one that runs inside the transaction may write
@@ -57,6 +59,7 @@ class SqlExtension:
     def setup(self) -> None:
         self.dead_letters.setup()
         self.inbox.setup()
+        self.heartbeats.setup()
 
     async def asetup(self) -> None:
         self.setup()
@@ -64,7 +67,7 @@ class SqlExtension:
     def ddl(self) -> list[str]:
         dialect = self.database.engine.dialect
         statements: list[str] = []
-        for table in (self.dead_letters.table, self.inbox.table):
+        for table in (self.dead_letters.table, self.inbox.table, self.heartbeats.table):
             statements.append(
                 str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)).strip()
             )

@@ -92,3 +92,21 @@ def inbox_table(metadata: MetaData, name: str = "busway_inbox") -> Table:
         UniqueConstraint("message_key", "handler", name=f"{name}_once"),
         Index(f"{name}_by_time", "handled_at"),
     )
+
+
+def workers_table(metadata: MetaData, name: str = "busway_workers") -> Table:
+    """The last heartbeat of each running worker (``busway.liveness``); times in seconds
+    since the epoch, ``channels`` a JSON list."""
+    return Table(
+        name,
+        metadata,
+        Column("worker_id", String(64), primary_key=True),
+        Column("host", String(255), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("channels", LongText, nullable=False),
+        Column("started", Double, nullable=False),
+        Column("last_beat", Double, nullable=False),
+        Column("beat_interval", Double, nullable=False),
+        Column("handled", BigInteger, nullable=False),
+        Column("failed", BigInteger, nullable=False),
+    )

@@ -12,8 +12,10 @@ import threading
 from collections.abc import Iterator
 from typing import NoReturn
 
+from busway.worker import each_message
 from busway.worker._async.loop import AsyncLoop
 from busway.worker._sync.loop import Loop
+from busway.worker.heartbeat import HEARTBEAT_INTERVAL, Beating, Heartbeats
 from busway.worker.state import (
     FIRST_OUTAGE_PAUSE,
     MAX_OUTAGE_PAUSE,
@@ -26,7 +28,9 @@ from busway.worker.state import (
 __all__ = [
     "EXIT_ABORTED",
     "FIRST_OUTAGE_PAUSE",
+    "HEARTBEAT_INTERVAL",
     "MAX_OUTAGE_PAUSE",
+    "Heartbeats",
     "Limits",
     "RunResult",
     "StopConsuming",
@@ -40,6 +44,13 @@ log = logging.getLogger("busway.worker")
 
 class Worker(Loop, AsyncLoop):
     def run(self, concurrency: int = 1) -> RunResult:
+        self._each = each_message.wanted()
+        with self._beating():
+            self._run(concurrency)
+        self.result.reason = self._stop_reason or "empty"
+        return self.result
+
+    def _run(self, concurrency: int) -> None:
         if concurrency > 1:
             errors: list[BaseException] = []
 
@@ -66,14 +77,21 @@ class Worker(Loop, AsyncLoop):
                 raise errors[0]
         else:
             self._loop()
-        self.result.reason = self._stop_reason or "empty"
-        return self.result
 
     async def arun(self, concurrency: int = 1) -> RunResult:
         self._achanged = Changes()
-        await asyncio.gather(*(self._aloop() for _ in range(max(1, concurrency))))
+        self._each = each_message.wanted()
+        with self._beating():
+            await asyncio.gather(*(self._aloop() for _ in range(max(1, concurrency))))
         self.result.reason = self._stop_reason or "empty"
         return self.result
+
+    def _beating(self) -> contextlib.AbstractContextManager[object]:
+        """The run's heartbeat, from a thread of its own; none without a store."""
+        if self.heartbeats is None:
+            return contextlib.nullcontext()
+        names = [channel.name for channel in self.channels]
+        return Beating(self.heartbeats, names, self.result)
 
 
 EXIT_ABORTED = 3

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from busway._internal.consuming import Consumer
+from busway._internal.consuming import Consumer, Outcome
 from busway.channels.base import Channel, MessageReturned
 from busway.errors import SetupRequired
+from busway.worker.heartbeat import Heartbeats
 
 log = logging.getLogger("busway.worker")
 
@@ -45,10 +46,17 @@ class Limits:
 
 @dataclass(slots=True)
 class RunResult:
-    """What a run did, and why it stopped."""
+    """What a run did, and why it stopped.
+
+    ``handled`` counts deliveries, each handed out once (a message retried later is
+    delivered, and counted, again); ``failed`` those where a handler failed; ``retried`` the
+    delayed retries their failures scheduled; ``dead_lettered`` the dead letters they wrote.
+    """
 
     handled: int = 0
     failed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
     reason: str = "running"
     started: float = field(default_factory=time.monotonic)
 
@@ -85,6 +93,7 @@ class WorkerState:
         channels: list[str],
         limits: Limits,
         on_progress: Callable[[RunResult], None] | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         runtime = consumer.runtime
         self.consumer = consumer
@@ -93,6 +102,9 @@ class WorkerState:
         self.limits = limits
         self.result = RunResult()
         self.on_progress = on_progress
+        self.heartbeats = heartbeats
+        self._each = False
+        """Whether each message handled gets its log line (``each_message``), read at start."""
         self._stop_reason: str | None = None
         self._stopped = threading.Event()
         self._wake_on_stop: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
@@ -150,13 +162,16 @@ class WorkerState:
             self._in_hand -= 1
             self._tell_idle()
 
-    def _count(self, ok: bool, repeated: bool) -> None:
+    def _count(self, outcome: Outcome, repeated: bool) -> None:
+        result = self.result
         with self._lock:
             self._in_hand -= 1
             if not repeated:  # a redone batch hands out again what was counted before
-                self.result.handled += 1
-            if not ok and not repeated:
-                self.result.failed += 1
+                result.handled += 1
+                result.retried += outcome.retried
+                result.dead_lettered += outcome.dead_lettered
+            if not outcome.ok and not repeated:
+                result.failed += 1
                 if self.limits.stop_on_failure:
                     self.stop("failure")
             self._check_limits()

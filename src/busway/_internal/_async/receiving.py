@@ -4,15 +4,15 @@ its handlers' chains, with their retries and dead letters."""
 
 from __future__ import annotations
 
-from busway._internal.consuming import Consumer
+from busway._internal.consuming import Consumer, Outcome
 from busway.channels.base import Delivery
 
 
 async def areceive(
     consumer: Consumer, delivery: Delivery, default_timeout: float | None = None
-) -> bool:
-    """Handle one delivery; True when every handler succeeded. ``default_timeout`` is the
-    time limit of handlers without one of their own or their bus's."""
+) -> Outcome:
+    """Handle one delivery; what became of it. ``default_timeout`` is the time limit of
+    handlers without one of their own or their bus's."""
     instruments = consumer.runtime.instruments
     if instruments:
         with instruments.receiving(delivery):

@@ -15,8 +15,11 @@ from typing import Any, ClassVar
 
 from busway._internal import time_limits
 from busway._internal.consuming import (
+    DEAD_LETTERED,
+    HANDLED,
     Consumer,
     Forward,
+    Outcome,
     Reject,
     isolate_siblings,
     isolated,
@@ -49,12 +52,12 @@ class TimeToLive:
         self.consumer = consumer
         self.inner = inner
 
-    def receive(self, delivery: Delivery, default_timeout: float | None) -> bool:
+    def receive(self, delivery: Delivery, default_timeout: float | None) -> Outcome:
         reason = self.consumer.expired(delivery)
         if reason is None:
             return self.inner.receive(delivery, default_timeout)
         log.warning("message %s dropped: %s", delivery.envelope.headers.get(ID), reason)
-        return True
+        return HANDLED
 
 
 class Routing:
@@ -64,7 +67,7 @@ class Routing:
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
 
-    def receive(self, delivery: Delivery, default_timeout: float | None) -> bool:
+    def receive(self, delivery: Delivery, default_timeout: float | None) -> Outcome:
         consumer = self.consumer
         runtime = consumer.runtime
         prepared = consumer.prepare(delivery)
@@ -74,14 +77,14 @@ class Routing:
                 runtime.send(prepared.channel, prepared.envelope)
             except ConversionError as unsendable:  # it can never travel there: poison
                 _adead_letter(runtime, consumer.dead_letter(delivery, None, unsendable))
-                return False
-            return True
+                return DEAD_LETTERED
+            return HANDLED
         if isinstance(prepared, Reject):
             _adead_letter(runtime, prepared.letter)
-            return False
+            return DEAD_LETTERED
         delivery = isolate_siblings(delivery, prepared.steps)
         known = delivery.known_failure  # met the first time: the first handler is not run again
-        ok = True
+        ok, retried, dead_lettered = True, 0, 0
         for step in prepared.steps:
             if isinstance(step, Enqueue):
                 runtime.send(step.channel, rehop(delivery.envelope, step.headers))
@@ -99,7 +102,9 @@ class Routing:
             definition.chains.consume.invoke(handling)
             if handling.failure is not None:
                 ok = False
-        return ok
+                retried += handling.retried
+                dead_lettered += handling.dead_lettered
+        return Outcome(ok, retried, dead_lettered)
 
 
 class Chained:
@@ -132,6 +137,7 @@ class DeadLettering(Chained):
             delivery = handling.delivery
             assert delivery is not None
             letter = self.consumer.dead_letter(delivery, handling.definition, error)
+            handling.dead_lettered = True
             _adead_letter(self.consumer.runtime, letter, delivery.repeated)
             return None
 
@@ -152,6 +158,7 @@ class DelayedRetries(Chained):
             if retry is None:
                 raise
             handling.failure = error
+            handling.retried = True
             runtime = self.consumer.runtime
             runtime.send(*retry)
             if runtime.instruments and not delivery.repeated:  # told once, not per redo

@@ -4,8 +4,11 @@ passes in progress, or for the run to end."""
 
 from __future__ import annotations
 
+import time
+
 from busway._internal._async.receiving import areceive
 from busway.channels.base import Channel, Delivery
+from busway.worker import each_message
 from busway.worker.state import StopConsuming, WorkerState
 
 
@@ -53,9 +56,12 @@ class AsyncLoop(WorkerState):
 
     async def _ahandle(self, delivery: Delivery) -> None:
         self._claim()
+        started = time.perf_counter() if self._each else 0.0
         try:
-            ok = await areceive(self.consumer, delivery, self.limits.handler_timeout)
+            outcome = await areceive(self.consumer, delivery, self.limits.handler_timeout)
         except BaseException:
             self._unclaim()
             raise
-        self._count(ok, delivery.repeated)
+        self._count(outcome, delivery.repeated)
+        if self._each:
+            each_message.note(delivery, outcome, time.perf_counter() - started)

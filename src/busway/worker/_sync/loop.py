@@ -6,8 +6,11 @@ passes in progress, or for the run to end."""
 
 from __future__ import annotations
 
+import time
+
 from busway._internal._sync.receiving import receive
 from busway.channels.base import Channel, Delivery
+from busway.worker import each_message
 from busway.worker.state import StopConsuming, WorkerState
 
 
@@ -55,9 +58,12 @@ class Loop(WorkerState):
 
     def _handle(self, delivery: Delivery) -> None:
         self._claim()
+        started = time.perf_counter() if self._each else 0.0
         try:
-            ok = receive(self.consumer, delivery, self.limits.handler_timeout)
+            outcome = receive(self.consumer, delivery, self.limits.handler_timeout)
         except BaseException:
             self._unclaim()
             raise
-        self._count(ok, delivery.repeated)
+        self._count(outcome, delivery.repeated)
+        if self._each:
+            each_message.note(delivery, outcome, time.perf_counter() - started)
