@@ -8,7 +8,7 @@ from recovery_app import Job, JobBus, Jobs
 
 from busway import RetryPolicy
 from busway.channels.base import Envelope
-from busway.cli.console import JsonFormatter
+from busway.cli.logs import JsonFormatter
 from busway.testing import FakeClock
 
 FIELDS = ("channel", "handler", "message_id", "dead_letter_id", "attempt", "error_type")
