@@ -37,8 +37,10 @@ def shop(database_url: str) -> Iterator[Shop]:
         messaging.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium, for one test module. Playwright's sync API holds an event loop while it is
+    started, so no asyncio test may run until it stops: it must not outlive the module."""
     if not CHROMIUM.exists():
         message = f"Chromium is not installed at {CHROMIUM}: apt-get install chromium"
         if os.environ.get("CI") == "true":
