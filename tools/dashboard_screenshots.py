@@ -1,7 +1,8 @@
 """Take the screenshots of docs/dashboard.md: each page of the dashboard over a small shop.
 
-The shop runs on a SQLite file of its own, its dead letters made by a real worker; the
-dashboard is served by uvicorn and photographed by Debian's Chromium through Playwright.
+The shop runs on a SQLite file of its own, its dead letters made by a real worker; another
+worker runs while the Workers page is taken, seen there by its heartbeats. The dashboard is
+served by uvicorn and photographed by Debian's Chromium through Playwright.
 
     python tools/dashboard_screenshots.py            # writes docs/images/dashboard-*.png
     python tools/dashboard_screenshots.py --chromium /path/to/chromium
@@ -35,6 +36,7 @@ from busway import (
     event_handler,
 )
 from busway.dashboard import dashboard_app
+from busway.liveness import WorkerRecord
 from busway.recovery import retry_policy
 
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
@@ -138,6 +140,32 @@ def serving(app: Any) -> Iterator[str]:
         listening.close()
 
 
+@contextmanager
+def working(messaging: Messaging, channels: list[str]) -> Iterator[None]:
+    """A worker of ``channels`` running in a thread, beating often, until the block ends."""
+    worker = messaging.worker(
+        channels, until_empty=False, poll_interval=0.1, heartbeat_interval=0.2
+    )
+    thread = threading.Thread(target=worker.run, name="shop-worker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+
+
+def wait_for_worker(messaging: Messaging, failed: int, timeout: float = 30.0) -> WorkerRecord:
+    """The live worker once its heartbeat counts ``failed`` failures."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in messaging.workers():
+            if record.alive and record.failed >= failed:
+                return record
+        time.sleep(0.05)
+    raise SystemExit(f"no worker's heartbeat counted {failed} failures in {timeout:g}s")
+
+
 def shoot(page: Page, name: str) -> None:
     path = IMAGES / f"dashboard-{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -175,6 +203,13 @@ def main() -> None:
                 page.locator("#dead-letters tbody tr[data-letter] a").first.click()
                 page.wait_for_selector("#traceback")
                 shoot(page, "dead-letter")
+                with working(messaging, ["payments", "outbox"]):
+                    wait_for_worker(messaging, failed=0)
+                    messaging.gateway(PaymentBus).send(ChargeCard("o-1048", 1_250))
+                    wait_for_worker(messaging, failed=1)
+                    page.goto(f"{url}/workers")
+                    page.wait_for_selector("#workers tbody tr[data-worker]")
+                    shoot(page, "workers")
                 browser.close()
         finally:
             messaging.close()
