@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -275,3 +276,33 @@ def _begin_immediate(dbapi_connection: Any) -> None:
     finally:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+
+
+def refuse_other_database(database: Database, url: URL) -> None:
+    """Raise unless ``url`` (a joined session's) names ``database``'s database: the outbox
+    rows would otherwise be written, and committed, in another database.
+
+    Hosts are not compared (``localhost`` and ``127.0.0.1`` are one server); the kind of
+    database and its name are.
+    """
+    theirs = DatabaseKey.of(url)
+    ours = database.key
+    if theirs.backend == ours.backend and (
+        theirs.database is None
+        or ours.database is None
+        or _database_name(theirs) == _database_name(ours)
+    ):
+        return
+    raise ConfigurationError(
+        f"messaging.transaction(session): the session is bound to "
+        f"{url.render_as_string(hide_password=True)}, not to the messaging database "
+        f"{database.url.render_as_string(hide_password=True)}, so the messages sent inside "
+        "would be written there; bind the session to messaging.database_engine (or "
+        "async_database_engine), or give Messaging(database=...) that database"
+    )
+
+
+def _database_name(key: DatabaseKey) -> str | None:
+    if key.backend == "sqlite" and key.database not in (None, "", ":memory:"):
+        return os.path.realpath(str(key.database))
+    return key.database

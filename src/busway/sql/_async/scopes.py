@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncTransaction
 from sqlalchemy.ext.asyncio.session import AsyncSession
 
-from busway.sql.database import Database
+from busway.sql.database import Database, refuse_other_database
 from busway.sql.transactions import (
     Savepoint,
     Transaction,
@@ -71,9 +71,9 @@ async def atransaction_scope(
 ) -> AsyncIterator[AsyncSession]:
     """Join ``session``'s transaction, or open one (committed on success) if none is given."""
     if session is not None:
-        transaction = Transaction(
-            database.key, await session.connection(), session, after_its_commit(session)
-        )
+        connection = await session.connection()
+        refuse_other_database(database, connection.engine.url)
+        transaction = Transaction(database.key, connection, session, after_its_commit(session))
         token = current_transaction.set(transaction)
         try:
             yield session

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, NestedTransaction
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from busway.sql.database import Database
+from busway.sql.database import Database, refuse_other_database
 from busway.sql.transactions import (
     Savepoint,
     Transaction,
@@ -71,9 +71,9 @@ def begin_writes(transaction: Transaction) -> None:
 def transaction_scope(database: Database, session: Session | None = None) -> Iterator[Session]:
     """Join ``session``'s transaction, or open one (committed on success) if none is given."""
     if session is not None:
-        transaction = Transaction(
-            database.key, session.connection(), session, after_its_commit(session)
-        )
+        connection = session.connection()
+        refuse_other_database(database, connection.engine.url)
+        transaction = Transaction(database.key, connection, session, after_its_commit(session))
         token = current_transaction.set(transaction)
         try:
             yield session
