@@ -12,9 +12,13 @@ caller's, and no metric sees it.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from busway._internal.instruments import Instrument, failure_of
@@ -26,7 +30,11 @@ from busway.recovery import DeadLetter
 with extra_required("busway.metrics", "prometheus"):
     import prometheus_client
     from prometheus_client import CollectorRegistry, Counter, Histogram
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
     from prometheus_client.registry import Collector
 
 
@@ -49,16 +57,11 @@ class Metrics(Instrument):
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._channels: Mapping[str, Channel] = {}
-        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
-        """The handled counter and the timing histogram of each channel and handler."""
+        self._bounds = tuple(sorted({*buckets, math.inf}))
+        self._tallies: list[_Tally] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
         common: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
-        self._sent = Counter("messages_sent", "Messages sent to a channel.", ["channel"], **common)
-        self._handled = Counter(
-            "messages_handled",
-            "Handler calls that succeeded.",
-            ["channel", "handler"],
-            **common,
-        )
         self._failed = Counter(
             "messages_failed",
             "Handler calls that raised (each try, instant retries included).",
@@ -77,13 +80,7 @@ class Metrics(Instrument):
             ["channel", "handler", "error_type"],
             **common,
         )
-        self._handling_time = Histogram(
-            "handling_seconds",
-            "Time one handler call took.",
-            ["channel", "handler"],
-            buckets=tuple(buckets),
-            **common,
-        )
+        self.registry.register(_Tallied(self, namespace))
         if depth:
             self.registry.register(_ChannelDepth(self, namespace))
 
@@ -93,32 +90,28 @@ class Metrics(Instrument):
     @contextmanager
     def sending(self, channel: str, envelope: Envelope) -> Iterator[Envelope]:
         yield envelope
-        self._sent.labels(channel).inc()
+        sent = self._tally().sent
+        sent[channel] = sent.get(channel, 0) + 1
 
-    @contextmanager
-    def handling(self, invocation: Invocation) -> Iterator[None]:
-        assert invocation.delivery is not None  # instruments see only a worker's calls
-        key = (invocation.delivery.channel, invocation.handler.name)
-        series = self._series.get(key) or self._new_series(key)
-        started = time.perf_counter()
-        try:
-            yield
-        except BaseException as error:
-            failure = failure_of(error)
-            if failure is not None:
-                kind = type(failure)
-                self._failed.labels(*key, f"{kind.__module__}.{kind.__qualname__}").inc()
-            raise
-        else:
-            if not invocation.delivery.repeated:  # a redone batch's success is counted once
-                series[0].inc()
-        finally:
-            series[1].observe(time.perf_counter() - started)
+    def handling(self, invocation: Invocation) -> AbstractContextManager[None]:
+        return _Handling(self, invocation)
 
-    def _new_series(self, key: tuple[str, str]) -> tuple[Any, Any]:
-        series = (self._handled.labels(*key), self._handling_time.labels(*key))
-        self._series[key] = series
-        return series
+    def _tally(self) -> _Tally:
+        """This thread's counts: plain numbers, no lock, summed at each scrape."""
+        tally: _Tally | None = getattr(self._local, "tally", None)
+        if tally is None:
+            tally = self._local.tally = _Tally()
+            with self._lock:
+                self._tallies.append(tally)
+        return tally
+
+    def tallies(self) -> list[_Tally]:
+        with self._lock:
+            return list(self._tallies)
+
+    def failed(self, channel: str, handler: str, failure: BaseException) -> None:
+        kind = type(failure)
+        self._failed.labels(channel, handler, f"{kind.__module__}.{kind.__qualname__}").inc()
 
     def retried(self, delivery: Delivery, handler: str, error: BaseException) -> None:
         self._retried.labels(delivery.channel, handler).inc()
@@ -143,6 +136,101 @@ class Metrics(Instrument):
 
     def channels(self) -> Mapping[str, Channel]:
         return self._channels
+
+
+class _Tally:
+    """One thread's counts of sends, successes and handling times."""
+
+    __slots__ = ("handled", "sent", "timings")
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+        self.handled: dict[tuple[str, str], int] = {}
+        self.timings: dict[tuple[str, str], list[float]] = {}
+        """Per channel and handler: the sum of the times, then a count per bucket."""
+
+
+class _Handling:
+    """Times one handler call and counts how it ended, in the calling thread's tally."""
+
+    __slots__ = ("invocation", "metrics", "started")
+
+    def __init__(self, metrics: Metrics, invocation: Invocation) -> None:
+        self.metrics = metrics
+        self.invocation = invocation
+        self.started = 0.0
+
+    def __enter__(self) -> None:
+        self.started = time.perf_counter()
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        elapsed = time.perf_counter() - self.started
+        metrics = self.metrics
+        delivery = self.invocation.delivery
+        assert delivery is not None  # instruments see only a worker's calls
+        key = (delivery.channel, self.invocation.handler.name)
+        tally = metrics._tally()
+        timing = tally.timings.get(key)
+        if timing is None:
+            timing = tally.timings[key] = [0.0] * (len(metrics._bounds) + 1)
+        timing[0] += elapsed
+        timing[1 + bisect.bisect_left(metrics._bounds, elapsed)] += 1
+        if error is None:
+            if not delivery.repeated:  # a redone batch's success is counted once
+                tally.handled[key] = tally.handled.get(key, 0) + 1
+            return
+        failure = failure_of(error)
+        if failure is not None:
+            metrics.failed(*key, failure)
+
+
+class _Tallied(Collector):
+    """The sends, successes and handling times of every thread's tally, summed."""
+
+    def __init__(self, metrics: Metrics, namespace: str) -> None:
+        self._metrics = metrics
+        self._namespace = namespace
+
+    def collect(self) -> Iterator[Any]:
+        sent: dict[str, int] = {}
+        handled: dict[tuple[str, str], int] = {}
+        timings: dict[tuple[str, str], list[float]] = {}
+        for tally in self._metrics.tallies():
+            for channel, count in tally.sent.copy().items():
+                sent[channel] = sent.get(channel, 0) + count
+            for key, count in tally.handled.copy().items():
+                handled[key] = handled.get(key, 0) + count
+            for key, timing in tally.timings.copy().items():
+                total = timings.setdefault(key, [0.0] * len(timing))
+                for index, value in enumerate(list(timing)):
+                    total[index] += value
+        name = self._namespace
+        sends = CounterMetricFamily(
+            f"{name}_messages_sent", "Messages sent to a channel.", labels=["channel"]
+        )
+        for channel, count in sent.items():
+            sends.add_metric([channel], count)
+        yield sends
+        successes = CounterMetricFamily(
+            f"{name}_messages_handled",
+            "Handler calls that succeeded.",
+            labels=["channel", "handler"],
+        )
+        for key, count in handled.items():
+            successes.add_metric(list(key), count)
+        yield successes
+        times = HistogramMetricFamily(
+            f"{name}_handling_seconds", "Time one handler call took.", labels=["channel", "handler"]
+        )
+        bounds = self._metrics._bounds
+        for key, timing in timings.items():
+            cumulative = list(itertools.accumulate(timing[1:]))
+            buckets = [
+                ("+Inf" if bound == math.inf else repr(float(bound)), count)
+                for bound, count in zip(bounds, cumulative, strict=True)
+            ]
+            times.add_metric(list(key), buckets, sum_value=timing[0])
+        yield times
 
 
 class _ChannelDepth(Collector):

@@ -154,3 +154,30 @@ def test_import_busway_imports_neither_opentelemetry_nor_prometheus_client() -> 
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_metrics_count_every_call_of_workers_in_several_threads() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from busway.metrics import Metrics
+
+    @command_handler
+    def work(job: Job) -> None:
+        pass
+
+    metrics = Metrics()
+    messaging = Messaging(
+        handlers=[work], channels=[InMemoryChannel("jobs")], instruments=[metrics]
+    )
+    for number in range(2_000):
+        messaging.gateway(Jobs).send(Job(number))
+    messaging.run("jobs", concurrency=4)
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
+    assert samples["busway_messages_sent_total"] == 2_000
+    assert samples["busway_messages_handled_total"] == 2_000
+    assert samples["busway_handling_seconds_count"] == 2_000
