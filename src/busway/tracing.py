@@ -106,8 +106,9 @@ class Tracing(Instrument):
             try:
                 yield
             except BatchRollback:
-                # Not a failure of this message: its batch is rolled back and handled again,
-                # which a span of its own shows; a handler's error is on the handler's span.
+                # Not this delivery's failure: its batch is rolled back and handled again,
+                # which a span of its own shows. A handler's error that caused it was
+                # recorded on this span by ``handling``.
                 span.set_attribute("busway.rolled_back", True)
                 raise
             except BaseException as error:
@@ -121,6 +122,9 @@ class Tracing(Instrument):
         # A handler's call is told on its delivery's span, not a span of its own: a span is
         # the costliest thing tracing makes, and one per hop is what a trace needs.
         span = trace.get_current_span()
+        if not span.is_recording():  # a trace not sampled
+            yield
+            return
         handler = invocation.handler.name
         span.set_attribute("busway.handler", handler)
         span.set_attribute("busway.attempt", invocation.message.headers.attempt)
