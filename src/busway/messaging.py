@@ -36,8 +36,9 @@ from busway._internal.runtime import Runtime
 from busway._internal.workers import Workers
 from busway.channels.base import Channel, ChannelContext
 from busway.conversion import Conversion, Converter
-from busway.errors import ConfigurationError, UnknownChannelError
+from busway.errors import ConfigurationError, NoHandlerError, UnknownChannelError
 from busway.gateways import CommandBus, EventBus, Gateway, QueryBus
+from busway.handlers import Kind
 from busway.interceptors import HandlerInfo, Interceptor
 from busway.liveness import Health, HeartbeatStore, InMemoryHeartbeatStore, WorkerRecord
 from busway.message import Message
@@ -380,6 +381,9 @@ class Messaging:
             f"two schedules are named {name!r}; give each schedule its own name"
             for name in sorted({n for n in names if names.count(n) > 1})
         ]
+        problems += [
+            problem for schedule in schedules for problem in self._route_problems(schedule)
+        ]
         if self._extension is None:
             problems.append(
                 "schedules need Messaging(database=...): the database records each tick, so "
@@ -392,6 +396,24 @@ class Messaging:
             self._extension.database, schedules, self.transaction, self._send_tick, self.clock
         )
         return made, problems
+
+    def _route_problems(self, schedule: Schedule) -> list[str]:
+        """Why ``schedule``'s messages could not be sent, found now rather than at a tick."""
+        where = f"schedule {schedule.name!r}"
+        if schedule.via is not None:
+            if not (isinstance(schedule.via, type) and issubclass(schedule.via, Gateway)):
+                return [f"{where} has via={schedule.via!r}; give a CommandBus or EventBus class"]
+            known = len(self._gateway_problems)
+            self._bind_or_note(schedule.via)
+            return self._gateway_problems[known:]
+        payload = schedule.message
+        if schedule.kind != "command" or (callable(payload) and not isinstance(payload, type)):
+            return []  # events need no subscriber; a made payload's type is known at its tick
+        try:
+            self._runtime.targets(Kind.COMMAND, type(payload), None)
+        except NoHandlerError as error:
+            return [f"{where} sends a command nobody handles: {error}"]
+        return []
 
     def _send_tick(self, schedule: Schedule, tick: float) -> None:
         headers = {**schedule.headers, SCHEDULE: schedule.name, TICK: schedule.tick_id(tick)}

@@ -127,3 +127,21 @@ def test_wrong_schedules_are_told_at_start_up_in_one_sentence_each() -> None:
 def test_schedules_need_a_database() -> None:
     with pytest.raises(ConfigurationError, match=r"schedules need Messaging\(database=\.\.\.\)"):
         Messaging(schedules=[Schedule("a", Report(), every=5)])
+
+
+class NobodyHandles:
+    pass
+
+
+def test_a_schedule_whose_command_nobody_handles_is_told_at_start_up() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Messaging(
+            database="sqlite://",
+            schedules=[
+                Schedule("orphan", NobodyHandles(), every=5),
+                Schedule("odd", Report(), every=5, via=dict),
+            ],
+        )
+    text = str(raised.value)
+    assert "schedule 'orphan' sends a command nobody handles" in text
+    assert "schedule 'odd' has via=<class 'dict'>; give a CommandBus or EventBus class" in text
