@@ -182,6 +182,9 @@ class Schedules:
             )
         return states
 
+    def now(self) -> float:
+        return self._clock()
+
     def next_wake(self) -> float:
         now = self._clock()
         return min(schedule.next_after(now) for schedule in self.schedules)
@@ -209,10 +212,10 @@ class Scheduler:
         while not self._stop.is_set():
             try:
                 if not started:
-                    schedules.start(schedules._clock())
+                    schedules.start(schedules.now())
                     started = True
                 schedules.fire_due()
-                pause = schedules.next_wake() - schedules._clock()
+                pause = schedules.next_wake() - schedules.now()
             except Exception as error:  # the database away: say so, try again soon
                 log.warning("schedules could not fire: %s: %s", type(error).__name__, error)
                 pause = RETRY_AFTER
