@@ -20,6 +20,7 @@ from busway.interceptors import HandlerInfo, Interceptor, Invocation
 from busway.liveness import ChannelHealth, Health, WorkerRecord
 from busway.message import Headers, Message
 from busway.messaging import Messaging
+from busway.ordering import ordered_by, priority
 from busway.recovery import DeadLetter, RetryPolicy, retry_policy
 from busway.sql.channel import SqlChannel
 from busway.timeouts import handler_timeout
@@ -64,6 +65,8 @@ __all__ = [
     "event_handler",
     "handler_timeout",
     "named",
+    "ordered_by",
+    "priority",
     "query_handler",
     "retry_policy",
     "route",

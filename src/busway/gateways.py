@@ -42,10 +42,23 @@ class CommandBus(Gateway):
     __slots__ = ()
 
     def send(
-        self, command: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+        self,
+        command: Any,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> Any:
-        """Handle ``command`` now (returning what its handler returns), or queue it."""
-        return self._outlet.dispatch(Kind.COMMAND, command, None, headers, delay, ttl)
+        """Handle ``command`` now (returning what its handler returns), or queue it.
+
+        ``ordering_key``: messages of one key are handled one at a time, in the order sent
+        (``busway.ordering``); ``priority``: 0 to 9, higher first on a channel that keeps
+        priorities."""
+        return self._outlet.dispatch(
+            Kind.COMMAND, command, None, headers, delay, ttl, None, ordering_key, priority
+        )
 
     def send_with_routing(
         self,
@@ -55,15 +68,28 @@ class CommandBus(Gateway):
         *,
         delay: Delay = None,
         ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> Any:
         """Send ``payload`` to the handler of routing key ``key``."""
-        return self._outlet.dispatch(Kind.COMMAND, payload, key, headers, delay, ttl)
+        return self._outlet.dispatch(
+            Kind.COMMAND, payload, key, headers, delay, ttl, None, ordering_key, priority
+        )
 
     async def asend(
-        self, command: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+        self,
+        command: Any,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> Any:
         """``send`` for asyncio code."""
-        return await self._outlet.adispatch(Kind.COMMAND, command, None, headers, delay, ttl)
+        return await self._outlet.adispatch(
+            Kind.COMMAND, command, None, headers, delay, ttl, None, ordering_key, priority
+        )
 
     async def asend_with_routing(
         self,
@@ -73,9 +99,13 @@ class CommandBus(Gateway):
         *,
         delay: Delay = None,
         ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> Any:
         """``send_with_routing`` for asyncio code."""
-        return await self._outlet.adispatch(Kind.COMMAND, payload, key, headers, delay, ttl)
+        return await self._outlet.adispatch(
+            Kind.COMMAND, payload, key, headers, delay, ttl, None, ordering_key, priority
+        )
 
 
 class EventBus(Gateway):
@@ -84,9 +114,18 @@ class EventBus(Gateway):
     __slots__ = ()
 
     def publish(
-        self, event: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+        self,
+        event: Any,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> None:
-        self._outlet.dispatch(Kind.EVENT, event, None, headers, delay, ttl)
+        self._outlet.dispatch(
+            Kind.EVENT, event, None, headers, delay, ttl, None, ordering_key, priority
+        )
 
     def publish_with_routing(
         self,
@@ -96,13 +135,26 @@ class EventBus(Gateway):
         *,
         delay: Delay = None,
         ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> None:
-        self._outlet.dispatch(Kind.EVENT, payload, key, headers, delay, ttl)
+        self._outlet.dispatch(
+            Kind.EVENT, payload, key, headers, delay, ttl, None, ordering_key, priority
+        )
 
     async def apublish(
-        self, event: Any, headers: UserHeaders = None, *, delay: Delay = None, ttl: Delay = None
+        self,
+        event: Any,
+        headers: UserHeaders = None,
+        *,
+        delay: Delay = None,
+        ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> None:
-        await self._outlet.adispatch(Kind.EVENT, event, None, headers, delay, ttl)
+        await self._outlet.adispatch(
+            Kind.EVENT, event, None, headers, delay, ttl, None, ordering_key, priority
+        )
 
     async def apublish_with_routing(
         self,
@@ -112,8 +164,12 @@ class EventBus(Gateway):
         *,
         delay: Delay = None,
         ttl: Delay = None,
+        ordering_key: str | int | None = None,
+        priority: int | None = None,
     ) -> None:
-        await self._outlet.adispatch(Kind.EVENT, payload, key, headers, delay, ttl)
+        await self._outlet.adispatch(
+            Kind.EVENT, payload, key, headers, delay, ttl, None, ordering_key, priority
+        )
 
 
 class QueryBus(Gateway):

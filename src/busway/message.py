@@ -30,6 +30,8 @@ DELIVER_AT = "busway.deliver_at"
 EXPIRES_AT = "busway.expires_at"
 RETRY = "busway.retry"
 TIMEOUT = "busway.timeout"
+ORDERING_KEY = "busway.ordering_key"
+PRIORITY = "busway.priority"
 
 WELL_KNOWN = (ID, CORRELATION_ID, CAUSATION_ID, TIMESTAMP, TYPE, CONTENT_TYPE)
 INTERNAL_PREFIX = "busway."

@@ -7,6 +7,7 @@ from typing import Any
 from busway._internal.runtime import Route, Runtime
 from busway.gateways import Gateway
 from busway.handlers import Kind
+from busway.ordering import marked_priority
 from busway.recovery import marked_policy
 from busway.timeouts import marked_timeout
 
@@ -18,7 +19,7 @@ class Routes:
     """A gateway's routes: for each kind, payload type, routing key and channels of the
     messages it sends, the ``Route`` the runtime gave at the first of them."""
 
-    __slots__ = ("_routes", "channels", "gateway", "retry", "runtime", "timeout")
+    __slots__ = ("_routes", "channels", "gateway", "priority", "retry", "runtime", "timeout")
 
     def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
         self.runtime = runtime
@@ -26,6 +27,7 @@ class Routes:
         self.channels = channels
         self.retry = marked_policy(gateway)
         self.timeout = marked_timeout(gateway)
+        self.priority = marked_priority(gateway)
         self._routes: dict[RouteKey, Route] = {}
 
     def _route(self, route_key: RouteKey) -> Route:
@@ -37,6 +39,7 @@ class Routes:
             self.channels if channels is None else channels,
             self.retry,
             self.timeout,
+            self.priority,
         )
         self._routes[route_key] = route
         return route

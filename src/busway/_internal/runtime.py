@@ -34,6 +34,8 @@ from busway.message import (
     EXPIRES_AT,
     ID,
     KIND,
+    ORDERING_KEY,
+    PRIORITY,
     RETRY,
     ROUTE,
     SLIP,
@@ -46,6 +48,7 @@ from busway.message import (
     Message,
     uuid7,
 )
+from busway.ordering import KeyOf, declared_key, ordering_key_value, priority_value
 from busway.recovery import DeadLetterStore, RetryPolicy
 
 if TYPE_CHECKING:
@@ -79,6 +82,8 @@ class Route:
     steps: tuple[Step, ...]
     direct: HandlerDefinition | None
     """The handler to call at once, when calling it is all the steps do."""
+    ordering: KeyOf | None = None
+    """The payload type's declared ordering key (``@ordered_by``), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,8 @@ class Runtime:
         headers: Mapping[str, HeaderValue] | None,
         delay: float | timedelta | None,
         ttl: float | timedelta | None,
+        ordering_key: Any = None,
+        priority: int | None = None,
     ) -> Message[Any]:
         parent = current_message.get()
         message_id = uuid7()
@@ -174,6 +181,10 @@ class Runtime:
             data[DELIVER_AT] = now + _seconds(delay)
         if ttl:
             data[EXPIRES_AT] = now + _seconds(ttl)
+        if ordering_key is not None:
+            data[ORDERING_KEY] = ordering_key_value(ordering_key)
+        if priority is not None:
+            data[PRIORITY] = priority_value(priority)
         return Message(payload, Headers._owning(data))
 
     def fixed_headers(
@@ -183,6 +194,7 @@ class Runtime:
         key: str | None,
         retry: RetryPolicy | None,
         handler_timeout: float | None,
+        priority: int | None = None,
     ) -> dict[str, HeaderValue]:
         """The headers every message of this kind, payload type and routing key carries,
         sent through a gateway with this retry policy and time limit."""
@@ -195,6 +207,8 @@ class Runtime:
             data[RETRY] = retry.to_header()
         if handler_timeout is not None:
             data[TIMEOUT] = handler_timeout
+        if priority is not None:
+            data[PRIORITY] = priority
         return data
 
     def _type_headers(self, cls: type[Any]) -> tuple[str, str]:
@@ -280,6 +294,7 @@ class Runtime:
         channels: tuple[str, ...],
         retry: RetryPolicy | None,
         handler_timeout: float | None,
+        priority: int | None = None,
     ) -> Route:
         """Where a gateway with these channels, retry policy and time limit sends messages of
         this kind, payload type and routing key, and the headers they all carry."""
@@ -289,8 +304,8 @@ class Runtime:
         direct = None
         if len(steps) == 1 and isinstance(steps[0], Invoke) and steps[0].definition.chains.direct:
             direct = steps[0].definition
-        headers = self.fixed_headers(kind, payload_type, key, retry, handler_timeout)
-        return Route(kind, headers, steps, direct)
+        headers = self.fixed_headers(kind, payload_type, key, retry, handler_timeout, priority)
+        return Route(kind, headers, steps, direct, declared_key(payload_type))
 
     # -- front doors -----------------------------------------------------------------------
 

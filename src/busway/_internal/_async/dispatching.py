@@ -26,12 +26,18 @@ class AsyncDispatch(Routes):
         delay: float | timedelta | None = None,
         ttl: float | timedelta | None = None,
         channels: tuple[str, ...] | None = None,
+        ordering_key: Any = None,
+        priority: int | None = None,
     ) -> Any:
         route_key = (kind, type(payload), key, channels)
         route = self._routes.get(route_key) or self._route(route_key)
         runtime = self.runtime
         await runtime.preparation.adispatching()
-        message = runtime.routed_message(route.headers, payload, headers, delay, ttl)
+        if ordering_key is None and route.ordering is not None:
+            ordering_key = route.ordering(payload)
+        message = runtime.routed_message(
+            route.headers, payload, headers, delay, ttl, ordering_key, priority
+        )
         for observer in runtime.observers:
             observer.sent(self.gateway, message)
         if route.direct is not None:
