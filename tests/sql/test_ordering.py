@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from busway import (
     ordered_by,
     priority,
 )
+from busway.channels.base import Channel, Envelope, current_batch
 from busway.ordering import MAX_PRIORITY, BlockedKey
 from busway.testing import FakeClock
 
@@ -90,9 +92,7 @@ def send_steps(bus: CommandBus, keys: str, count: int) -> None:
 
 
 @pytest.mark.parametrize("path", ["run", "arun"])
-def test_each_keys_messages_are_handled_in_the_order_sent_by_four_consumers(
-    make_messaging, path
-):
+def test_each_keys_messages_are_handled_in_the_order_sent_by_four_consumers(make_messaging, path):
     recorder = Recorder()
     messaging = messaging_of(make_messaging, recorder)
     keys = [f"k{index}" for index in range(30)]
@@ -148,9 +148,7 @@ def test_messages_without_a_key_are_not_held_back_by_keyed_ones(make_messaging):
 
 
 @pytest.mark.parametrize("mode", ["transaction", "lease"])
-def test_a_delayed_retry_keeps_its_place_before_the_later_messages_of_its_key(
-    make_messaging, mode
-):
+def test_a_delayed_retry_keeps_its_place_before_the_later_messages_of_its_key(make_messaging, mode):
     clock = FakeClock()
     recorder = Recorder()
     retry = RetryPolicy(retries=2, initial_delay=5, jitter=0)
@@ -311,3 +309,70 @@ def test_an_ordering_key_that_is_not_text_or_a_number_is_refused(make_messaging)
     with pytest.raises(TypeError, match="an ordering key is a str or an int"):
         messaging.gateway(Steps).send(Step("a", 0), ordering_key=("a", 1))  # type: ignore[arg-type]
     assert messaging.channel("jobs").depth() == 0
+
+
+# -- through an outbox relay --------------------------------------------------------------
+
+
+@asynchronous("outbox", "far")
+class Relayed(CommandBus):
+    """Committed to the outbox, then relayed to the far channel."""
+
+
+def test_a_row_a_relay_keeps_back_holds_back_the_later_rows_of_its_key_only(make_messaging):
+    """The far channel refuses K's second message: K's third must not be relayed past it,
+    while the other keys' rows go on; once it is taken, K's rows follow in order."""
+    clock = FakeClock()
+    far = FarChannel()
+    messaging = make_messaging([Recorder()], [SqlChannel("outbox"), far], clock=clock)
+    bus = messaging.gateway(Relayed)
+    with messaging.transaction():
+        for n in range(3):
+            for key in "KL":
+                bus.send(Step(key, n), ordering_key=key)
+    far.refuse = {'"K","n":1'}
+
+    with pytest.raises(Refused):
+        messaging.run("outbox")
+    assert messaging.run("outbox").handled == 1  # L's last; K's second is kept back a while
+    assert messaging.run("outbox").handled == 0  # and K's third waits behind it
+    assert far.received == [("K", 0), ("L", 0), ("L", 1), ("L", 2)]
+    assert messaging.channel("outbox").depth() == 2
+
+    far.refuse = set()
+    clock.advance(60)
+    messaging.run("outbox")
+    assert [n for key, n in far.received if key == "K"] == [0, 1, 2]
+    assert messaging.channel("outbox").depth() == 0
+
+
+class Refused(Exception):
+    pass
+
+
+class FarChannel(Channel):
+    """Takes a batch's sends when it is about to be acknowledged, refusing those whose body
+    holds a text of ``refuse``: a stand-in for a broker that confirms a batch's sends (the
+    relays to real brokers are in the broker tests)."""
+
+    def __init__(self) -> None:
+        self.name = "far"
+        self.received: list[tuple[str, int]] = []
+        self.refuse: set[str] = set()
+
+    def send(self, envelope: Envelope) -> None:
+        batch = current_batch.get()
+        assert batch is not None
+        source = batch.current
+
+        def settle() -> None:
+            body = envelope.body.decode()
+            if any(refused in body for refused in self.refuse):
+                raise batch.unsent([(source, Refused(body))])
+            step = json.loads(body)
+            self.received.append((step["key"], step["n"]))
+
+        batch.before_ack.append(settle)
+
+    def consume(self, handle: object, max_messages: int, wait: float) -> int:
+        return 0
