@@ -80,13 +80,12 @@ class _Topology:
                 "an earlier one of lower priority, so keep ordered messages and prioritised "
                 "ones on two channels"
             )
-        for name, option in (
-            (SINGLE_ACTIVE_CONSUMER, "partitions="),
-            (MAX_PRIORITY_ARGUMENT, "priorities=True"),
+        for name, instead in (
+            (SINGLE_ACTIVE_CONSUMER, "partitions=, which also sends each key to its partition"),
+            (MAX_PRIORITY_ARGUMENT, "priorities=True, which also gives each message its priority"),
         ):
             if name in self.arguments:
                 problems.append(
-                    f"AmqpChannel {channel!r} has {name!r} in queue_arguments; use {option} "
-                    "instead, which also routes and hands out the messages accordingly"
+                    f"AmqpChannel {channel!r} has {name!r} in queue_arguments; use {instead}"
                 )
         return problems
