@@ -70,6 +70,15 @@ class Broker:
 
         return self._run(count)  # type: ignore[no-any-return]
 
+    def consumers(self, queue: str) -> int:
+        """How many consumers ``queue`` has, active or waiting their turn."""
+
+        async def consumers(channel: aio_pika.abc.AbstractChannel) -> int:
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.consumer_count or 0)
+
+        return self._run(consumers)  # type: ignore[no-any-return]
+
     def get(self, queue: str) -> aio_pika.abc.AbstractIncomingMessage | None:
         async def get(channel: aio_pika.abc.AbstractChannel) -> Any:
             declared = await channel.declare_queue(queue, passive=True)

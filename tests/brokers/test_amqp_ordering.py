@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from amqp_support import Broker
+from amqp_support import Broker, wait_until
 from amqp_support import broker as broker  # fixtures: pytest finds them by name
 from amqp_support import queues as queues
 from amqp_support import rabbitmq_in_use as rabbitmq_in_use
@@ -270,6 +270,35 @@ def test_a_message_whose_handling_raised_comes_again_before_the_later_ones(
 
     assert got == {"a": list(range(20)), "b": list(range(20))}
     assert sorted(failed) == [(key, seq) for key in "ab" for seq in (3, 10, 17)]
+
+
+def test_a_consumer_that_stops_hands_its_partition_on_in_order(
+    partitioned: Callable[..., AmqpChannel], amqp_url: str, broker: Broker
+) -> None:
+    first = partitioned(partitions=1, prefetch=10)
+    for seq in range(30):
+        first.send(keyed("k", seq))
+    got: list[tuple[str, int]] = []
+    assert first.consume(lambda delivery: got.append(("first", read(delivery)[1])), 5, 0.0) == 5
+    # It holds the partition, 10 messages fetched behind those it handled, 15 more waiting.
+
+    second = AmqpChannel("steps", amqp_url, queue=first.queue, partitions=1, prefetch=50)
+    handled: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: handled.append(
+            second.consume(lambda delivery: got.append(("second", read(delivery)[1])), 100, 20)
+        )
+    )
+    waiting.start()
+    try:
+        wait_until(lambda: broker.consumers(f"{first.queue}.0") == 2, "a second consumer")
+        first.close()
+        waiting.join()
+    finally:
+        second.close()
+
+    assert handled == [25]
+    assert got == [("first", seq) for seq in range(5)] + [("second", seq) for seq in range(5, 30)]
 
 
 def test_run_with_concurrency_keeps_each_keys_order(
