@@ -70,6 +70,19 @@ class Broker:
 
         return self._run(count)  # type: ignore[no-any-return]
 
+    def declares(self, queue: str, arguments: dict[str, Any]) -> bool:
+        """Whether ``queue`` can be declared durable with ``arguments``: RabbitMQ refuses to
+        declare a queue again with other arguments than its own."""
+
+        async def declare(channel: aio_pika.abc.AbstractChannel) -> bool:
+            try:
+                await channel.declare_queue(queue, durable=True, arguments=arguments)
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                return False
+            return True
+
+        return self._run(declare)  # type: ignore[no-any-return]
+
     def consumers(self, queue: str) -> int:
         """How many consumers ``queue`` has, active or waiting their turn."""
 

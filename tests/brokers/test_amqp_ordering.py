@@ -149,9 +149,9 @@ def test_partition_queues_have_a_single_active_consumer(
     partitioned: Callable[..., AmqpChannel], broker: Broker
 ) -> None:
     channel = partitioned(partitions=2)
-    # Declared again without the argument, RabbitMQ refuses: the queue has it.
-    with pytest.raises(ConfigurationError, match="declared with other arguments"):
-        AmqpChannel("plain", broker.url, queue=f"{channel.queue}.0").setup()
+    for partition in (f"{channel.queue}.0", f"{channel.queue}.1"):
+        assert broker.declares(partition, {"x-single-active-consumer": True})
+        assert not broker.declares(partition, {})
 
 
 def test_the_channel_says_whether_keyed_retries_wait_in_the_worker(amqp_url: str) -> None:
