@@ -17,7 +17,7 @@ from amqp_support import broker as broker  # fixtures: pytest finds them by name
 from amqp_support import queues as queues
 from amqp_support import rabbitmq_in_use as rabbitmq_in_use
 
-from busway import EventBus, Messaging, asynchronous, event_handler, ordered_by
+from busway import EventBus, Messaging, RetryPolicy, asynchronous, event_handler, ordered_by
 from busway.amqp import AmqpChannel
 from busway.channels.base import Delivery, Envelope, MessageReturned
 from busway.errors import ConfigurationError
@@ -357,6 +357,40 @@ def test_arun_with_concurrency_keeps_each_keys_order(
     assert asyncio.run(main()) == 450
     ledger.assert_in_order(keys=30, per_key=15)
     assert ledger.most_at_once > 1
+
+
+def test_a_keyed_messages_delayed_retry_waits_in_the_worker_and_keeps_its_place(
+    amqp_url: str, queues: Callable[..., str]
+) -> None:
+    """Sent back to its queue, the retry would come after the later messages of its key: it
+    waits its delay in the worker instead, and the next message of the key waits for it."""
+    handled: list[tuple[str, int]] = []
+    failures = {("k", 0): 2}
+
+    @event_handler
+    def step(event: Step) -> None:
+        left = failures.get((event.key, event.seq), 0)
+        if left:
+            failures[(event.key, event.seq)] = left - 1
+            raise RuntimeError("not yet")
+        handled.append((event.key, event.seq))
+
+    channel = AmqpChannel("steps", amqp_url, queue=queues(2), partitions=2)
+    retry = RetryPolicy(retries=3, initial_delay=0.05, jitter=0)
+    messaging = Messaging(handlers=[step], channels=[channel], retry=retry)
+    messaging.setup()
+    try:
+        steps = messaging.gateway(Steps)
+        for seq in range(3):
+            steps.publish(Step("k", seq))
+        result = messaging.run("steps")
+        depth = channel.depth()
+    finally:
+        messaging.close()
+
+    assert handled == [("k", 0), ("k", 1), ("k", 2)]
+    assert (result.handled, result.retried, result.dead_lettered) == (3, 2, 0)
+    assert depth == 0  # nothing was sent back to a queue or a wait queue
 
 
 # -- configuration -------------------------------------------------------------------------
