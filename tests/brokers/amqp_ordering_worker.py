@@ -7,6 +7,9 @@ row (its key and sequence number) into TABLE through the handler's Session; the 
 ``position`` tells the order the steps were handled in, and a unique constraint on (key, seq)
 leaves the deduplication inbox to absorb every message delivered twice.
 
+``--relayed`` puts an outbox in front: steps are committed to the ``outbox`` SqlChannel
+(``RelayedSteps``) and the worker relays them to the partitioned channel as it consumes it.
+
 ``--hang-at N`` makes the first worker to handle N messages stop for good inside the handler
 of its Nth, its row written and not committed, after writing its process id to ``--marker``:
 the test kills it there.
@@ -25,7 +28,15 @@ from pathlib import Path
 from sqlalchemy import Column, Integer, MetaData, String, Table, UniqueConstraint, insert
 from sqlalchemy.orm import Session
 
-from busway import EventBus, Messaging, RetryPolicy, asynchronous, event_handler, ordered_by
+from busway import (
+    EventBus,
+    Messaging,
+    RetryPolicy,
+    SqlChannel,
+    asynchronous,
+    event_handler,
+    ordered_by,
+)
 from busway.amqp import AmqpChannel
 from markers import write_atomically
 
@@ -42,6 +53,11 @@ class Step:
 @asynchronous("steps")
 class Steps(EventBus):
     pass
+
+
+@asynchronous("outbox", "steps")
+class RelayedSteps(EventBus):
+    """Committed to the outbox, then relayed to RabbitMQ in each key's order."""
 
 
 def steps_table(name: str, metadata: MetaData | None = None) -> Table:
@@ -96,11 +112,13 @@ def build(
     worker: str = "test",
     hang_at: int | None = None,
     marker: Path | None = None,
+    relayed: bool = False,
 ) -> Messaging:
     channel = AmqpChannel("steps", amqp_url, queue=queue, partitions=PARTITIONS, prefetch=20)
+    outbox = [SqlChannel("outbox", table=f"{table}_outbox")] if relayed else []
     return Messaging(
         handlers=[Recorder(steps_table(table), worker, hang_at, marker)],
-        channels=[channel],
+        channels=[*outbox, channel],
         database=database,
         retry=RetryPolicy(retries=0),  # a repeated effect would fail on the unique (key, seq)
     )
@@ -115,6 +133,7 @@ def main() -> None:
     parser.add_argument("--worker", default="test")
     parser.add_argument("--hang-at", type=int)
     parser.add_argument("--marker", type=Path)
+    parser.add_argument("--relayed", action="store_true")
     args = parser.parse_args()
 
     messaging = build(
@@ -125,7 +144,9 @@ def main() -> None:
         worker=args.worker,
         hang_at=args.hang_at,
         marker=args.marker,
+        relayed=args.relayed,
     )
-    result = messaging.run("steps", until_empty=False, concurrency=4)
+    channels = ["outbox", "steps"] if args.relayed else ["steps"]
+    result = messaging.run(channels, until_empty=False, concurrency=4)
     messaging.close()
     print(json.dumps({"handled": result.handled, "failed": result.failed}))

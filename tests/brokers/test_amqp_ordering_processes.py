@@ -4,6 +4,7 @@ effect once each, in the order they were sent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,19 +29,21 @@ KEYS = 105
 STEPS = 20
 
 
-@pytest.fixture
+@pytest.fixture(params=["direct", "relayed"])
 def setting(
-    database_url: str, amqp_url: str, queues: Callable[..., str]
-) -> Iterator[tuple[str, str, Messaging]]:
-    """A queue and a table of the test's own, and the application's ``Messaging``."""
+    request: pytest.FixtureRequest, database_url: str, amqp_url: str, queues: Callable[..., str]
+) -> Iterator[tuple[str, str, Messaging, bool]]:
+    """A queue and a table of the test's own, and the application's ``Messaging``: steps
+    published to RabbitMQ directly, or committed to an outbox and relayed there."""
+    relayed = request.param == "relayed"
     queue = queues(app.PARTITIONS)
     table = f"amqp_steps_{uuid.uuid4().hex[:8]}"
     create_tables(database_url, app.steps_table(table, MetaData()).metadata)
-    messaging = app.build(database_url, amqp_url, queue, table)
+    messaging = app.build(database_url, amqp_url, queue, table, relayed=relayed)
     messaging.setup()
-    yield queue, table, messaging
+    yield queue, table, messaging, relayed
     messaging.close()
-    drop_tables(database_url, table)
+    drop_tables(database_url, table, f"{table}_outbox", f"{table}_outbox_in_hand")
 
 
 def _rows(messaging: Messaging, table: str) -> list[tuple[str, int, str]]:
@@ -62,19 +65,21 @@ def _count(messaging: Messaging, table: str) -> int:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_each_keys_order_holds_across_workers_one_of_them_killed(
-    setting: tuple[str, str, Messaging], database_url: str, amqp_url: str, tmp_path: Path
+    setting: tuple[str, str, Messaging, bool], database_url: str, amqp_url: str, tmp_path: Path
 ) -> None:
-    queue, table, messaging = setting
-    steps = messaging.gateway(app.Steps)
-    for seq in range(STEPS):
-        for number in range(KEYS):
-            steps.publish(app.Step(f"key-{number}", seq))
+    queue, table, messaging, relayed = setting
+    steps = messaging.gateway(app.RelayedSteps if relayed else app.Steps)
+    with messaging.transaction() if relayed else contextlib.nullcontext():  # one commit
+        for seq in range(STEPS):
+            for number in range(KEYS):
+                steps.publish(app.Step(f"key-{number}", seq))
     marker = tmp_path / "hanging"
+    relaying = ["--relayed"] if relayed else []
 
     def start(name: str) -> subprocess.Popen[str]:
         return start_worker(
             HERE, "amqp_ordering_worker", database_url, amqp_url, queue, table,
-            "--worker", name, "--hang-at", "150", "--marker", str(marker),
+            "--worker", name, "--hang-at", "150", "--marker", str(marker), *relaying,
         )  # fmt: skip
 
     workers = {name: start(name) for name in ("one", "two", "three")}
@@ -107,3 +112,5 @@ def test_each_keys_order_holds_across_workers_one_of_them_killed(
     assert {worker for _, _, worker in rows} - {killed}, "the survivors took over"
     assert messaging.dead_letters.list() == []
     assert messaging.channel("steps").depth() == 0
+    if relayed:
+        assert messaging.channel("outbox").depth() == 0
