@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import create_engine, func, select, update
 
 from busway import (
     CommandBus,
@@ -22,6 +23,7 @@ from busway import (
 from busway.channels.base import Channel, Envelope, current_batch
 from busway.ordering import MAX_PRIORITY, BlockedKey
 from busway.testing import FakeClock
+from dbsupport import sync_url
 
 
 @dataclass
@@ -376,3 +378,31 @@ class FarChannel(Channel):
 
     def consume(self, handle: object, max_messages: int, wait: float) -> int:
         return 0
+
+
+def test_a_keyed_message_whose_headers_cannot_be_read_holds_its_key_back(
+    make_messaging, database_url
+):
+    recorder = Recorder()
+    channel = SqlChannel("jobs", batch_size=10)
+    messaging = messaging_of(make_messaging, recorder, channel)
+    send_steps(messaging.gateway(Steps), "KL", 3)
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as connection:
+            table = channel.table
+            first = select(func.min(table.c.seq)).where(table.c.ordering_key == "K")
+            connection.execute(
+                update(table).where(table.c.seq == first.scalar_subquery()).values(headers="{")
+            )
+    finally:
+        engine.dispose()
+
+    messaging.run("jobs")
+
+    assert recorder.of("K") == [] and recorder.of("L") == [0, 1, 2]
+    [letter] = messaging.dead_letters.list()
+    assert messaging.dead_letters.blocked() == [BlockedKey("jobs", "K", (letter.id,), 2)]
+    messaging.dead_letters.skip([letter.id])
+    messaging.run("jobs")
+    assert recorder.of("K") == [1, 2]
