@@ -191,10 +191,10 @@ def test_a_long_key_orders_like_a_short_one(make_messaging):
 # -- sequenced dead letters ---------------------------------------------------------------
 
 
-def dead_letter_third_of_k(make_messaging) -> tuple[Messaging, Recorder]:
+def dead_letter_third_of_k(make_messaging, mode="transaction") -> tuple[Messaging, Recorder]:
     """K's third message fails for good; K's fourth and fifth wait, other keys go on."""
     recorder = Recorder()
-    messaging = messaging_of(make_messaging, recorder)
+    messaging = messaging_of(make_messaging, recorder, SqlChannel("jobs", mode=mode))
     recorder.failing[("K", 2)] = -1
     send_steps(messaging.gateway(Steps), "KLM", 5)
 
@@ -208,8 +208,9 @@ def dead_letter_third_of_k(make_messaging) -> tuple[Messaging, Recorder]:
     return messaging, recorder
 
 
-def test_the_later_messages_of_a_dead_lettered_key_wait_until_it_is_replayed(make_messaging):
-    messaging, recorder = dead_letter_third_of_k(make_messaging)
+@pytest.mark.parametrize("mode", ["transaction", "lease"])
+def test_the_later_messages_of_a_dead_lettered_key_wait_until_it_is_replayed(make_messaging, mode):
+    messaging, recorder = dead_letter_third_of_k(make_messaging, mode)
     bus = messaging.gateway(Steps)
     bus.send(Step("K", 5), ordering_key="K")  # sent while K waits: it waits too
     bus.send(Step("L", 5), ordering_key="L")
