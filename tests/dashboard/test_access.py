@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from dashboard_shop import BillingBus, Invoice
 from dashboard_support import DATABASES, Shop, csrf_of, own_address, serving
 from fastapi import FastAPI
 
@@ -277,3 +278,22 @@ def test_a_letter_whose_headers_cannot_be_read_is_kept_by_a_replay(
     assert "Kept 1 whose message's headers still cannot be read" in after.text
     assert "1 matched no dead letter" in after.text
     assert letter in shop.letter_ids()
+
+
+def test_the_dead_letters_page_shows_the_keys_they_hold_back(
+    shop: Shop, client: httpx.Client
+) -> None:
+    bus = shop.messaging.gateway(BillingBus)
+    bus.send(Invoice("o-9"), ordering_key="order/o-9")
+    bus.send(Invoice("o-9 again"), ordering_key="order/o-9")
+    shop.messaging.run("billing")
+    (letter,) = [each for each in shop.messaging.dead_letters.list() if "o-9" in each.error_message]
+
+    with serving(dashboard_app(shop.messaging)) as url:
+        page = client.get(f"{url}/dead-letters")
+
+    assert page.status_code == 200
+    held = page.text.split('id="held-back"')[1].split("</section>")[0]
+    assert 'data-key="order/o-9"' in held
+    assert f"/dead-letters/{letter.id}" in held
+    assert '<td class="num">1</td>' in held  # the second invoice waits behind it

@@ -100,11 +100,13 @@ class _Dashboard:
         filters = letters.Filters.of(request.query_params)
         found = await _in_thread(filters.select, self.messaging)
         known = await _in_thread(self.messaging.dead_letters.list)
+        blocked = await _in_thread(self.messaging.dead_letters.blocked)
         return self.pages.render(
             request,
             "dead_letters.html",
             page="dead_letters",
             filters=filters,
+            blocked=blocked,
             letters=found[: letters.SHOWN],
             total=len(found),
             ages=letters.AGES,
