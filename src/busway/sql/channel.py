@@ -86,6 +86,9 @@ class SqlChannel(Channel):
         self.poll_interval = poll_interval
         self.priorities = priorities
         self._letters: Table | None = None
+        self._letters_store: SqlDeadLetterStore | None = None
+        """The dead letter store whose letters of a key hold the key back: its table is read by
+        every claim, so the channel's set-up makes it too."""
         self._own_database = Database.of(database) if database is not None else None
         self._database: Database | None = self._own_database
         self.table: Table = messages_table(MetaData(), table, priorities=priorities)
@@ -109,6 +112,7 @@ class SqlChannel(Channel):
             store = context.dead_letters
             if isinstance(store, SqlDeadLetterStore) and store.database.key == self._database.key:
                 self._letters = store.table
+                self._letters_store = store
 
     def validate(self) -> list[str]:
         if self._database is None:
@@ -152,6 +156,8 @@ class SqlChannel(Channel):
         return [*self._sql.ddl(dialect), str(notes).strip()]
 
     def setup(self) -> None:
+        if self._letters_store is not None:
+            self._letters_store.setup()
         set_up(self.database, self._is_set_up, self._create)
 
     def _is_set_up(self, connection: Connection) -> bool:
