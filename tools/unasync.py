@@ -110,6 +110,7 @@ NAMES = {
     "aarounds": "arounds",
     "aaround": "around",
     "_abind": "_bind",
+    "aturn": "turn",
 }
 """Names of the asyncio source and the sync names they become, wherever they occur."""
 

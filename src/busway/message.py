@@ -32,6 +32,7 @@ RETRY = "busway.retry"
 TIMEOUT = "busway.timeout"
 ORDERING_KEY = "busway.ordering_key"
 PRIORITY = "busway.priority"
+POSITION = "busway.position"
 
 WELL_KNOWN = (ID, CORRELATION_ID, CAUSATION_ID, TIMESTAMP, TYPE, CONTENT_TYPE)
 INTERNAL_PREFIX = "busway."

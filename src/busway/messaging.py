@@ -177,6 +177,7 @@ class Messaging:
             clock=clock,
             database=extension.engine if extension else None,
             max_crashes=max_crashes,
+            dead_letters=dead_letters,
         )
         for channel in self.channels.values():
             channel.attach(context)

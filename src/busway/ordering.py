@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -129,3 +130,15 @@ def priority_of(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         return 0
     return min(max(value, 0), MAX_PRIORITY)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedKey:
+    """An ordering key held back on a channel by its dead letters: the later messages of the
+    key wait there until each letter is replayed (and its message then handled) or skipped.
+    ``waiting`` counts them, None where the channel cannot tell."""
+
+    channel: str
+    ordering_key: str
+    letters: tuple[str, ...]
+    waiting: int | None

@@ -359,10 +359,10 @@ messaging = Messaging(
 )
 
 
-def enqueue(*names: str) -> None:
+def enqueue(*names: str, key: str | None = None) -> None:
     bus = messaging.gateway(AsyncCommandBus)
     for name in names:
-        bus.send(Greet(name))
+        bus.send(Greet(name), ordering_key=key)
 """
 
 
@@ -372,8 +372,8 @@ def sql_shop(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def enqueue(directory: Path, *names: str) -> None:
-    code = f"import sqlshop; sqlshop.enqueue(*{names!r}); sqlshop.messaging.close()"
+def enqueue(directory: Path, *names: str, key: str | None = None) -> None:
+    code = f"import sqlshop; sqlshop.enqueue(*{names!r}, key={key!r}); sqlshop.messaging.close()"
     subprocess.run([sys.executable, "-c", code], cwd=directory, check=True, timeout=60)
 
 
@@ -435,6 +435,31 @@ def test_deleting_a_sql_dead_letter_by_id(sql_shop: Path) -> None:
     remaining = busway(sql_shop, "dead-letter", "list", *app).stdout.splitlines()
     assert remaining[-1] == "1 dead letter(s)"
     assert first not in remaining[1]
+
+
+def test_the_keys_dead_letters_hold_back_are_listed_and_skipping_lets_them_go(
+    sql_shop: Path,
+) -> None:
+    app = ("--app", "sqlshop:messaging")
+    busway(sql_shop, "setup", *app)
+    enqueue(sql_shop, "ann", "bad", "bob", "cat", key="shop-7")
+    enqueue(sql_shop, "dan")
+    ran = busway(sql_shop, "run", "async", "--until-empty", *app)
+    assert ran.stdout.splitlines() == ["hello ann", "hello dan"], ran.stderr
+    letter_id = busway(sql_shop, "dead-letter", "list", *app).stdout.splitlines()[1].split()[0]
+
+    blocked = busway(sql_shop, "dead-letter", "blocked", *app)
+    assert blocked.returncode == 0, blocked.stderr
+    assert blocked.stdout.splitlines()[1].split() == ["async", "shop-7", "2", letter_id]
+    assert blocked.stdout.splitlines()[-1] == "1 key(s) held back"
+
+    skipped = busway(sql_shop, "dead-letter", "skip", letter_id, *app)
+    assert skipped.stdout.strip() == "skipped 1 dead letter(s)"
+    after = busway(sql_shop, "run", "async", "--until-empty", *app)
+    assert after.stdout.splitlines() == ["hello bob", "hello cat"]
+    assert busway(sql_shop, "dead-letter", "blocked", *app).stdout.splitlines()[-1] == (
+        "0 key(s) held back"
+    )
 
 
 # -- dead letters, in-process (the in-memory store lives in this process) ---------------------

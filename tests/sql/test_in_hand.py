@@ -231,3 +231,26 @@ def test_setup_adds_the_in_hand_table_to_a_channel_table_of_an_earlier_version(
         engine.dispose()
     ddl = messaging.setup_sql()
     assert any("CREATE TABLE IF NOT EXISTS busway_messages_in_hand" in s for s in ddl)
+
+
+@pytest.mark.parametrize("front_door", ["run", "arun"])
+async def test_consumers_of_one_process_never_count_each_others_notes_as_deaths(
+    make_messaging, database_url, front_door
+):
+    """On SQLite a batch is claimed and noted in a transaction of its own before it is
+    handled: four consumers claiming at once used to note the same rows three times, and the
+    guard dead-lettered them as if three workers had died with them."""
+    tasks = AsyncTasks() if front_door == "arun" else Tasks()
+    channel = SqlChannel("tasks", batch_size=10)
+    messaging = make_messaging([tasks], [channel])
+    send(messaging, 1000)
+
+    if front_door == "arun":
+        result = await messaging.arun("tasks", concurrency=4)
+    else:
+        result = messaging.run("tasks", concurrency=4)
+
+    assert (result.handled, result.dead_lettered) == (1000, 0)
+    assert sorted(task for task, _ in tasks.batches) == list(range(1000))
+    assert messaging.dead_letters.list() == []
+    assert rows(database_url, channel.in_hand_table.name) == []

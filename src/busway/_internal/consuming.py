@@ -40,6 +40,7 @@ from busway.message import (
     DELIVER_AT,
     EXPIRES_AT,
     ID,
+    ORDERING_KEY,
     RETRY,
     ROUTE,
     SLIP,
@@ -260,6 +261,16 @@ class Consumer:
             )
             return delivery.channel, Envelope(delivery.envelope.body, retry_headers)
         return None
+
+    def holds_retry(self, delivery: Delivery) -> bool:
+        """Whether ``delivery``'s delayed retry waits in the worker: a keyed message on a
+        channel whose order a message sent again would break."""
+        channel = self.runtime.channels.get(delivery.channel)
+        return (
+            channel is not None
+            and channel.holds_keyed_retries
+            and delivery.envelope.headers.get(ORDERING_KEY) is not None
+        )
 
     def dead_letter(
         self, delivery: Delivery, definition: HandlerDefinition | None, error: BaseException

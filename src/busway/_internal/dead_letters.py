@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 from busway._internal.runtime import Runtime
 from busway.channels.base import Envelope
 from busway.channels.reading import raw_of, readable
-from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, TARGET
+from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, ORDERING_KEY, TARGET
+from busway.ordering import BlockedKey
 from busway.recovery import DeadLetter, DeadLetterStore
 
 log = logging.getLogger("busway")
@@ -87,7 +89,28 @@ class DeadLetters:
         return _original_headers(letter) is None
 
     def delete(self, letter_ids: Iterable[str]) -> int:
+        """Delete letters for good; a letter of a keyed message no longer holds its key back."""
         return self.store.delete(letter_ids)
+
+    def skip(self, letter_ids: Iterable[str]) -> int:
+        """Give up the messages of these letters: the later messages of their keys go on.
+        The same as ``delete``, by the name it has for a key held back."""
+        return self.delete(letter_ids)
+
+    def blocked(self, *, channel: str | None = None) -> builtins.list[BlockedKey]:
+        """The ordering keys that dead letters hold back, with how many messages wait behind
+        each, oldest letter first."""
+        letters: dict[tuple[str, str], list[str]] = {}
+        for letter in self.list(channel=channel):
+            key = letter.headers.get(ORDERING_KEY)
+            if isinstance(key, str):
+                letters.setdefault((letter.channel, key), []).append(letter.id)
+        found = []
+        for (name, key), ids in letters.items():
+            held = self._runtime.channels.get(name)
+            waiting = held.waiting(key) if held is not None else None
+            found.append(BlockedKey(name, key, tuple(ids), waiting))
+        return found
 
 
 def _original_headers(letter: DeadLetter) -> Mapping[str, Any] | None:

@@ -182,6 +182,9 @@ class ChannelContext:
     max_crashes: int | None = 3
     """``Messaging(max_crashes=...)``: a channel that pays to count the deaths of workers
     with a message in hand may skip it when this is None."""
+    dead_letters: Any = None
+    """The dead letter store: a channel that keeps the order of keyed messages may hold a
+    key back while a letter of it waits there."""
 
 
 Handle = Callable[[Delivery], None]
@@ -192,6 +195,10 @@ class Channel(ABC):
     """A named transport. Subclasses implement ``send`` and ``consume`` at least."""
 
     name: str
+    holds_keyed_retries: bool = False
+    """Whether a keyed message's delayed retry waits in the worker that has it, instead of
+    going back to the channel: a channel whose order a message sent again would break (its
+    later messages of the key would overtake it) says so."""
 
     def attach(self, context: ChannelContext) -> None:  # noqa: B027 - optional hook
         """Called once by ``Messaging`` before the channel is used."""
@@ -234,6 +241,10 @@ class Channel(ABC):
 
     def depth(self) -> int | None:
         """How many messages wait on the channel, if the transport can tell cheaply."""
+        return None
+
+    def waiting(self, ordering_key: str) -> int | None:
+        """How many messages of ``ordering_key`` wait on the channel, if it can tell."""
         return None
 
     def oldest_age(self) -> float | None:

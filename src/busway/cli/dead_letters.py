@@ -10,6 +10,7 @@ import click
 from busway.cli.app import app_option, opened
 from busway.cli.console import table, when
 from busway.cli.values import converted, parse_duration
+from busway.message import ORDERING_KEY
 from busway.messaging import Messaging
 from busway.recovery import DeadLetter
 
@@ -59,7 +60,7 @@ def _chosen_ids(
 
 @click.group("dead-letter")
 def dead_letter() -> None:
-    """List, show, replay or delete dead letters."""
+    """List, show, replay, skip or delete dead letters; see the keys they hold back."""
 
 
 @dead_letter.command("list")
@@ -67,7 +68,7 @@ def dead_letter() -> None:
 @_letter_filters
 def list_letters(app: str, **filters: Any) -> None:
     """List dead letters, oldest first."""
-    rows = [("ID", "CHANNEL", "HANDLER", "ATTEMPTS", "FAILED AT", "ERROR")]
+    rows = [("ID", "CHANNEL", "HANDLER", "KEY", "ATTEMPTS", "FAILED AT", "ERROR")]
     with opened(app) as messaging:
         letters = _select(messaging, **filters)
     for letter in letters:
@@ -76,6 +77,7 @@ def list_letters(app: str, **filters: Any) -> None:
                 letter.id,
                 letter.channel,
                 letter.handler or "-",
+                str(letter.headers.get(ORDERING_KEY) or "-"),
                 str(letter.attempts),
                 when(letter.failed_at),
                 _error_summary(letter),
@@ -153,6 +155,34 @@ def delete_letters(
         deleted = messaging.dead_letters.delete(ids)
     click.echo(f"deleted {deleted} dead letter(s)")
     _note_missing(len(ids) - deleted)
+
+
+@dead_letter.command("skip")
+@app_option
+@click.argument("letter_ids", metavar="ID...", nargs=-1, required=True)
+def skip_letters(app: str, letter_ids: tuple[str, ...]) -> None:
+    """Give up the messages of these letters: the later messages of their ordering keys,
+    held back behind them, go on."""
+    with opened(app) as messaging:
+        skipped = messaging.dead_letters.skip(letter_ids)
+    click.echo(f"skipped {skipped} dead letter(s)")
+    _note_missing(len(letter_ids) - skipped)
+
+
+@dead_letter.command("blocked")
+@app_option
+@click.option("--channel", help="Only keys held back on this channel.")
+def blocked_keys(app: str, channel: str | None) -> None:
+    """The ordering keys dead letters hold back, and how many messages wait behind each:
+    replay the letter (once its handler is fixed) or skip it to let them go."""
+    rows = [("CHANNEL", "KEY", "WAITING", "LETTERS")]
+    with opened(app) as messaging:
+        blocked = messaging.dead_letters.blocked(channel=channel)
+    for key in blocked:
+        waiting = "?" if key.waiting is None else str(key.waiting)
+        rows.append((key.channel, key.ordering_key, waiting, " ".join(key.letters)))
+    table(rows)
+    click.echo(f"{len(blocked)} key(s) held back")
 
 
 def _error_summary(letter: DeadLetter) -> str:

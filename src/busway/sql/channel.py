@@ -37,22 +37,27 @@ from busway.channels.base import (
     Envelope,
     Handle,
 )
-from busway.errors import BuswayError, ConfigurationError
-from busway.message import ID
+from busway.errors import BuswayError
+from busway.message import ID, ORDERING_KEY, POSITION, PRIORITY
+from busway.ordering import priority_of, stored_key
 from busway.sql._async import consuming as aconsuming
 from busway.sql._async import idling as aidling
 from busway.sql._async import sending as asending
 from busway.sql._sync import consuming, idling, sending
 from busway.sql.consumer import Mode, SqlConsumer
 from busway.sql.crashes import InHand
-from busway.sql.creating import has_trigger, set_up
+from busway.sql.creating import check_columns, has_trigger, missing_indexes, set_up
 from busway.sql.database import Database
+from busway.sql.dead_letters import SqlDeadLetterStore
+from busway.sql.rows import place_on
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import open_transaction
 from busway.sql.waiting import Waiting
 
 _encode = msgspec.json.Encoder().encode
+_AFTER_ADDING = {"queued_at": "UPDATE {table} SET queued_at = available_at"}
+"""What to run after adding a column an earlier version's table lacks, by its name."""
 
 
 class SqlChannel(Channel):
@@ -69,6 +74,7 @@ class SqlChannel(Channel):
         visibility_timeout: float = 30.0,
         poll_interval: float = 0.5,
         table: str = "busway_messages",
+        priorities: bool = False,
     ) -> None:
         if mode not in ("transaction", "lease"):
             raise ValueError(f"SqlChannel mode is 'transaction' or 'lease', not {mode!r}")
@@ -78,9 +84,11 @@ class SqlChannel(Channel):
         self.redo_batches = redo_batches
         self.visibility_timeout = visibility_timeout
         self.poll_interval = poll_interval
+        self.priorities = priorities
+        self._letters: Table | None = None
         self._own_database = Database.of(database) if database is not None else None
         self._database: Database | None = self._own_database
-        self.table: Table = messages_table(MetaData(), table)
+        self.table: Table = messages_table(MetaData(), table, priorities=priorities)
         self.in_hand_table: Table = in_hand_table(MetaData(), f"{table}_in_hand")
         self._max_crashes: int | None = 3
         self._clock: Callable[[], float] = time.time
@@ -98,6 +106,9 @@ class SqlChannel(Channel):
             self._database = Database.of(context.database)
         if self._database is not None:
             self._database.tables.update((self.table.name, self.in_hand_table.name))
+            store = context.dead_letters
+            if isinstance(store, SqlDeadLetterStore) and store.database.key == self._database.key:
+                self._letters = store.table
 
     def validate(self) -> list[str]:
         if self._database is None:
@@ -116,7 +127,13 @@ class SqlChannel(Channel):
     @functools.cached_property
     def _sql(self) -> Statements:
         """The channel's statements, for its database's backend (known once attached)."""
-        return Statements(self.table, self.name, self.database.backend)
+        return Statements(
+            self.table,
+            self.name,
+            self.database.backend,
+            letters=self._letters,
+            priorities=self.priorities,
+        )
 
     @functools.cached_property
     def _in_hand(self) -> InHand | None:
@@ -124,8 +141,9 @@ class SqlChannel(Channel):
         crash-loop guard is off (``Messaging(max_crashes=None)``)."""
         if self._max_crashes is None or self.mode != "transaction":
             return None
-        claim, _ = self._sql.claim(0, 0.0)
-        return InHand(self.table, self.in_hand_table, self.name, self.database.backend, claim)
+        sql = self._sql
+        claim, _ = sql.claim(0, 0.0)
+        return InHand(self.table, self.in_hand_table, self.name, self.database.backend, claim, sql)
 
     def ddl(self) -> list[str]:
         """The statements ``setup`` runs, for those who migrate with Alembic or by hand."""
@@ -141,6 +159,8 @@ class SqlChannel(Channel):
         if not all(found.has_table(table.name) for table in (self.table, self.in_hand_table)):
             return False
         self._check_columns(connection)
+        if missing_indexes(connection, self.table):
+            return False
         if self.database.backend == "postgresql":
             return has_trigger(connection, self.table.name, f"{self.table.name}_notify")
         return True
@@ -149,6 +169,8 @@ class SqlChannel(Channel):
         self.table.create(connection, checkfirst=True)
         self.in_hand_table.create(connection, checkfirst=True)
         self._check_columns(connection)
+        for index in missing_indexes(connection, self.table):
+            index.create(connection, checkfirst=True)
         if self.database.backend == "postgresql":
             for statement in self._sql.notify_trigger():
                 connection.exec_driver_sql(statement)
@@ -158,36 +180,28 @@ class SqlChannel(Channel):
 
     def _check_columns(self, connection: Connection) -> None:
         """A table made by an earlier version may lack columns: say which, and how to add them."""
-        found = {column["name"] for column in inspect(connection).get_columns(self.table.name)}
-        missing = [column for column in self.table.columns if column.name not in found]
-        if missing:
-            table, dialect = self.table.name, connection.dialect
-            additions = [
-                f"ALTER TABLE {table} ADD COLUMN {column.name} "
-                f"{column.type.compile(dialect=dialect)} NOT NULL DEFAULT 0"
-                for column in missing
-            ]
-            if "queued_at" in {column.name for column in missing}:
-                additions.append(f"UPDATE {table} SET queued_at = available_at")
-            raise ConfigurationError(
-                f"table {self.table.name} lacks the column(s) "
-                f"{', '.join(column.name for column in missing)} that this version of busway "
-                f"writes; add them with: {'; '.join(additions)}"
-            )
+        check_columns(
+            connection, self.table, {"queued_at": "UPDATE {table} SET queued_at = available_at"}
+        )
 
     # -- sending ---------------------------------------------------------------------------
 
     def _row(self, envelope: Envelope) -> dict[str, Any]:
+        headers = envelope.headers
         deliver_at = envelope.deliver_at
         due = int((deliver_at if deliver_at is not None else self._clock()) * 1000)
+        key = stored_key(headers.get(ORDERING_KEY))
         return {
             "channel": self.name,
             "available_at": due,
             "queued_at": due,
-            "message_id": str(envelope.headers.get(ID, "")),
-            "headers": _encode(envelope.headers).decode(),
+            "message_id": str(headers.get(ID, "")),
+            "headers": _encode(headers).decode(),
             "body": envelope.body,
             "deliveries": 0,
+            "ordering_key": key,
+            "position": None if key is None else place_on(self.name, headers.get(POSITION)),
+            "priority": priority_of(headers.get(PRIORITY)),
         }
 
     def send(self, envelope: Envelope) -> None:
@@ -245,6 +259,13 @@ class SqlChannel(Channel):
         self._waiting.wake_local()
 
     # -- inspection ------------------------------------------------------------------------
+
+    def waiting(self, ordering_key: str) -> int:
+        """How many messages of ``ordering_key`` wait on the channel."""
+        key = stored_key(ordering_key)
+        with self.database.reading() as connection:
+            count = connection.execute(self._sql.waiting(key)).scalar()
+        return int(count or 0)
 
     def depth(self) -> int:
         with self.database.reading() as connection:

@@ -3,8 +3,12 @@ context: the consuming functions (``busway.sql._async.consuming``) take this, no
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import asyncio
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import Row
@@ -42,6 +46,26 @@ class SqlConsumer:
     await_idle: Callable[[float], Awaitable[None]]
     relaying: bool = False
     """Whether the last batch was full and only sent on: the next claim takes more."""
+    turns: Turns = field(default_factory=lambda: Turns())
+    """Where this process's consumers of the channel take turns (``claims_first``)."""
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """This thread's turn to claim and handle a batch, where batches take turns."""
+        if not self.claims_first:
+            yield
+            return
+        with self.turns.lock:
+            yield
+
+    @asynccontextmanager
+    async def aturn(self) -> AsyncIterator[None]:
+        """``turn`` for the tasks of an event loop."""
+        if not self.claims_first:
+            yield
+            return
+        async with self.turns.on_loop():
+            yield
 
     @property
     def claims_first(self) -> bool:
@@ -57,3 +81,27 @@ class SqlConsumer:
         self, row: Row[Any], connection: Any, isolated: bool = True, **known: Any
     ) -> Delivery:
         return delivery_of(row, self.name, connection, isolated, **known)
+
+
+class Turns:
+    """One batch at a time for the consumers of a channel in this process, where a batch is
+    claimed and noted in hand in a transaction of its own before it is handled (SQLite).
+
+    Between that claim and the batch's own transaction the rows are not locked: another
+    consumer claiming then would note them in hand again, and the notes of live consumers
+    would count as deaths of workers (the crash-loop guard would dead-letter a message no
+    worker died with). The batch's transaction holds SQLite's one write lock anyway, so
+    taking turns costs no parallelism. Sync consumers take turns on a thread lock, asyncio
+    ones on a lock of their event loop."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+        self._loop_locks = weakref.WeakKeyDictionary()
+
+    def on_loop(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._loop_locks.get(loop)
+        if lock is None:
+            lock = self._loop_locks[loop] = asyncio.Lock()
+        return lock

@@ -37,6 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Row
 
+from busway.sql.statements import Statements
+
 log = logging.getLogger("busway.sql")
 
 R = TypeVar("R")
@@ -54,7 +56,13 @@ class InHand:
     """The statements on the in-hand table of one channel: noting, giving back, forgetting."""
 
     def __init__(
-        self, messages: Table, table: Table, name: str, backend: str, claim: Select[Any]
+        self,
+        messages: Table,
+        table: Table,
+        name: str,
+        backend: str,
+        claim: Select[Any],
+        sql: Statements,
     ) -> None:
         self.messages = messages
         self.table = table
@@ -82,13 +90,14 @@ class InHand:
         which ``FOR UPDATE`` does not lock: the note can still be written beside it."""
         self.claimed_again = (
             select(*claim.selected_columns, (taken - 1).label("crashes"))
-            .where(messages.c.seq.in_(bindparam("seqs", expanding=True)))
-            .order_by(messages.c.available_at, messages.c.seq)
+            .where(messages.c.seq.in_(bindparam("seqs", expanding=True)), sql.claimable)
+            .order_by(*sql.order)
         )
         """The rows ``seqs`` a short transaction claimed and noted first (SQLite), with their
         count of deaths: their notes, less this delivery's own, read under the write lock. A
         worker that claimed and noted them too in between either handled them already (they
-        are gone, notes and all) or died (its note counts), whichever ran first."""
+        are gone, notes and all) or died (its note counts), whichever ran first. A row that
+        is no longer first of its key (a dead letter of it replayed in between) is left."""
 
     def take(self, seqs: list[int]) -> tuple[Any, Any]:
         """Note the messages ``seqs`` as taken once more, in one statement made once (one

@@ -8,11 +8,12 @@ under an advisory lock on PostgreSQL; elsewhere a creation that lost a race to a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from sqlalchemy import Connection, Table, inspect, text
+from sqlalchemy import Connection, Index, Table, inspect, text
 from sqlalchemy.exc import DBAPIError
 
+from busway.errors import ConfigurationError
 from busway.sql.database import Database
 from busway.sql.missing import LOOKING
 
@@ -67,3 +68,36 @@ def has_trigger(connection: Connection, table: str, trigger: str) -> bool:
 def _race_lost(error: DBAPIError) -> bool:
     described = str(error.orig).lower()
     return any(sign in described for sign in _RACE_LOST)
+
+
+def check_columns(
+    connection: Connection, table: Table, then: Mapping[str, str] | None = None
+) -> None:
+    """Raise if ``table``, made by an earlier version, lacks columns this one writes: say
+    which, and the statements that add them (``then``: a statement to run after adding a
+    column, by its name, ``{table}`` in it the table's name)."""
+    found = {column["name"] for column in inspect(connection).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in found]
+    if not missing:
+        return
+    dialect = connection.dialect
+    additions = []
+    for column in missing:
+        kind = column.type.compile(dialect=dialect)
+        rest = "" if column.nullable else " NOT NULL DEFAULT 0"
+        additions.append(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{rest}")
+    for column in missing:
+        if then and column.name in then:
+            additions.append(then[column.name].format(table=table.name))
+    raise ConfigurationError(
+        f"table {table.name} lacks the column(s) "
+        f"{', '.join(column.name for column in missing)} that this version of busway "
+        "writes (busway setup then makes the indexes that go with them); add them with: "
+        f"{'; '.join(additions)}"
+    )
+
+
+def missing_indexes(connection: Connection, table: Table) -> list[Index]:
+    """The indexes of ``table`` that its database does not have yet."""
+    found = {index["name"] for index in inspect(connection).get_indexes(table.name)}
+    return [index for index in table.indexes if index.name not in found]

@@ -6,12 +6,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, MetaData, Table, delete, insert, select
+from sqlalchemy import Connection, MetaData, Table, delete, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from busway.channels.reading import kept_raw, readable
+from busway.message import ORDERING_KEY
+from busway.ordering import stored_key
 from busway.recovery import DeadLetter
-from busway.sql.creating import create_table, has_table, set_up
+from busway.sql.creating import check_columns, missing_indexes, set_up
 from busway.sql.database import Database
 from busway.sql.schema import dead_letters_table
 from busway.sql.transactions import open_transaction
@@ -24,6 +26,8 @@ class SqlDeadLetterStore:
 
     A letter written while a message is claimed in a transaction commits with the
     acknowledgement of that message, or not at all: the message never vanishes in between.
+    A letter of a keyed message holds back the later messages of its key on a ``SqlChannel``
+    of the same database until it is replayed or deleted (skipped).
     """
 
     def __init__(self, database: Database, table: str = "busway_dead_letters") -> None:
@@ -32,7 +36,19 @@ class SqlDeadLetterStore:
         database.tables.add(table)
 
     def setup(self) -> None:
-        set_up(self.database, has_table(self.table), create_table(self.table))
+        set_up(self.database, self._is_set_up, self._create)
+
+    def _is_set_up(self, connection: Connection) -> bool:
+        if not inspect(connection).has_table(self.table.name):
+            return False
+        check_columns(connection, self.table)
+        return not missing_indexes(connection, self.table)
+
+    def _create(self, connection: Connection) -> None:
+        self.table.create(connection, checkfirst=True)
+        check_columns(connection, self.table)
+        for index in missing_indexes(connection, self.table):
+            index.create(connection, checkfirst=True)
 
     def add(self, letter: DeadLetter) -> None:
         row = self._row(letter)
@@ -58,6 +74,7 @@ class SqlDeadLetterStore:
             "traceback": letter.traceback,
             "attempts": letter.attempts,
             "failed_at": letter.failed_at,
+            "ordering_key": stored_key(letter.headers.get(ORDERING_KEY)),
         }
 
     async def aadd(self, letter: DeadLetter) -> None:

@@ -8,6 +8,7 @@ from sqlalchemy import Row
 
 from busway.channels.base import Delivery
 from busway.channels.reading import read
+from busway.message import POSITION
 
 
 def delivery_of(
@@ -23,6 +24,11 @@ def delivery_of(
     """The row's message, or, when its headers cannot be read, an ``Unreadable`` delivery that
     the core moves to the dead letter store as the row holds it."""
     envelope, unreadable = read(bytes(row.body), row.headers)
+    if row.ordering_key is not None and unreadable is None:
+        # Its place among the messages of its key, which a retry or a replay of it keeps.
+        headers = envelope.headers
+        assert isinstance(headers, dict)
+        headers[POSITION] = f"{channel}:{row.position}"
     deliveries = row.deliveries
     return Delivery(
         envelope,
@@ -35,3 +41,14 @@ def delivery_of(
         crashes=crashes,
         unreadable=unreadable,
     )
+
+
+def place_on(channel: str, position: object) -> int | None:
+    """The place a message keeps among those of its key on ``channel`` (the ``POSITION``
+    header a delivery of it there was given), or None: it takes a new one."""
+    if not isinstance(position, str):
+        return None
+    name, _, place = position.rpartition(":")
+    if name != channel or not place.isdigit():
+        return None
+    return int(place)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -14,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import mysql
 
@@ -23,16 +26,29 @@ Body = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 LongText = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
-def messages_table(metadata: MetaData, name: str = "busway_messages") -> Table:
+def messages_table(
+    metadata: MetaData, name: str = "busway_messages", *, priorities: bool = False
+) -> Table:
     """Messages waiting on SQL channels, one table shared by every channel of a database.
 
     ``available_at`` (milliseconds since the epoch) is when a message may be taken: the send
     time, a delay's end, or, in lease mode, when an unfinished claim expires, or when a
     message whose send on failed is tried again. ``queued_at`` is when it was first due, and
-    never moves: the age of the oldest message counts from there. The index serves the
-    dequeue exactly: one channel, available now, oldest first.
+    never moves: the age of the oldest message counts from there. The dequeue index serves the
+    claim exactly: one channel, available now, oldest first.
+
+    ``ordering_key`` is the message's key, if it has one (``busway.ordering``); ``position``
+    its place among the messages of its key when that is not its ``seq``: a retry or a
+    replayed dead letter keeps the ``seq`` of the message it repeats. The key indexes hold
+    keyed rows only, where the database can say so. ``priority`` orders the claim of a
+    channel made with ``priorities=True``, whose own index is then made.
     """
-    return Table(
+    keyed = {
+        "postgresql_where": "ordering_key IS NOT NULL",
+        "sqlite_where": "ordering_key IS NOT NULL",
+    }
+    placed = {"postgresql_where": "position IS NOT NULL", "sqlite_where": "position IS NOT NULL"}
+    table = Table(
         name,
         metadata,
         Column("seq", Sequence, primary_key=True, autoincrement=True),
@@ -43,8 +59,26 @@ def messages_table(metadata: MetaData, name: str = "busway_messages") -> Table:
         Column("headers", LongText, nullable=False),
         Column("body", Body, nullable=False),
         Column("deliveries", Integer, nullable=False, default=0),
+        Column("ordering_key", String(200), nullable=True),
+        Column("position", BigInteger, nullable=True),
+        Column("priority", Integer, nullable=False, default=0, server_default=text("0")),
         Index(f"{name}_dequeue", "channel", "available_at", "seq"),
+        Index(f"{name}_by_key", "channel", "ordering_key", "seq", **_where(keyed)),
+        Index(f"{name}_by_position", "channel", "ordering_key", "position", **_where(placed)),
     )
+    if priorities:
+        Index(
+            f"{name}_by_priority",
+            table.c.channel,
+            table.c.priority.desc(),
+            table.c.available_at,
+            table.c.seq,
+        )
+    return table
+
+
+def _where(conditions: dict[str, str]) -> dict[str, Any]:
+    return {dialect: text(condition) for dialect, condition in conditions.items()}
 
 
 def in_hand_table(metadata: MetaData, name: str = "busway_messages_in_hand") -> Table:
@@ -77,7 +111,9 @@ def dead_letters_table(metadata: MetaData, name: str = "busway_dead_letters") ->
         Column("traceback", LongText, nullable=False),
         Column("attempts", Integer, nullable=False),
         Column("failed_at", Double, nullable=False),
+        Column("ordering_key", String(200), nullable=True),
         Index(f"{name}_by_time", "failed_at"),
+        Index(f"{name}_by_key", "channel", "ordering_key"),
     )
 
 

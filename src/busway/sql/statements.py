@@ -18,11 +18,14 @@ from sqlalchemy import (
     LargeBinary,
     Row,
     Table,
+    and_,
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -38,12 +41,28 @@ _LONGEST_KEPT_BACK_PAUSE = 60.0
 
 
 class Statements:
-    """The statements of the channel ``name`` in ``table`` on a ``backend``."""
+    """The statements of the channel ``name`` in ``table`` on a ``backend``.
 
-    def __init__(self, table: Table, name: str, backend: str) -> None:
+    ``letters``: the dead letter table in the same database, whose letters of a key hold back
+    the later messages of that key; ``priorities``: whether the claim takes higher priorities
+    first."""
+
+    def __init__(
+        self,
+        table: Table,
+        name: str,
+        backend: str,
+        *,
+        letters: Table | None = None,
+        priorities: bool = False,
+    ) -> None:
         self.table = table
         self.name = name
         self.backend = backend
+        self.order: tuple[Any, ...] = (table.c.available_at, table.c.seq)
+        if priorities:
+            self.order = (table.c.priority.desc(), *self.order)
+        self.claimable = claimable(table, letters)
         self._inserts: dict[Dialect, tuple[str, tuple[str, ...]]] = {}
         headers: ColumnElement[Any] = table.c.headers
         body: ColumnElement[Any] = table.c.body
@@ -52,9 +71,21 @@ class Statements:
             headers = cast(headers, LargeBinary).label("headers")
             body = cast(body, LargeBinary).label("body")
         claim = (
-            select(table.c.seq, table.c.message_id, headers, body, table.c.deliveries)
-            .where(table.c.channel == name, table.c.available_at <= bindparam("now"))
-            .order_by(table.c.available_at, table.c.seq)
+            select(
+                table.c.seq,
+                table.c.message_id,
+                headers,
+                body,
+                table.c.deliveries,
+                table.c.ordering_key,
+                func.coalesce(table.c.position, table.c.seq).label("position"),
+            )
+            .where(
+                table.c.channel == name,
+                table.c.available_at <= bindparam("now"),
+                self.claimable,
+            )
+            .order_by(*self.order)
             .limit(bindparam("limit"))
         )
         if backend != "sqlite":
@@ -137,6 +168,11 @@ END $$ LANGUAGE plpgsql""",
         """When the channel's earliest message is due (``available_at``), or NULL."""
         return self._next_due
 
+    def waiting(self, key: str | None) -> Any:
+        """How many messages of the ordering key ``key`` wait on the channel."""
+        table = self.table
+        return select(func.count()).where(table.c.channel == self.name, table.c.ordering_key == key)
+
     def depth(self) -> Any:
         return select(func.count()).where(self.table.c.channel == self.name)
 
@@ -155,6 +191,32 @@ END $$ LANGUAGE plpgsql""",
             keyed = statement.where(self.table.c.seq == bindparam("key"))
             return keyed, [{"key": seq} for seq in seqs]
         return statement.where(self.table.c.seq.in_(seqs)), None
+
+
+def claimable(table: Table, letters: Table | None) -> ColumnElement[bool]:
+    """Whether a row may be claimed as far as its key goes: it has none, or it is first of
+    its key (no row of the key before its place, kept back, delayed or in another worker's
+    hands) and no dead letter of its key on its channel waits to be replayed or skipped.
+
+    A row's place is its ``position`` when it repeats an earlier message, else its ``seq``;
+    a position is never above its row's ``seq``, so a row with an earlier place has either
+    a lower ``seq`` or a lower ``position``: two probes, each on an index of keyed rows."""
+    place = func.coalesce(table.c.position, table.c.seq)
+    by_seq, by_position = table.alias("earlier"), table.alias("placed_earlier")
+
+    def same_key(other: Any) -> ColumnElement[bool]:
+        return and_(
+            other.c.channel == table.c.channel, other.c.ordering_key == table.c.ordering_key
+        )
+
+    earlier = exists().where(same_key(by_seq), by_seq.c.seq < place)
+    placed_earlier = exists().where(same_key(by_position), by_position.c.position < place)
+    first = ~earlier & ~placed_earlier
+    if letters is not None:
+        first = first & ~exists().where(
+            letters.c.channel == table.c.channel, letters.c.ordering_key == table.c.ordering_key
+        )
+    return or_(table.c.ordering_key.is_(None), first)
 
 
 def _kept_back_pause(deliveries: int) -> float:

@@ -8,6 +8,8 @@ each handler's chains are composed once, at start-up, from the links that apply 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from typing import Any, ClassVar
 
@@ -142,26 +144,36 @@ class DeadLettering(Chained):
 
 class DelayedRetries(Chained):
     """A failure the policy retries later goes back to its channel, addressed to its
-    handler and due after the policy's delay (Dramatiq's ``Retries`` middleware)."""
+    handler and due after the policy's delay (Dramatiq's ``Retries`` middleware). On a
+    channel whose order that would break (``Channel.holds_keyed_retries``), a keyed message
+    waits the delay in the worker instead, and is tried again there: the later messages of
+    its key do not overtake it."""
 
     async def ainvoke(self, handling: Handling) -> Any:
-        try:
-            return await self.inner.ainvoke(handling)
-        except PASSING:
-            raise
-        except Exception as error:
-            delivery = handling.delivery
-            assert delivery is not None
-            retry = self.consumer.delayed_retry(delivery, handling.definition, error)
-            if retry is None:
+        while True:
+            try:
+                return await self.inner.ainvoke(handling)
+            except PASSING:
                 raise
-            handling.failure = error
-            handling.retried = True
-            runtime = self.consumer.runtime
-            await runtime.asend(*retry)
-            if runtime.instruments and not delivery.repeated:  # told once, not per redo
-                runtime.instruments.retried(delivery, handling.definition.name, error)
-            return None
+            except Exception as error:
+                delivery = handling.delivery
+                assert delivery is not None
+                retry = self.consumer.delayed_retry(delivery, handling.definition, error)
+                if retry is None:
+                    raise
+                runtime = self.consumer.runtime
+                held = self.consumer.holds_retry(delivery)
+                if not held:
+                    handling.failure = error
+                    handling.retried = True
+                    await runtime.asend(*retry)
+                if runtime.instruments and not delivery.repeated:  # told once, not per redo
+                    runtime.instruments.retried(delivery, handling.definition.name, error)
+                if not held:
+                    return None
+                envelope = retry[1]
+                await asyncio.sleep(max(0.0, (envelope.deliver_at or 0.0) - runtime.clock()))
+                handling.delivery = isolated(dataclasses.replace(delivery, envelope=envelope))
 
 
 class FailedCommands(Chained):

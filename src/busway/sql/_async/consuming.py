@@ -72,7 +72,7 @@ async def _aconsume_batch(
     taken: list[int] = []
     database = consumer.database
     watch(database.worker_async_engine.sync_engine)
-    async with database.worker_async_engine.connect() as connection:
+    async with consumer.aturn(), database.worker_async_engine.connect() as connection:
         transaction = Transaction(database.key, connection)
         async with agiven_back_on_failure(database, consumer.in_hand, taken):
             claimed = None

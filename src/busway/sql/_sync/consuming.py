@@ -69,7 +69,7 @@ def _consume_batch(consumer: SqlConsumer, handle: Handle, limit: int, redo: Redo
     taken: list[int] = []
     database = consumer.database
     watch(database.worker_engine)
-    with database.worker_engine.connect() as connection:
+    with consumer.turn(), database.worker_engine.connect() as connection:
         transaction = Transaction(database.key, connection)
         with given_back_on_failure(database, consumer.in_hand, taken):
             claimed = None
