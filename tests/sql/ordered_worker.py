@@ -22,7 +22,7 @@ from busway import CommandBus, Messaging, SqlChannel, asynchronous, command_hand
 from markers import write_atomically
 
 CHANNEL = "ordered"
-POLL = 0.05
+POLL = 0.2
 
 
 @dataclass
@@ -115,6 +115,8 @@ def main() -> None:
         result = messaging.run(CHANNEL, concurrency=args.concurrency)
         handled_count += result.handled
         failed += result.failed
+        if result.reason != "empty":  # stopped by a signal
+            break
         time.sleep(POLL)
     messaging.close()
     print(json.dumps({"handled": handled_count, "failed": failed}))
