@@ -111,6 +111,7 @@ NAMES = {
     "aaround": "around",
     "_abind": "_bind",
     "aturn": "turn",
+    "_anothing_claimed": "_nothing_claimed",
 }
 """Names of the asyncio source and the sync names they become, wherever they occur."""
 

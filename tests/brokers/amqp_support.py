@@ -70,6 +70,28 @@ class Broker:
 
         return self._run(count)  # type: ignore[no-any-return]
 
+    def declares(self, queue: str, arguments: dict[str, Any]) -> bool:
+        """Whether ``queue`` can be declared durable with ``arguments``: RabbitMQ refuses to
+        declare a queue again with other arguments than its own."""
+
+        async def declare(channel: aio_pika.abc.AbstractChannel) -> bool:
+            try:
+                await channel.declare_queue(queue, durable=True, arguments=arguments)
+            except aiormq.exceptions.ChannelPreconditionFailed:
+                return False
+            return True
+
+        return self._run(declare)  # type: ignore[no-any-return]
+
+    def consumers(self, queue: str) -> int:
+        """How many consumers ``queue`` has, active or waiting their turn."""
+
+        async def consumers(channel: aio_pika.abc.AbstractChannel) -> int:
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.consumer_count or 0)
+
+        return self._run(consumers)  # type: ignore[no-any-return]
+
     def get(self, queue: str) -> aio_pika.abc.AbstractIncomingMessage | None:
         async def get(channel: aio_pika.abc.AbstractChannel) -> Any:
             declared = await channel.declare_queue(queue, passive=True)
@@ -89,13 +111,15 @@ class Broker:
 
         return self._run(redeclare)  # type: ignore[no-any-return]
 
-    def delete(self, queue: str) -> None:
-        """Delete ``queue`` and every wait queue it may have."""
+    def delete(self, queue: str, partitions: int = 0) -> None:
+        """Delete ``queue``, its ``partitions`` and every wait queue they may have."""
+        names = [queue, *(f"{queue}.{index}" for index in range(partitions))]
 
         async def delete(channel: aio_pika.abc.AbstractChannel) -> None:
-            await channel.queue_delete(queue)
-            for power in range(32):
-                await channel.queue_delete(f"{queue}.wait.{1 << power}")
+            for name in names:
+                await channel.queue_delete(name)
+                for power in range(32):
+                    await channel.queue_delete(f"{name}.wait.{1 << power}")
 
         self._run(delete)
 
@@ -106,17 +130,18 @@ def broker(amqp_url: str) -> Broker:
 
 
 @pytest.fixture
-def queues(broker: Broker) -> Iterator[Callable[[], str]]:
-    """Make queue names of this test's own; the queues are deleted when it ends."""
-    made: list[str] = []
+def queues(broker: Broker) -> Iterator[Callable[..., str]]:
+    """Make queue names of this test's own (``make(partitions=N)`` for a partitioned
+    channel's); the queues are deleted when it ends."""
+    made: list[tuple[str, int]] = []
 
-    def make() -> str:
-        made.append(f"busway-test-{uuid.uuid4().hex[:12]}")
-        return made[-1]
+    def make(partitions: int = 0) -> str:
+        made.append((f"busway-test-{uuid.uuid4().hex[:12]}", partitions))
+        return made[-1][0]
 
     yield make
-    for queue in made:
-        broker.delete(queue)
+    for queue, partitions in made:
+        broker.delete(queue, partitions)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:

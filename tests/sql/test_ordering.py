@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy import create_engine, func, select, update
 
 from busway import (
     CommandBus,
@@ -22,6 +23,7 @@ from busway import (
 from busway.channels.base import Channel, Envelope, current_batch
 from busway.ordering import MAX_PRIORITY, BlockedKey
 from busway.testing import FakeClock
+from dbsupport import sync_url
 
 
 @dataclass
@@ -189,10 +191,10 @@ def test_a_long_key_orders_like_a_short_one(make_messaging):
 # -- sequenced dead letters ---------------------------------------------------------------
 
 
-def dead_letter_third_of_k(make_messaging) -> tuple[Messaging, Recorder]:
+def dead_letter_third_of_k(make_messaging, mode="transaction") -> tuple[Messaging, Recorder]:
     """K's third message fails for good; K's fourth and fifth wait, other keys go on."""
     recorder = Recorder()
-    messaging = messaging_of(make_messaging, recorder)
+    messaging = messaging_of(make_messaging, recorder, SqlChannel("jobs", mode=mode))
     recorder.failing[("K", 2)] = -1
     send_steps(messaging.gateway(Steps), "KLM", 5)
 
@@ -206,8 +208,9 @@ def dead_letter_third_of_k(make_messaging) -> tuple[Messaging, Recorder]:
     return messaging, recorder
 
 
-def test_the_later_messages_of_a_dead_lettered_key_wait_until_it_is_replayed(make_messaging):
-    messaging, recorder = dead_letter_third_of_k(make_messaging)
+@pytest.mark.parametrize("mode", ["transaction", "lease"])
+def test_the_later_messages_of_a_dead_lettered_key_wait_until_it_is_replayed(make_messaging, mode):
+    messaging, recorder = dead_letter_third_of_k(make_messaging, mode)
     bus = messaging.gateway(Steps)
     bus.send(Step("K", 5), ordering_key="K")  # sent while K waits: it waits too
     bus.send(Step("L", 5), ordering_key="L")
@@ -376,3 +379,31 @@ class FarChannel(Channel):
 
     def consume(self, handle: object, max_messages: int, wait: float) -> int:
         return 0
+
+
+def test_a_keyed_message_whose_headers_cannot_be_read_holds_its_key_back(
+    make_messaging, database_url
+):
+    recorder = Recorder()
+    channel = SqlChannel("jobs", batch_size=10)
+    messaging = messaging_of(make_messaging, recorder, channel)
+    send_steps(messaging.gateway(Steps), "KL", 3)
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as connection:
+            table = channel.table
+            first = select(func.min(table.c.seq)).where(table.c.ordering_key == "K")
+            connection.execute(
+                update(table).where(table.c.seq == first.scalar_subquery()).values(headers="{")
+            )
+    finally:
+        engine.dispose()
+
+    messaging.run("jobs")
+
+    assert recorder.of("K") == [] and recorder.of("L") == [0, 1, 2]
+    [letter] = messaging.dead_letters.list()
+    assert messaging.dead_letters.blocked() == [BlockedKey("jobs", "K", (letter.id,), 2)]
+    messaging.dead_letters.skip([letter.id])
+    messaging.run("jobs")
+    assert recorder.of("K") == [1, 2]

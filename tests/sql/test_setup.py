@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from sqlalchemy import create_engine, text
 
 from busway import (
     CommandBus,
+    ConfigurationError,
     Messaging,
     RetryPolicy,
     SetupRequired,
@@ -355,3 +357,34 @@ def test_a_missing_table_of_the_application_keeps_the_drivers_error(database_url
             assert table in str(error.value)
     finally:
         messaging.close()
+
+
+def test_setup_names_what_a_dead_letter_table_of_an_earlier_version_lacks(
+    database_url: str,
+) -> None:
+    engine = create_engine(sync_url(database_url))
+    body = {"sqlite": "BLOB", "mysql": "LONGBLOB", "postgresql": "BYTEA"}[engine.dialect.name]
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "CREATE TABLE busway_dead_letters (id VARCHAR(64) PRIMARY KEY, "
+                    "channel VARCHAR(200) NOT NULL, handler VARCHAR(500), "
+                    "message_id VARCHAR(64), headers TEXT NOT NULL, "
+                    f"body {body} NOT NULL, error_type VARCHAR(500) NOT NULL, "
+                    "error_message TEXT NOT NULL, traceback TEXT NOT NULL, "
+                    "attempts INTEGER NOT NULL, failed_at DOUBLE PRECISION NOT NULL)"
+                )
+            )
+        messaging = Messaging(channels=[SqlChannel("jobs")], database=database_url)
+        lacks = re.escape("lacks the column(s) ordering_key")
+        with pytest.raises(ConfigurationError, match=lacks) as error:
+            messaging.setup()
+        with engine.begin() as connection:
+            for statement in str(error.value).split("add them with: ")[1].split("; "):
+                connection.execute(text(statement))
+        messaging.setup()
+        assert messaging.dead_letters.blocked() == []
+        messaging.close()
+    finally:
+        engine.dispose()

@@ -10,7 +10,7 @@ from typing import Any
 from busway._internal.runtime import Runtime
 from busway.channels.base import Envelope
 from busway.channels.reading import raw_of, readable
-from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, ORDERING_KEY, TARGET
+from busway.message import ATTEMPT, DELIVER_AT, EXPIRES_AT, ORDERING_KEY, POSITION, TARGET
 from busway.ordering import BlockedKey
 from busway.recovery import DeadLetter, DeadLetterStore
 
@@ -76,6 +76,9 @@ class DeadLetters:
                 for key, value in original.items()
                 if key not in (ATTEMPT, DELIVER_AT, EXPIRES_AT)
             }
+            for kept in (ORDERING_KEY, POSITION):  # beside headers once unreadable
+                if kept not in headers and kept in letter.headers:
+                    headers[kept] = letter.headers[kept]
             if letter.handler is not None:
                 headers[TARGET] = letter.handler
             self._runtime.send(letter.channel, Envelope(letter.body, headers))

@@ -38,8 +38,9 @@ class Handling:
     """The handler's failure met before, when the channel redoes a batch: not run again."""
     failure: BaseException | None = None
     """The failure a link dealt with for good (retry sent, letter stored), if any."""
-    retried: bool = False
-    """Whether that failure was sent back for a delayed retry."""
+    retried: int = 0
+    """How many delayed retries its failures made: sent back to the channel, or waited for in
+    the worker (``DelayedRetries``)."""
     dead_lettered: bool = False
     """Whether that failure went to the dead letter store."""
 

@@ -242,6 +242,7 @@ class SqlChannel(Channel):
             guarded=self._max_crashes is not None,
             wait_idle=functools.partial(idling.wait_idle, *idle),
             await_idle=functools.partial(aidling.await_idle, *idle),
+            poll_interval=self.poll_interval,
         )
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:

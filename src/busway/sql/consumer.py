@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -18,8 +19,13 @@ from busway.sql.crashes import InHand
 from busway.sql.database import Database
 from busway.sql.rows import delivery_of
 from busway.sql.statements import Statements
+from busway.sql.waiting import BUSY_PAUSE
 
 Mode = Literal["transaction", "lease"]
+
+WINDOWED_SPELL = 5.0
+"""Seconds the consumers of a channel in a process claim among the messages due first only,
+after a claim found messages due and none it could take."""
 
 RELAY_BATCH_FACTOR = 5
 """After a full batch of messages that were all only sent on (a relay's), the next claim takes
@@ -41,11 +47,19 @@ class SqlConsumer:
     """The notes of the messages in hand in ``transaction`` mode, with the crash-loop guard."""
     guarded: bool
     """Whether the crash-loop guard is on (``Messaging(max_crashes=...)``)."""
-    wait_idle: Callable[[float], None]
-    """Wait at most that many seconds for a message, after a claim found none."""
-    await_idle: Callable[[float], Awaitable[None]]
+    wait_idle: Callable[[float, float], None]
+    """Wait at most that many seconds for a message, after a claim found none; the second
+    number: how long for messages due now but not taken (``busy_pause``)."""
+    await_idle: Callable[[float, float], Awaitable[None]]
     relaying: bool = False
     """Whether the last batch was full and only sent on: the next claim takes more."""
+    windowed_until: float = 0.0
+    """Until when (``time.monotonic()``) claims look at the messages due first only; shared,
+    like all of this, by the channel's consumers in this process."""
+    busy_pause: float = BUSY_PAUSE
+    """How long to wait after a claim found messages due and none it could take: doubled each
+    time in a row, up to the channel's ``poll_interval``, and back once a claim takes some."""
+    poll_interval: float = 0.5
     turns: Turns = field(default_factory=lambda: Turns())
     """Where this process's consumers of the channel take turns (``claims_first``)."""
 
@@ -73,6 +87,41 @@ class SqlConsumer:
         on SQLite, where the batch's transaction holds the write lock, a note written
         beside it would wait for that lock."""
         return self.in_hand is not None and self.database.is_sqlite
+
+    def claim(self, limit: int) -> tuple[Any, dict[str, int]]:
+        """The claim of up to ``limit`` messages due now, and its parameters: with the
+        messages' count of deaths where they are noted in hand, and windowed for a while
+        after a claim found nothing it could take (``found_nothing``)."""
+        windowed = time.monotonic() < self.windowed_until
+        statement, parameters = self.sql.claim(limit, self.clock(), windowed)
+        if self.in_hand is not None:
+            statement = self.in_hand.claim_windowed if windowed else self.in_hand.claim
+        return statement, parameters
+
+    def found_nothing(self, next_due: int | None) -> None:
+        """A claim found nothing to take, and the channel's earliest message is due at
+        ``next_due`` (milliseconds), or none is there.
+
+        Messages due now and not taken are in other workers' hands, or wait behind those of
+        their keys that are. Each claim that finds nothing again waits twice as long, up to
+        ``poll_interval``. On PostgreSQL a claim of the whole channel reads every waiting
+        message to find that out, and idle consumers that look again and again would load
+        the database most while it is busiest: for ``WINDOWED_SPELL`` seconds this process's
+        claims look at the ``WINDOW`` messages due first only
+        (``busway.sql.statements.window``), then one claim of the whole channel finds the
+        first messages of keys past them, if any. (MariaDB finds nothing about as fast by
+        itself, and SQLite, one writer at a time, never meets another worker's messages.)"""
+        if next_due is None or next_due > self.clock() * 1000:
+            self.busy_pause = BUSY_PAUSE
+            return
+        self.busy_pause = min(self.busy_pause * 2, self.poll_interval)
+        now = time.monotonic()
+        if self.database.backend == "postgresql" and now >= self.windowed_until:
+            self.windowed_until = now + WINDOWED_SPELL
+
+    def claimed(self) -> None:
+        """A claim took messages: claims wait no longer."""
+        self.busy_pause = BUSY_PAUSE
 
     def claim_size(self) -> int:
         return self.batch_size * RELAY_BATCH_FACTOR if self.relaying else self.batch_size

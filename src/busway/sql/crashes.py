@@ -88,6 +88,9 @@ class InHand:
         self.claim = claim.add_columns(taken.label("crashes"))
         """``claim`` with each message's count of deaths, ``crashes``, read by a subquery,
         which ``FOR UPDATE`` does not lock: the note can still be written beside it."""
+        windowed, _ = sql.claim(0, 0.0, windowed=True)
+        self.claim_windowed = windowed.add_columns(taken.label("crashes"))
+        """The windowed claim, with each message's count of deaths."""
         self.claimed_again = (
             select(*claim.selected_columns, (taken - 1).label("crashes"))
             .where(messages.c.seq.in_(bindparam("seqs", expanding=True)), sql.claimable)

@@ -8,7 +8,7 @@ from sqlalchemy import Row
 
 from busway.channels.base import Delivery
 from busway.channels.reading import read
-from busway.message import POSITION
+from busway.message import ORDERING_KEY, POSITION
 
 
 def delivery_of(
@@ -24,11 +24,14 @@ def delivery_of(
     """The row's message, or, when its headers cannot be read, an ``Unreadable`` delivery that
     the core moves to the dead letter store as the row holds it."""
     envelope, unreadable = read(bytes(row.body), row.headers)
-    if row.ordering_key is not None and unreadable is None:
-        # Its place among the messages of its key, which a retry or a replay of it keeps.
+    if row.ordering_key is not None:
+        # Its place among the messages of its key, which a retry or a replay of it keeps;
+        # and, beside headers that cannot be read, its key: its dead letter holds it back.
         headers = envelope.headers
         assert isinstance(headers, dict)
         headers[POSITION] = f"{channel}:{row.position}"
+        if unreadable is not None:
+            headers[ORDERING_KEY] = row.ordering_key
     deliveries = row.deliveries
     return Delivery(
         envelope,

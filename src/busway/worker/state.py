@@ -118,6 +118,10 @@ class WorkerState:
         self._idle = 0
         """The consumers waiting after an idle pass: only they need telling of a message
         handled."""
+        self._pass_number = 0
+        self._settled = 0
+        """The number of the last pass begun before a pass that handled something ended: a
+        pass begun after it saw that pass's commit."""
         self._changed = threading.Condition(self._lock)
         self._achanged: Changes | None = None
 
@@ -186,16 +190,32 @@ class WorkerState:
             if self._achanged is not None:
                 self._achanged.notify_all()
 
-    def _after_idle_pass(self, seen: int) -> bool:
+    def _begin_pass(self) -> int:
+        """Number a pass about to begin (holding the lock)."""
+        self._pass_number += 1
+        return self._pass_number
+
+    def _end_pass(self, handled: int) -> None:
+        """A pass ended, having handled ``handled`` messages (holding the lock)."""
+        self._passes -= 1
+        if handled:
+            self._settled = self._pass_number
+
+    def _after_idle_pass(self, seen: int, begun: int) -> bool:
         """After a pass that handled nothing: stop if the run is over; True to wait for others.
 
-        ``seen`` is the count handled when the pass began. While another consumer's pass is in
-        progress, its message in hand may send more work or use up the limit: wait for it.
+        ``seen`` is the count handled when the pass began, ``begun`` its number. While another
+        consumer's pass is in progress, its message in hand may send more work or use up the
+        limit: wait for it. When none is, the channels look empty; but a pass begun before
+        another one that handled something ended may have missed what that one's commit freed
+        (the next message of a key whose message it handled): the run ends when a pass begun
+        after it finds nothing too, and until then the consumer looks again.
         """
         wait = False
         if self.result.handled == seen:
             if self._passes == 0 and self.limits.until_empty:
-                self.stop("empty")
+                if begun > self._settled:
+                    self.stop("empty")
             elif self._passes and (self.limits.until_empty or not self._budget()):
                 wait = True
         self._check_limits()

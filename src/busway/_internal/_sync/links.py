@@ -102,9 +102,9 @@ class Routing:
             )
             known = None
             definition.chains.consume.invoke(handling)
+            retried += handling.retried
             if handling.failure is not None:
                 ok = False
-                retried += handling.retried
                 dead_lettered += handling.dead_lettered
         return Outcome(ok, retried, dead_lettered)
 
@@ -167,8 +167,8 @@ class DelayedRetries(Chained):
                 held = self.consumer.holds_retry(delivery)
                 if not held:
                     handling.failure = error
-                    handling.retried = True
                     runtime.send(*retry)
+                handling.retried += 1
                 if runtime.instruments and not delivery.repeated:  # told once, not per redo
                     runtime.instruments.retried(delivery, handling.definition.name, error)
                 if not held:

@@ -4,6 +4,10 @@
 consumer acknowledges a message once its handling returned, and gives it back (``basic.nack``
 with requeue) when that raised. Headers travel as AMQP headers, typed; the body as the body.
 
+With ``partitions=N`` the channel keeps ordering keys: N queues, each with a single active
+consumer, a key's messages all in one of them, handed out one at a time; ``priorities=True``
+makes the queue a priority queue.
+
 Delays need no plugin: a delayed message waits in a queue ``<queue>.wait.<ms>`` whose every
 message lives ``ms`` milliseconds (a power of two) and then dead-letters back into the queue.
 One time to live per wait queue means none blocks another at its head; a message that comes
@@ -27,6 +31,8 @@ The modules, under the same names for the same concepts in every broker package:
   confirms are in flight meanwhile.
 - ``consuming``: how the channel consumes: the link's consumer, whose fetched messages are
   handed out one at a time, acknowledged or given back.
+- ``topology``: the queues ``setup`` declares, one or a partition per ordering key's hash,
+  and the queue and priority of each message.
 
 ``busway.channels.amqp`` is internal: the one public import path is ``busway.amqp.AmqpChannel``.
 """

@@ -14,6 +14,7 @@ from yarl import URL
 
 from busway._internal.bridge import run_coroutine
 from busway.channels.amqp.consuming import _ConsumingLink, _Received
+from busway.channels.amqp.topology import _Topology
 from busway.channels.amqp.wire import _outgoing
 from busway.channels.base import (
     AsyncHandle,
@@ -38,7 +39,18 @@ class AmqpChannel(Channel):
     ``publish_timeout`` seconds for its confirm, across reconnections, which are tried every
     ``reconnect_interval`` seconds. ``queue_arguments`` go to the queue's declaration (for
     instance ``{"x-queue-type": "quorum"}``).
+
+    ``partitions=N`` keeps ordering keys: the channel has N queues ``QUEUE.0`` to
+    ``QUEUE.N-1``, each with a single active consumer across all processes, a key's messages
+    all go to one of them, and a process hands each one's messages out one at a time, in
+    order (``prefetch`` then counts per partition). ``priorities=True`` declares the queue
+    with ``x-max-priority`` and publishes each message with its priority.
     """
+
+    holds_keyed_retries: bool = False
+    """Whether a keyed message's delayed retry waits in the worker, keeping its place before
+    the later messages of its key: true with partitions, whose order a retry published anew
+    would lose."""
 
     def __init__(
         self,
@@ -50,12 +62,18 @@ class AmqpChannel(Channel):
         queue_arguments: Mapping[str, Any] | None = None,
         publish_timeout: float = 30.0,
         reconnect_interval: float = 1.0,
+        partitions: int | None = None,
+        priorities: bool = False,
     ) -> None:
         self.name = name
         self.url = url
         self.queue = queue or name
         self.prefetch = prefetch
         self.queue_arguments = dict(queue_arguments or {})
+        self.partitions = partitions
+        self.priorities = priorities
+        self.topology = _Topology(self.queue, partitions, priorities, self.queue_arguments)
+        self.holds_keyed_retries = partitions is not None
         self.publish_timeout = publish_timeout
         self.reconnect_interval = reconnect_interval
         self.clock: Callable[[], float] = time.time
@@ -66,7 +84,9 @@ class AmqpChannel(Channel):
         )
 
     def __repr__(self) -> str:
-        return f"AmqpChannel({self.name!r}, queue={self.queue!r})"
+        if self.partitions is None:
+            return f"AmqpChannel({self.name!r}, queue={self.queue!r})"
+        return f"AmqpChannel({self.name!r}, queue={self.queue!r}, partitions={self.partitions})"
 
     @property
     def safe_url(self) -> str:
@@ -86,7 +106,7 @@ class AmqpChannel(Channel):
             )
         if self.prefetch < 1:
             problems.append(f"AmqpChannel {self.name!r} needs a prefetch of 1 or more")
-        return problems
+        return problems + self.topology.problems(self.name)
 
     # -- the links: one on busway's helper loop for sync code, one per asyncio loop --------
 
@@ -122,9 +142,9 @@ class AmqpChannel(Channel):
         link = self._sync_link()
         batch = current_batch.get()
         if batch is None:
-            run_coroutine(link.publish([_outgoing(envelope, self.name)]))
+            run_coroutine(link.publish([_outgoing(envelope, self.name, self.topology)]))
         else:
-            link.deferred(batch).add(_outgoing(envelope, self.name))
+            link.deferred(batch).add(_outgoing(envelope, self.name, self.topology))
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:
@@ -170,9 +190,9 @@ class AmqpChannel(Channel):
         link = await self._loop_link()
         batch = current_batch.get()
         if batch is None:
-            await link.publish([_outgoing(envelope, self.name)])
+            await link.publish([_outgoing(envelope, self.name, self.topology)])
         else:
-            link.deferred(batch).add(_outgoing(envelope, self.name))
+            link.deferred(batch).add(_outgoing(envelope, self.name, self.topology))
 
     async def aconsume(self, handle: AsyncHandle, max_messages: int, wait: float) -> int:
         if max_messages <= 0:

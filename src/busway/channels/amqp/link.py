@@ -18,7 +18,7 @@ from yarl import URL
 from busway.channels.amqp.deferred import _Deferred
 from busway.channels.amqp.wire import _Outgoing
 from busway.channels.base import Batch
-from busway.errors import BuswayError
+from busway.errors import BuswayError, ConfigurationError
 
 if TYPE_CHECKING:
     from busway.channels.amqp.channel import AmqpChannel
@@ -56,7 +56,6 @@ class _Link:
 
     def __init__(self, owner: AmqpChannel) -> None:
         self.owner = owner
-        self.queue = owner.queue
         self.loop: asyncio.AbstractEventLoop | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
@@ -151,28 +150,36 @@ class _Link:
     # -- setup and inspection ------------------------------------------------------------
 
     async def declare(self) -> None:
-        channel = await self.channel(self.owner.publish_timeout)
-        try:
-            await channel.queue_declare(
-                self.queue, durable=True, arguments=dict(self.owner.queue_arguments)
-            )
-        except aiormq.exceptions.ChannelPreconditionFailed as error:
-            raise BuswayError(
-                f"channel {self.owner.name!r}: RabbitMQ has a queue {self.queue!r} declared "
-                f"otherwise ({error}); delete it or give the channel another queue="
-            ) from error
+        """Declare the channel's queues; one declared before with other arguments (RabbitMQ
+        answers ``PRECONDITION_FAILED``) is a configuration error."""
+        arguments = self.owner.topology.declared_arguments()
+        for queue in self.owner.topology.queues:
+            channel = await self.channel(self.owner.publish_timeout)
+            try:
+                await channel.queue_declare(queue, durable=True, arguments=dict(arguments))
+            except aiormq.exceptions.ChannelPreconditionFailed as error:
+                raise ConfigurationError(
+                    f"channel {self.owner.name!r}: RabbitMQ has a queue {queue!r} declared "
+                    f"with other arguments than {arguments} ({error}); RabbitMQ does "
+                    "not change a queue's arguments, so delete the queue (after draining it) "
+                    "or give the channel a new queue= name"
+                ) from error
 
     async def depth(self) -> int | None:
+        """The messages ready in the channel's queues; None if none of them exists."""
         channel = await self.channel(self.owner.publish_timeout)
-        probe = await channel.connection.channel(publisher_confirms=False)
-        try:
-            declared = await probe.queue_declare(self.queue, passive=True)
-        except ChannelNotFoundEntity:
-            return None
-        finally:
-            if not probe.is_closed:
-                await probe.close()
-        return declared.message_count
+        total: int | None = None
+        for queue in self.owner.topology.queues:
+            probe = await channel.connection.channel(publisher_confirms=False)
+            try:
+                declared = await probe.queue_declare(queue, passive=True)
+            except ChannelNotFoundEntity:
+                continue
+            finally:
+                if not probe.is_closed:
+                    await probe.close()
+            total = (total or 0) + (declared.message_count or 0)
+        return total
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -241,9 +248,10 @@ class _Link:
         channel = self._underlay
         if channel is None or channel.is_closed:
             channel = await self.channel(deadline - asyncio.get_running_loop().time())
-        routing_key = self.queue
+        queue = message.queue
+        routing_key = queue
         if message.deliver_at is not None:
-            routing_key = await self._route(channel, message.deliver_at)
+            routing_key = await self._route(channel, message.deliver_at, queue)
         try:
             await channel.basic_publish(
                 message.body,
@@ -253,26 +261,26 @@ class _Link:
                 wait=False,  # the confirm is awaited: no need to wait for the write as well
             )
         except PublishError as error:
-            if routing_key != self.queue:
+            if routing_key != queue:
                 self._wait_queues.discard(routing_key)  # deleted since: declare it again
                 raise ConnectionError(f"wait queue {routing_key!r} is gone") from error
             raise BuswayError(
-                f"channel {self.owner.name!r}: RabbitMQ has no queue {self.queue!r}; create it "
+                f"channel {self.owner.name!r}: RabbitMQ has no queue {queue!r}; create it "
                 "with messaging.setup() or `busway setup`"
             ) from error
         except DeliveryError as error:
             raise BuswayError(
                 f"channel {self.owner.name!r}: RabbitMQ refused a message for queue "
-                f"{self.queue!r} ({error}); see the broker's log"
+                f"{queue!r} ({error}); see the broker's log"
             ) from error
 
-    async def _route(self, channel: aiormq.Channel, deliver_at: float) -> str:
-        """The queue to publish to: this one, or the wait queue of the time left."""
+    async def _route(self, channel: aiormq.Channel, deliver_at: float, queue: str) -> str:
+        """The queue to publish to: ``queue``, or its wait queue of the time left."""
         remaining = deliver_at - self.owner.clock()
         if remaining <= 0:
-            return self.queue
+            return queue
         milliseconds = _wait_ms(remaining)
-        name = f"{self.queue}.wait.{milliseconds}"
+        name = f"{queue}.wait.{milliseconds}"
         if name not in self._wait_queues:
             await channel.queue_declare(
                 name,
@@ -280,7 +288,7 @@ class _Link:
                 arguments={
                     "x-message-ttl": milliseconds,
                     "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": self.queue,
+                    "x-dead-letter-routing-key": queue,
                 },
             )
             self._wait_queues.add(name)

@@ -13,6 +13,7 @@ from typing import Any
 from aiormq.abc import DeliveredMessage
 from pamqp import commands, encode
 
+from busway.channels.amqp.topology import _Topology
 from busway.channels.base import Envelope, Unreadable
 from busway.channels.reading import unreadable
 from busway.errors import ConversionError
@@ -26,13 +27,14 @@ _DOUBLE = struct.Struct(">d")
 class _Properties(commands.Basic.Properties):
     """Properties marshalled once, where the message is made (the sender's thread)."""
 
-    def __init__(self, headers: Mapping[str, HeaderValue]) -> None:
+    def __init__(self, headers: Mapping[str, HeaderValue], priority: int = 0) -> None:
         content_type = _short(headers.get(CONTENT_TYPE))
         message_id = _short(headers.get(ID))
         correlation_id = _short(headers.get(CORRELATION_ID))
         super().__init__(
             content_type=content_type,
             delivery_mode=2,
+            priority=priority or None,
             correlation_id=correlation_id,
             message_id=message_id,
         )
@@ -42,6 +44,9 @@ class _Properties(commands.Basic.Properties):
         if content_type:
             flags |= _CONTENT_TYPE
             parts.insert(1, _short_string(content_type))
+        if priority:
+            flags |= _PRIORITY
+            parts.append(bytes((priority,)))
         if correlation_id:
             flags |= _CORRELATION_ID
             parts.append(_short_string(correlation_id))
@@ -56,9 +61,16 @@ class _Properties(commands.Basic.Properties):
 
 
 _FLAGS = struct.Struct(">H")
-_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _CORRELATION_ID, _MESSAGE_ID = (
+_CONTENT_TYPE, _HEADERS, _DELIVERY_MODE, _PRIORITY, _CORRELATION_ID, _MESSAGE_ID = (
     commands.Basic.Properties.flags[name]
-    for name in ("content_type", "headers", "delivery_mode", "correlation_id", "message_id")
+    for name in (
+        "content_type",
+        "headers",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "message_id",
+    )
 )
 _PERSISTENT = b"\x02"
 
@@ -105,17 +117,20 @@ class _Outgoing:
     body: bytes
     properties: _Properties
     deliver_at: float | None
+    queue: str
+    """The queue the message is for: the channel's, or one of its partitions."""
 
 
-def _outgoing(envelope: Envelope, channel: str) -> _Outgoing:
+def _outgoing(envelope: Envelope, channel: str, topology: _Topology) -> _Outgoing:
+    headers = envelope.headers
     try:
-        properties = _Properties(envelope.headers)
+        properties = _Properties(headers, topology.priority_for(headers))
     except (TypeError, ValueError, struct.error) as error:
         raise ConversionError(
             f"a header of a message for channel {channel!r} cannot be an AMQP header: {error}; "
             "header values must be str, int, float, bool or None"
         ) from error
-    return _Outgoing(envelope.body, properties, envelope.deliver_at)
+    return _Outgoing(envelope.body, properties, envelope.deliver_at, topology.queue_for(headers))
 
 
 def _header_value(value: Any) -> HeaderValue:

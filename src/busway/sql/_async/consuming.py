@@ -50,7 +50,7 @@ async def aconsume(
     limit = min(max_messages, consumer.claim_size())
     handled = await aonce_more_if_stale(take, handle, limit)
     if handled == 0 and wait > 0:
-        await consumer.await_idle(wait)
+        await consumer.await_idle(wait, consumer.busy_pause)
         handled = await aonce_more_if_stale(take, handle, limit)
     return handled
 
@@ -106,9 +106,9 @@ async def _abatch(
     assert isinstance(connection, AsyncConnection)
     rows = await _aclaim_batch(consumer, connection, limit, claimed, taken)
     if not rows:
-        found = await connection.execute(consumer.sql.next_due())
-        next_due.set((consumer.name, found.scalar()))
+        await _anothing_claimed(consumer, connection)
         return 0, None
+    consumer.claimed()
     redo.claimed = True
     begin_watch(connection)
     failures, handed = redo.failures, redo.handed
@@ -167,7 +167,7 @@ async def _aclaim_batch(
     batch's transaction before they are handed out (``taken`` gets them), and with their count
     of deaths. ``claimed``: the rows ``_aclaim_first`` claimed and noted (SQLite)."""
     in_hand = consumer.in_hand
-    statement, parameters = consumer.sql.claim(limit, consumer.clock())
+    statement, parameters = consumer.claim(limit)
     try:
         if in_hand is None:
             result = await connection.execute(statement, parameters)
@@ -175,7 +175,7 @@ async def _aclaim_batch(
         if claimed is not None:
             result = await connection.execute(in_hand.claimed_again, {"seqs": claimed})
             return list(result.all())
-        result = await connection.execute(in_hand.claim, parameters)
+        result = await connection.execute(statement, parameters)
         found = result.all()
     except DBAPIError as error:
         if error.connection_invalidated:
@@ -195,16 +195,23 @@ async def _aclaim_first(
     """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
     in_hand = consumer.in_hand
     assert in_hand is not None
-    _, parameters = consumer.sql.claim(limit, consumer.clock())
-    result = await connection.execute(in_hand.claim, parameters)
+    result = await connection.execute(*consumer.claim(limit))
     rows = in_turn(result.all(), crashes_of)
     if not rows:
-        found = await connection.execute(consumer.sql.next_due())
-        next_due.set((consumer.name, found.scalar()))
+        await _anothing_claimed(consumer, connection)
         return []
+    consumer.claimed()
     seqs = [row.seq for row in rows]
     await connection.execute(*in_hand.take(seqs))
     return seqs
+
+
+async def _anothing_claimed(consumer: SqlConsumer, connection: AsyncConnection) -> None:
+    """After a claim that found nothing: note when the channel's next message is due, for
+    the wait, and tell the consumer (it may claim by keys for a while)."""
+    found = (await connection.execute(consumer.sql.next_due())).scalar()
+    next_due.set((consumer.name, found))
+    consumer.found_nothing(found)
 
 
 async def _aacknowledge(
@@ -228,11 +235,14 @@ async def _aacknowledge(
 async def _aconsume_leased(consumer: SqlConsumer, handle: AsyncHandle, limit: int) -> int:
     sql, engine = consumer.sql, consumer.database.async_engine
     async with engine.begin() as connection:
-        claimed = await connection.execute(*sql.claim(limit, consumer.clock()))
+        claimed = await connection.execute(*consumer.claim(limit))
         rows = to_lease(claimed.all(), consumer.guarded)
         if rows:
+            consumer.claimed()
             until = consumer.clock() + consumer.visibility_timeout
             await connection.execute(*sql.lease([row.seq for row in rows], until))
+        else:
+            await _anothing_claimed(consumer, connection)
     done: list[int] = []
     try:
         for row in rows:

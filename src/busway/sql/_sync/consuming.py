@@ -49,7 +49,7 @@ def consume(consumer: SqlConsumer, handle: Handle, max_messages: int, wait: floa
     limit = min(max_messages, consumer.claim_size())
     handled = once_more_if_stale(take, handle, limit)
     if handled == 0 and wait > 0:
-        consumer.wait_idle(wait)
+        consumer.wait_idle(wait, consumer.busy_pause)
         handled = once_more_if_stale(take, handle, limit)
     return handled
 
@@ -101,9 +101,9 @@ def _batch(
     assert isinstance(connection, Connection)
     rows = _claim_batch(consumer, connection, limit, claimed, taken)
     if not rows:
-        found = connection.execute(consumer.sql.next_due())
-        next_due.set((consumer.name, found.scalar()))
+        _nothing_claimed(consumer, connection)
         return 0, None
+    consumer.claimed()
     redo.claimed = True
     begin_watch(connection)
     failures, handed = redo.failures, redo.handed
@@ -162,7 +162,7 @@ def _claim_batch(
     batch's transaction before they are handed out (``taken`` gets them), and with their count
     of deaths. ``claimed``: the rows ``_aclaim_first`` claimed and noted (SQLite)."""
     in_hand = consumer.in_hand
-    statement, parameters = consumer.sql.claim(limit, consumer.clock())
+    statement, parameters = consumer.claim(limit)
     try:
         if in_hand is None:
             result = connection.execute(statement, parameters)
@@ -170,7 +170,7 @@ def _claim_batch(
         if claimed is not None:
             result = connection.execute(in_hand.claimed_again, {"seqs": claimed})
             return list(result.all())
-        result = connection.execute(in_hand.claim, parameters)
+        result = connection.execute(statement, parameters)
         found = result.all()
     except DBAPIError as error:
         if error.connection_invalidated:
@@ -188,16 +188,23 @@ def _claim_first(consumer: SqlConsumer, connection: Connection, limit: int) -> l
     """Claim a batch and note it in hand, in a transaction of its own; the rows noted."""
     in_hand = consumer.in_hand
     assert in_hand is not None
-    _, parameters = consumer.sql.claim(limit, consumer.clock())
-    result = connection.execute(in_hand.claim, parameters)
+    result = connection.execute(*consumer.claim(limit))
     rows = in_turn(result.all(), crashes_of)
     if not rows:
-        found = connection.execute(consumer.sql.next_due())
-        next_due.set((consumer.name, found.scalar()))
+        _nothing_claimed(consumer, connection)
         return []
+    consumer.claimed()
     seqs = [row.seq for row in rows]
     connection.execute(*in_hand.take(seqs))
     return seqs
+
+
+def _nothing_claimed(consumer: SqlConsumer, connection: Connection) -> None:
+    """After a claim that found nothing: note when the channel's next message is due, for
+    the wait, and tell the consumer (it may claim by keys for a while)."""
+    found = (connection.execute(consumer.sql.next_due())).scalar()
+    next_due.set((consumer.name, found))
+    consumer.found_nothing(found)
 
 
 def _acknowledge(
@@ -221,11 +228,14 @@ def _acknowledge(
 def _consume_leased(consumer: SqlConsumer, handle: Handle, limit: int) -> int:
     sql, engine = consumer.sql, consumer.database.engine
     with engine.begin() as connection:
-        claimed = connection.execute(*sql.claim(limit, consumer.clock()))
+        claimed = connection.execute(*consumer.claim(limit))
         rows = to_lease(claimed.all(), consumer.guarded)
         if rows:
+            consumer.claimed()
             until = consumer.clock() + consumer.visibility_timeout
             connection.execute(*sql.lease([row.seq for row in rows], until))
+        else:
+            _nothing_claimed(consumer, connection)
     done: list[int] = []
     try:
         for row in rows:

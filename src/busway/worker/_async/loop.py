@@ -21,6 +21,7 @@ class AsyncLoop(WorkerState):
             async with changed:
                 self._passes += 1
                 seen = self.result.handled
+                begun = self._begin_pass()
             handled = 0
             try:
                 for channel in self.channels:
@@ -29,7 +30,7 @@ class AsyncLoop(WorkerState):
                     handled += await self._aconsume(channel)
             finally:
                 async with changed:
-                    self._passes -= 1
+                    self._end_pass(handled)
                     changed.notify_all()
             if handled == 0:
                 async with changed:
@@ -37,7 +38,7 @@ class AsyncLoop(WorkerState):
                     # something, or until every pass is over and the run can end.
                     self._idle += 1
                     try:
-                        while self._after_idle_pass(seen):
+                        while self._after_idle_pass(seen, begun):
                             await changed.wait()
                     finally:
                         self._idle -= 1

@@ -23,6 +23,7 @@ class Loop(WorkerState):
             with changed:
                 self._passes += 1
                 seen = self.result.handled
+                begun = self._begin_pass()
             handled = 0
             try:
                 for channel in self.channels:
@@ -31,7 +32,7 @@ class Loop(WorkerState):
                     handled += self._consume(channel)
             finally:
                 with changed:
-                    self._passes -= 1
+                    self._end_pass(handled)
                     changed.notify_all()
             if handled == 0:
                 with changed:
@@ -39,7 +40,7 @@ class Loop(WorkerState):
                     # something, or until every pass is over and the run can end.
                     self._idle += 1
                     try:
-                        while self._after_idle_pass(seen):
+                        while self._after_idle_pass(seen, begun):
                             changed.wait()
                     finally:
                         self._idle -= 1
