@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import Result, Skip
 from busway.errors import MissingExtraError
 
-MODULES = ("core", "sql", "amqp", "redis", "nats", "calls", "instruments")
+MODULES = ("core", "sql", "ordering", "amqp", "redis", "nats", "calls", "instruments")
 """Benchmark modules of this package, in the order they run."""
 
 RESULTS = Path(__file__).with_name("results.json")
