@@ -301,8 +301,8 @@ def test_dead_letter_list_as_a_process(failed_shop: Path) -> None:
 
     assert done.returncode == 0, done.stderr
     header, row, count = done.stdout.splitlines()[-3:]  # after the handlers' own output
-    assert header.split()[:4] == ["ID", "CHANNEL", "HANDLER", "ATTEMPTS"]
-    assert row.split()[1:4] == ["async", "shop.greet", "1"]
+    assert header.split()[:5] == ["ID", "CHANNEL", "HANDLER", "KEY", "ATTEMPTS"]
+    assert row.split()[1:5] == ["async", "shop.greet", "-", "1"]  # sent with no ordering key
     assert row.endswith("ValueError: cannot greet bad")
     assert count == "1 dead letter(s)"
 

@@ -51,7 +51,9 @@ def test_with_the_store_gone_the_last_failure_leaves_the_message_on_its_channel(
     with pytest.raises(SetupRequired, match="busway_dead_letters"):
         messaging.run("jobs")  # the run stops on the error: it does not lose the message
 
-    assert jobs.calls == ["fail-1", "fail-1"]
+    # A SqlChannel's claim reads the store (its letters hold their keys back): it stops before
+    # the handler runs again; another channel stops at the letter it cannot store.
+    assert jobs.calls == ["fail-1"] * (1 if kind != "memory" else 2)
     assert messaging.channel("jobs").depth() == 1
     assert attempt_waiting(messaging, database_url, kind) == 1  # the failure left no trace
     assert effect_counts(database_url) == {}
