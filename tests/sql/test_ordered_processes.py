@@ -296,3 +296,27 @@ def test_each_key_in_order_when_a_worker_is_killed_mid_batch(database_url, tmp_p
     # The killed worker's batch in hand was rolled back: its step was handled again, by another.
     (handler,) = [worker for k, s, worker in rows if (k, s) == (key, seq)]
     assert handler != names[0]
+
+
+@pytest.mark.timeout(PATIENCE + 300)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_six_processes_on_one_sqlite_file_count_no_worker_deaths(
+    database_url, tmp_path, monkeypatch
+):
+    """Each SQLite batch is claimed and noted in hand before its own transaction begins: a
+    consumer of another process claiming in between noted the rows again, and the crash-loop
+    guard dead-lettered steps no worker died with. Consumers of one file take turns."""
+    monkeypatch.setitem(globals(), "PER_KEY", 30)
+    monkeypatch.setitem(globals(), "TOTAL", KEYS * 30)
+    send_backlog(database_url)
+    names = [f"w{index}" for index in range(6)]
+    workers = [start(database_url, name, tmp_path) for name in names]
+    try:
+        release(tmp_path, names, workers)
+        outcomes = results(database_url, workers)
+    finally:
+        stop(workers)
+
+    assert_in_order(database_url)
+    assert_drained(database_url, outcomes)
+    assert sum(outcome["handled"] for outcome in outcomes) == TOTAL

@@ -53,6 +53,7 @@ from busway.sql.rows import place_on
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
 from busway.sql.transactions import open_transaction
+from busway.sql.turns import Turns, lock_file
 from busway.sql.waiting import Waiting
 
 _encode = msgspec.json.Encoder().encode
@@ -249,6 +250,7 @@ class SqlChannel(Channel):
             wait_idle=functools.partial(idling.wait_idle, *idle),
             await_idle=functools.partial(aidling.await_idle, *idle),
             poll_interval=self.poll_interval,
+            turns=Turns(lock_file(self.database.url)),
         )
 
     def consume(self, handle: Handle, max_messages: int, wait: float) -> int:

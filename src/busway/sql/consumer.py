@@ -3,10 +3,7 @@ context: the consuming functions (``busway.sql._async.consuming``) take this, no
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +16,7 @@ from busway.sql.crashes import InHand
 from busway.sql.database import Database
 from busway.sql.rows import delivery_of
 from busway.sql.statements import Statements
+from busway.sql.turns import Turns
 from busway.sql.waiting import BUSY_PAUSE
 
 Mode = Literal["transaction", "lease"]
@@ -60,8 +58,9 @@ class SqlConsumer:
     """How long to wait after a claim found messages due and none it could take: doubled each
     time in a row, up to the channel's ``poll_interval``, and back once a claim takes some."""
     poll_interval: float = 0.5
-    turns: Turns = field(default_factory=lambda: Turns())
-    """Where this process's consumers of the channel take turns (``claims_first``)."""
+    turns: Turns = field(default_factory=Turns)
+    """Where the channel's consumers take turns (``claims_first``): those of this process,
+    and those of every process on the same SQLite file (``busway.sql.turns``)."""
 
     @contextmanager
     def turn(self) -> Iterator[None]:
@@ -69,7 +68,7 @@ class SqlConsumer:
         if not self.claims_first:
             yield
             return
-        with self.turns.lock:
+        with self.turns.turn():
             yield
 
     @asynccontextmanager
@@ -78,7 +77,7 @@ class SqlConsumer:
         if not self.claims_first:
             yield
             return
-        async with self.turns.on_loop():
+        async with self.turns.aturn():
             yield
 
     @property
@@ -130,27 +129,3 @@ class SqlConsumer:
         self, row: Row[Any], connection: Any, isolated: bool = True, **known: Any
     ) -> Delivery:
         return delivery_of(row, self.name, connection, isolated, **known)
-
-
-class Turns:
-    """One batch at a time for the consumers of a channel in this process, where a batch is
-    claimed and noted in hand in a transaction of its own before it is handled (SQLite).
-
-    Between that claim and the batch's own transaction the rows are not locked: another
-    consumer claiming then would note them in hand again, and the notes of live consumers
-    would count as deaths of workers (the crash-loop guard would dead-letter a message no
-    worker died with). The batch's transaction holds SQLite's one write lock anyway, so
-    taking turns costs no parallelism. Sync consumers take turns on a thread lock, asyncio
-    ones on a lock of their event loop."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
-        self._loop_locks = weakref.WeakKeyDictionary()
-
-    def on_loop(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        lock = self._loop_locks.get(loop)
-        if lock is None:
-            lock = self._loop_locks[loop] = asyncio.Lock()
-        return lock
