@@ -30,6 +30,7 @@ from busway.sql.crashes import InHand, crashes_of, in_turn
 from busway.sql.database import Database
 from busway.sql.leases import leased, to_lease
 from busway.sql.redo import Redo, begin_watch, check_alive, watch
+from busway.sql.statements import PLANNED, UNPLANNED
 from busway.sql.transactions import Transaction, current_transaction
 from busway.sql.waiting import next_due
 
@@ -167,16 +168,14 @@ async def _aclaim_batch(
     batch's transaction before they are handed out (``taken`` gets them), and with their count
     of deaths. ``claimed``: the rows ``_aclaim_first`` claimed and noted (SQLite)."""
     in_hand = consumer.in_hand
-    statement, parameters = consumer.claim(limit)
     try:
-        if in_hand is None:
-            result = await connection.execute(statement, parameters)
-            return list(result.all())
         if claimed is not None:
-            result = await connection.execute(in_hand.claimed_again, {"seqs": claimed})
-            return list(result.all())
-        result = await connection.execute(statement, parameters)
-        found = result.all()
+            assert in_hand is not None
+            again: Any = await connection.execute(in_hand.claimed_again, {"seqs": claimed})
+            return list(again.all())
+        found = await _aclaim(consumer, connection, limit)
+        if in_hand is None:
+            return found
     except DBAPIError as error:
         if error.connection_invalidated:
             raise StaleClaim(error) from error
@@ -186,6 +185,21 @@ async def _aclaim_batch(
         seqs = [row.seq for row in rows]
         await arun_aside(consumer.database, *in_hand.take(seqs))
         taken += seqs
+    return rows
+
+
+async def _aclaim(
+    consumer: SqlConsumer, connection: AsyncConnection, limit: int, restore: bool = True
+) -> list[Row[Any]]:
+    """The rows of a claim of up to ``limit`` messages; on PostgreSQL planned by the dequeue
+    index (``busway.sql.statements.PLANNED``), then, if ``restore``, the planner set back as
+    it was for the rest of the transaction."""
+    if consumer.database.backend != "postgresql":
+        return list((await connection.execute(*consumer.claim(limit))).all())
+    sort, jit, *_ = (await connection.execute(PLANNED)).one()
+    rows = list((await connection.execute(*consumer.claim(limit))).all())
+    if restore:
+        await connection.execute(UNPLANNED, {"sort": sort, "jit": jit})
     return rows
 
 
@@ -235,8 +249,8 @@ async def _aacknowledge(
 async def _aconsume_leased(consumer: SqlConsumer, handle: AsyncHandle, limit: int) -> int:
     sql, engine = consumer.sql, consumer.database.async_engine
     async with engine.begin() as connection:
-        claimed = await connection.execute(*consumer.claim(limit))
-        rows = to_lease(claimed.all(), consumer.guarded)
+        found = await _aclaim(consumer, connection, limit, restore=False)
+        rows = to_lease(found, consumer.guarded)
         if rows:
             consumer.claimed()
             until = consumer.clock() + consumer.visibility_timeout
