@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +21,10 @@ from busway.sql.turns import Turns
 from busway.sql.waiting import BUSY_PAUSE
 
 Mode = Literal["transaction", "lease"]
+
+held_back: ContextVar[int] = ContextVar("busway_sql_held_back", default=0)
+"""How many claims in a row of this consumer (thread or task) found messages due and none it
+could take: others have them, or the messages before them of their keys."""
 
 WINDOWED_SPELL = 5.0
 """Seconds the consumers of a channel in a process claim among the messages due first only,
@@ -47,16 +52,13 @@ class SqlConsumer:
     """Whether the crash-loop guard is on (``Messaging(max_crashes=...)``)."""
     wait_idle: Callable[[float, float], None]
     """Wait at most that many seconds for a message, after a claim found none; the second
-    number: how long for messages due now but not taken (``busy_pause``)."""
+    number: how long for messages due now but not taken (``busy_pause()``)."""
     await_idle: Callable[[float, float], Awaitable[None]]
     relaying: bool = False
     """Whether the last batch was full and only sent on: the next claim takes more."""
     windowed_until: float = 0.0
     """Until when (``time.monotonic()``) claims look at the messages due first only; shared,
     like all of this, by the channel's consumers in this process."""
-    busy_pause: float = BUSY_PAUSE
-    """How long to wait after a claim found messages due and none it could take: doubled each
-    time in a row, up to the channel's ``poll_interval``, and back once a claim takes some."""
     poll_interval: float = 0.5
     turns: Turns = field(default_factory=Turns)
     """Where the channel's consumers take turns (``claims_first``): those of this process,
@@ -87,12 +89,18 @@ class SqlConsumer:
         beside it would wait for that lock."""
         return self.in_hand is not None and self.database.is_sqlite
 
-    def claim(self, limit: int) -> tuple[Any, dict[str, int]]:
+    def windowed(self) -> bool:
+        """Whether claims look at the messages due first only, for now (``found_nothing``)."""
+        return time.monotonic() < self.windowed_until
+
+    def claim(self, limit: int, bound: Any = None) -> tuple[Any, dict[str, int]]:
         """The claim of up to ``limit`` messages due now, and its parameters: with the
         messages' count of deaths where they are noted in hand, and windowed for a while
-        after a claim found nothing it could take (``found_nothing``)."""
-        windowed = time.monotonic() < self.windowed_until
-        statement, parameters = self.sql.claim(limit, self.clock(), windowed)
+        after a claim found nothing it could take (``found_nothing``); on MariaDB, windowed
+        only up to ``bound``, the row of ``Statements.window_bound`` (None: there are fewer
+        messages due than the window holds)."""
+        windowed = self.windowed() and (self.database.backend != "mysql" or bound is not None)
+        statement, parameters = self.sql.claim(limit, self.clock(), windowed, bound)
         if self.in_hand is not None:
             statement = self.in_hand.claim_windowed if windowed else self.in_hand.claim
         return statement, parameters
@@ -102,25 +110,38 @@ class SqlConsumer:
         ``next_due`` (milliseconds), or none is there.
 
         Messages due now and not taken are in other workers' hands, or wait behind those of
-        their keys that are. Each claim that finds nothing again waits twice as long, up to
-        ``poll_interval``. On PostgreSQL a claim of the whole channel reads every waiting
-        message to find that out, and idle consumers that look again and again would load
-        the database most while it is busiest: for ``WINDOWED_SPELL`` seconds this process's
-        claims look at the ``WINDOW`` messages due first only
-        (``busway.sql.statements.window``), then one claim of the whole channel finds the
-        first messages of keys past them, if any. (MariaDB finds nothing about as fast by
-        itself, and SQLite, one writer at a time, never meets another worker's messages.)"""
+        their keys that are: the consumer is held back (``held_back``), and waits longer
+        before each claim that finds nothing again (``busy_pause``). A claim of the whole
+        channel reads every waiting message to find that out, and idle consumers that look
+        again and again would load the database most while it is busiest: for
+        ``WINDOWED_SPELL`` seconds this process's claims look at the ``WINDOW`` messages due
+        first only (``busway.sql.statements.window``), then one claim of the whole channel
+        finds the first messages of keys past them, if any. (SQLite, one writer at a time,
+        never meets another worker's messages.)"""
         if next_due is None or next_due > self.clock() * 1000:
-            self.busy_pause = BUSY_PAUSE
+            held_back.set(0)
             return
-        self.busy_pause = min(self.busy_pause * 2, self.poll_interval)
+        held_back.set(held_back.get() + 1)
         now = time.monotonic()
-        if self.database.backend == "postgresql" and now >= self.windowed_until:
+        if not self.database.is_sqlite and now >= self.windowed_until:
             self.windowed_until = now + WINDOWED_SPELL
 
     def claimed(self) -> None:
-        """A claim took messages: claims wait no longer."""
-        self.busy_pause = BUSY_PAUSE
+        """A claim took messages: this consumer is held back no longer."""
+        held_back.set(0)
+
+    def busy_pause(self) -> float:
+        """How long this consumer waits, held back, before it claims again: ``BUSY_PAUSE``
+        doubled at each claim in a row that found nothing, up to ``poll_interval``. Each
+        consumer (thread or task) backs off by itself: the keys free for the taking are
+        taken by the consumers whose batches just freed them, and one that found none
+        would otherwise look again at every batch of the others, for nothing."""
+        return min(BUSY_PAUSE * 2.0 ** max(0, held_back.get() - 1), self.poll_interval)
+
+    @staticmethod
+    def held_back() -> bool:
+        """Whether this consumer's last claim found messages due and none it could take."""
+        return held_back.get() > 0
 
     def claim_size(self) -> int:
         return self.batch_size * RELAY_BATCH_FACTOR if self.relaying else self.batch_size

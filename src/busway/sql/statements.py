@@ -104,7 +104,24 @@ class Statements:
         )
         due = (table.c.channel == name, table.c.available_at <= bindparam("now"), self.claimable)
         claim = claimed.where(*due)
-        windowed = claimed.where(window(table, name), *due)
+        if backend == "mysql":
+            # MariaDB evaluates no subquery bound while it plans: the bound is read first
+            # (``window_bound``), and given.
+            at: Any = bindparam("bound_at")
+            within: ColumnElement[bool] = or_(
+                table.c.available_at < at,
+                and_(table.c.available_at == at, table.c.seq <= bindparam("bound_seq")),
+            )
+        else:
+            within = window(table, name)
+        windowed = claimed.where(within, *due)
+        self._window_bound = (
+            select(table.c.available_at, table.c.seq)
+            .where(table.c.channel == name, table.c.available_at <= bindparam("now"))
+            .order_by(table.c.available_at, table.c.seq)
+            .offset(WINDOW - 1)
+            .limit(1)
+        )
         self._claim, self._claim_windowed = (
             statement.order_by(*self.order).limit(bindparam("limit"))
             for statement in (claim, windowed)
@@ -149,11 +166,23 @@ END $$ LANGUAGE plpgsql""",
         sql, positions = compiled
         return sql, tuple(row[key] for key in positions) if positions else row
 
-    def claim(self, limit: int, now: float, windowed: bool = False) -> tuple[Any, dict[str, int]]:
+    def claim(
+        self, limit: int, now: float, windowed: bool = False, bound: Any = None
+    ) -> tuple[Any, dict[str, int]]:
         """The claim of up to ``limit`` messages due ``now``, and its parameters; ``windowed``:
-        among the ``WINDOW`` messages due first only (``SqlConsumer.found_nothing``)."""
-        statement = self._claim_windowed if windowed else self._claim
-        return statement, {"now": int(now * 1000), "limit": limit}
+        among the ``WINDOW`` messages due first only (``SqlConsumer.found_nothing``), on
+        MariaDB those up to ``bound``, the row ``window_bound`` found."""
+        parameters = {"now": int(now * 1000), "limit": limit}
+        if not windowed:
+            return self._claim, parameters
+        if bound is not None:
+            parameters.update(bound_at=bound.available_at, bound_seq=bound.seq)
+        return self._claim_windowed, parameters
+
+    def window_bound(self, now: float) -> tuple[Any, dict[str, int]]:
+        """The query of the ``WINDOW``-th message due ``now`` (``available_at`` and ``seq``),
+        if there are that many: a windowed claim on MariaDB looks at those up to it."""
+        return self._window_bound, {"now": int(now * 1000)}
 
     def lease(self, seqs: list[int], until: float) -> tuple[Any, Any]:
         table = self.table

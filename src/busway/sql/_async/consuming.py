@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busway.sql")
 
+HELD_BACK_UNTIL_EMPTY = 0.1
+"""The longest a consumer of a run until empty, held back (``SqlConsumer.held_back``), waits
+before it claims again."""
+
 
 async def aconsume(
     consumer: SqlConsumer, handle: AsyncHandle, max_messages: int, wait: float
@@ -49,9 +53,13 @@ async def aconsume(
     if consumer.mode == "lease":
         take = functools.partial(_aconsume_leased, consumer)
     limit = min(max_messages, consumer.claim_size())
+    if wait == 0 and consumer.held_back():
+        # A run until empty waits in the worker for the others' batches, not here; held
+        # back, wait a moment anyway, as a consumer with a wait would.
+        await consumer.await_idle(HELD_BACK_UNTIL_EMPTY, consumer.busy_pause())
     handled = await aonce_more_if_stale(take, handle, limit)
     if handled == 0 and wait > 0:
-        await consumer.await_idle(wait, consumer.busy_pause)
+        await consumer.await_idle(wait, consumer.busy_pause())
         handled = await aonce_more_if_stale(take, handle, limit)
     return handled
 
@@ -194,8 +202,11 @@ async def _aclaim(
     """The rows of a claim of up to ``limit`` messages; on PostgreSQL planned by the dequeue
     index (``busway.sql.statements.PLANNED``), then, if ``restore``, the planner set back as
     it was for the rest of the transaction."""
+    bound = None
+    if consumer.database.backend == "mysql" and consumer.windowed():
+        bound = (await connection.execute(*consumer.sql.window_bound(consumer.clock()))).first()
     if consumer.database.backend != "postgresql":
-        return list((await connection.execute(*consumer.claim(limit))).all())
+        return list((await connection.execute(*consumer.claim(limit, bound))).all())
     sort, jit, *_ = (await connection.execute(PLANNED)).one()
     rows = list((await connection.execute(*consumer.claim(limit))).all())
     if restore:

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busway.sql")
 
+HELD_BACK_UNTIL_EMPTY = 0.1
+"""The longest a consumer of a run until empty, held back (``SqlConsumer.held_back``), waits
+before it claims again."""
+
 
 def consume(consumer: SqlConsumer, handle: Handle, max_messages: int, wait: float) -> int:
     """Claim, hand out and acknowledge up to ``max_messages`` of the channel, waiting at most
@@ -48,9 +52,13 @@ def consume(consumer: SqlConsumer, handle: Handle, max_messages: int, wait: floa
     if consumer.mode == "lease":
         take = functools.partial(_consume_leased, consumer)
     limit = min(max_messages, consumer.claim_size())
+    if wait == 0 and consumer.held_back():
+        # A run until empty waits in the worker for the others' batches, not here; held
+        # back, wait a moment anyway, as a consumer with a wait would.
+        consumer.wait_idle(HELD_BACK_UNTIL_EMPTY, consumer.busy_pause())
     handled = once_more_if_stale(take, handle, limit)
     if handled == 0 and wait > 0:
-        consumer.wait_idle(wait, consumer.busy_pause)
+        consumer.wait_idle(wait, consumer.busy_pause())
         handled = once_more_if_stale(take, handle, limit)
     return handled
 
@@ -189,8 +197,11 @@ def _aclaim(
     """The rows of a claim of up to ``limit`` messages; on PostgreSQL planned by the dequeue
     index (``busway.sql.statements.PLANNED``), then, if ``restore``, the planner set back as
     it was for the rest of the transaction."""
+    bound = None
+    if consumer.database.backend == "mysql" and consumer.windowed():
+        bound = (connection.execute(*consumer.sql.window_bound(consumer.clock()))).first()
     if consumer.database.backend != "postgresql":
-        return list((connection.execute(*consumer.claim(limit))).all())
+        return list((connection.execute(*consumer.claim(limit, bound))).all())
     sort, jit, *_ = (connection.execute(PLANNED)).one()
     rows = list((connection.execute(*consumer.claim(limit))).all())
     if restore:
