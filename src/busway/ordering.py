@@ -49,7 +49,14 @@ def ordered_by(key: str | KeyOf) -> Callable[[type[T]], type[T]]:
         field = key
 
         def field_of(payload: Any) -> Any:
-            return getattr(payload, field)
+            try:
+                return getattr(payload, field)
+            except AttributeError:
+                raise TypeError(
+                    f"@ordered_by({field!r}) on {type(payload).__qualname__}: this payload has "
+                    f"no field {field!r} to take its ordering key from; name one of its "
+                    "fields, or give a function of the payload"
+                ) from None
 
         field_of.__qualname__ = f"ordered_by({field!r})"
         key_of = field_of
@@ -61,10 +68,27 @@ def ordered_by(key: str | KeyOf) -> Callable[[type[T]], type[T]]:
     def mark(cls: type[T]) -> type[T]:
         if not isinstance(cls, type):
             raise TypeError(f"@ordered_by marks a payload class, not {cls!r}")
+        if isinstance(key, str):
+            _check_field(cls, key)
         setattr(cls, ORDERED_BY_MARK, key_of)
         return cls
 
     return mark
+
+
+def _check_field(cls: type[Any], field: str) -> None:
+    """Refuse ``@ordered_by(field)`` on a class that declares its fields (annotations, as
+    dataclasses, attrs, pydantic and msgspec classes do) without that one."""
+    declared: set[str] = set()
+    for klass in cls.__mro__:
+        declared.update(vars(klass).get("__annotations__", {}))
+    declared.update(getattr(cls, "model_fields", None) or {})  # pydantic, set after the class
+    if not declared or field in declared or hasattr(cls, field):
+        return
+    raise TypeError(
+        f"@ordered_by({field!r}) on {cls.__qualname__}: it has no field {field!r}; name one "
+        f"of its fields ({', '.join(sorted(declared))}), or give a function of the payload"
+    )
 
 
 def declared_key(payload_type: type[Any]) -> KeyOf | None:

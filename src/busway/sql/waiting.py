@@ -22,7 +22,8 @@ next_due: ContextVar[Any] = ContextVar("busway_sql_next_due", default=UNKNOWN)
 ``available_at``."""
 
 BUSY_PAUSE = 0.05
-"""How long to wait for a message due now but not taken: another worker has it locked."""
+"""How long a consumer first waits when messages are due and it could take none: other
+workers have them, or the earlier messages of their keys (``SqlConsumer.busy_pause``)."""
 
 
 class Waiting:
