@@ -52,7 +52,7 @@ from busway.sql.dead_letters import SqlDeadLetterStore
 from busway.sql.rows import place_on
 from busway.sql.schema import in_hand_table, messages_table
 from busway.sql.statements import Statements
-from busway.sql.transactions import open_transaction
+from busway.sql.transactions import Transaction, open_transaction
 from busway.sql.turns import Turns, lock_file
 from busway.sql.waiting import Waiting
 
@@ -219,7 +219,9 @@ class SqlChannel(Channel):
                 "outside the asyncio transaction that is open; in async code, use "
                 "await bus.asend(...) or await events.apublish(...)"
             )
-        sending.write(self.database, self._sql, transaction, self._row(envelope), self._wake_local)
+        row = self._row(envelope)
+        _note_held(transaction, row)
+        sending.write(self.database, self._sql, transaction, row, self._wake_local)
 
     async def asend(self, envelope: Envelope) -> None:
         transaction = open_transaction(self.database.key, asynchronous=True)
@@ -228,6 +230,7 @@ class SqlChannel(Channel):
             self.send(envelope)
             return
         row = self._row(envelope)
+        _note_held(transaction, row)
         await asending.awrite(self.database, self._sql, transaction, row, self._wake_local)
 
     # -- consuming -------------------------------------------------------------------------
@@ -299,3 +302,9 @@ class SqlChannel(Channel):
         if self._own_database is not None:
             await self._own_database.adispose()
         self.close()
+
+
+def _note_held(transaction: Transaction | None, row: dict[str, Any]) -> None:
+    """A message sent again to keep its place holds its key back in ``transaction``."""
+    if transaction is not None and row["position"] is not None:
+        transaction.held_keys.add((row["channel"], row["ordering_key"]))

@@ -16,6 +16,7 @@ from busway.channels.base import Delivery
 from busway.sql.crashes import InHand
 from busway.sql.database import Database
 from busway.sql.rows import delivery_of
+from busway.sql.runs import RUN, Followers
 from busway.sql.statements import Statements
 from busway.sql.turns import Turns
 from busway.sql.waiting import BUSY_PAUSE
@@ -60,6 +61,8 @@ class SqlConsumer:
     """Until when (``time.monotonic()``) claims look at the messages due first only; shared,
     like all of this, by the channel's consumers in this process."""
     poll_interval: float = 0.5
+    followers: Followers = field(init=False)
+    """The query of the followers of a claim's first messages of keys (``takes_runs``)."""
     turns: Turns = field(default_factory=Turns)
     """Where the channel's consumers take turns (``claims_first``): those of this process,
     and those of every process on the same SQLite file (``busway.sql.turns``)."""
@@ -81,6 +84,28 @@ class SqlConsumer:
             return
         async with self.turns.aturn():
             yield
+
+    def __post_init__(self) -> None:
+        columns = list(self.sql.columns)
+        if self.in_hand is not None:
+            columns.append(self.in_hand.crashes)
+        self.followers = Followers(self.sql.table, self.name, columns)
+
+    def takes_runs(self) -> bool:
+        """Whether a claim takes runs of each key (``busway.sql.runs``): while this process's
+        consumers are held back by the others' keys (its claims windowed), on PostgreSQL, in
+        ``transaction`` mode, unless the batches are only forwarded (a relay: each key's next
+        message waits for its send to be confirmed)."""
+        return (
+            self.mode == "transaction"
+            and self.database.backend == "postgresql"
+            and not self.relaying
+            and self.windowed()
+        )
+
+    def heads_limit(self, limit: int) -> int:
+        """How many first messages of keys a claim of ``limit`` messages takes."""
+        return max(1, limit // RUN) if self.takes_runs() else limit
 
     @property
     def claims_first(self) -> bool:

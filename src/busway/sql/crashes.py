@@ -85,7 +85,9 @@ class InHand:
             self._take = sqlite.insert(table).on_conflict_do_update(
                 index_elements=["seq"], set_=more
             )
-        self.claim = claim.add_columns(taken.label("crashes"))
+        self.crashes = taken.label("crashes")
+        """A claimed message's count of deaths, as a column."""
+        self.claim = claim.add_columns(self.crashes)
         """``claim`` with each message's count of deaths, ``crashes``, read by a subquery,
         which ``FOR UPDATE`` does not lock: the note can still be written beside it."""
         windowed, _ = sql.claim(0, 0.0, windowed=True)

@@ -16,7 +16,7 @@ from busway.recovery import DeadLetter
 from busway.sql.creating import check_columns, missing_indexes, set_up
 from busway.sql.database import Database
 from busway.sql.schema import dead_letters_table
-from busway.sql.transactions import open_transaction
+from busway.sql.transactions import Transaction, open_transaction
 
 _encode = msgspec.json.Encoder().encode
 
@@ -56,6 +56,7 @@ class SqlDeadLetterStore:
         if transaction is not None:
             assert isinstance(transaction.connection, Connection)
             transaction.connection.execute(insert(self.table), row)
+            _note_held(transaction, row)
             return
         with self.database.engine.begin() as connection:
             connection.execute(insert(self.table), row)
@@ -83,7 +84,9 @@ class SqlDeadLetterStore:
             self.add(letter)
             return
         assert isinstance(transaction.connection, AsyncConnection)
-        await transaction.connection.execute(insert(self.table), self._row(letter))
+        row = self._row(letter)
+        await transaction.connection.execute(insert(self.table), row)
+        _note_held(transaction, row)
 
     def list(self, *, channel: str | None = None, handler: str | None = None) -> list[DeadLetter]:
         query = select(self.table).order_by(self.table.c.failed_at)
@@ -126,3 +129,9 @@ def _letter(row: Any) -> DeadLetter:
         attempts=row.attempts,
         failed_at=row.failed_at,
     )
+
+
+def _note_held(transaction: Transaction, row: dict[str, Any]) -> None:
+    """A keyed letter holds its key back in ``transaction``."""
+    if row["ordering_key"] is not None and row["channel"] is not None:
+        transaction.held_keys.add((row["channel"], row["ordering_key"]))

@@ -102,6 +102,8 @@ class Statements:
             table.c.ordering_key,
             func.coalesce(table.c.position, table.c.seq).label("position"),
         )
+        self.columns = list(claimed.selected_columns)
+        """What a claim reads of each row."""
         due = (table.c.channel == name, table.c.available_at <= bindparam("now"), self.claimable)
         claim = claimed.where(*due)
         if backend == "mysql":

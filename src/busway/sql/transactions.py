@@ -36,6 +36,9 @@ class Transaction:
     pending: dict[object, list[dict[str, Any]]] = field(default_factory=dict)
     savepoints: list[Savepoint] = field(default_factory=list)
     """Savepoints promised to the handlers running in this transaction, outermost first."""
+    held_keys: set[tuple[str, str]] = field(default_factory=set)
+    """The (channel, ordering key) pairs this transaction holds back: a message of the key
+    was sent again to keep its place, or dead-lettered (``busway.sql.runs``)."""
 
     @property
     def is_async(self) -> bool:

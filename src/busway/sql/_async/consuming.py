@@ -30,6 +30,7 @@ from busway.sql.crashes import InHand, crashes_of, in_turn
 from busway.sql.database import Database
 from busway.sql.leases import leased, to_lease
 from busway.sql.redo import Redo, begin_watch, check_alive, watch
+from busway.sql.runs import with_runs
 from busway.sql.statements import PLANNED, UNPLANNED
 from busway.sql.transactions import Transaction, current_transaction
 from busway.sql.waiting import next_due
@@ -132,8 +133,11 @@ async def _abatch(
         message_ids=[row.message_id for row in rows],
     )
     batch_token = current_batch.set(batch)
+    stopped: set[str] = set()
     try:
         for row in rows:
+            if row.ordering_key in stopped:
+                continue  # after one of its key that did not go through: a later batch's
             batch.current = row.seq
             delivery = consumer.delivery(
                 row,
@@ -152,6 +156,11 @@ async def _abatch(
             handed.add(row.seq)
             check_alive(connection)
             done.append(row.seq)
+            if row.ordering_key is not None and (
+                row.seq in batch.forwarded
+                or (consumer.name, row.ordering_key) in transaction.held_keys
+            ):
+                stopped.add(row.ordering_key)
         unsent = await batch.arun_before_ack()
     finally:
         current_batch.reset(batch_token)
@@ -206,12 +215,29 @@ async def _aclaim(
     if consumer.database.backend == "mysql" and consumer.windowed():
         bound = (await connection.execute(*consumer.sql.window_bound(consumer.clock()))).first()
     if consumer.database.backend != "postgresql":
-        return list((await connection.execute(*consumer.claim(limit, bound))).all())
+        return await _awith_runs(consumer, connection, limit, bound)
     sort, jit, *_ = (await connection.execute(PLANNED)).one()
-    rows = list((await connection.execute(*consumer.claim(limit))).all())
+    rows = await _awith_runs(consumer, connection, limit)
     if restore:
         await connection.execute(UNPLANNED, {"sort": sort, "jit": jit})
     return rows
+
+
+async def _awith_runs(
+    consumer: SqlConsumer, connection: AsyncConnection, limit: int, bound: Any = None
+) -> list[Row[Any]]:
+    """The rows of a claim of up to ``limit`` messages, with runs of their keys when the
+    consumer takes runs (``busway.sql.runs``)."""
+    if not consumer.takes_runs():
+        return list((await connection.execute(*consumer.claim(limit, bound))).all())
+    heads = list(
+        (await connection.execute(*consumer.claim(consumer.heads_limit(limit), bound))).all()
+    )
+    keys = sorted({row.ordering_key for row in heads if row.ordering_key is not None})
+    if not keys:
+        return heads
+    followers = (await connection.execute(*consumer.followers.query(keys))).all()
+    return with_runs(heads, followers, limit, int(consumer.clock() * 1000))
 
 
 async def _aclaim_first(

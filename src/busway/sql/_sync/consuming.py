@@ -31,6 +31,7 @@ from busway.sql.crashes import InHand, crashes_of, in_turn
 from busway.sql.database import Database
 from busway.sql.leases import leased, to_lease
 from busway.sql.redo import Redo, begin_watch, check_alive, watch
+from busway.sql.runs import with_runs
 from busway.sql.statements import PLANNED, UNPLANNED
 from busway.sql.transactions import Transaction, current_transaction
 from busway.sql.waiting import next_due
@@ -127,8 +128,11 @@ def _batch(
         message_ids=[row.message_id for row in rows],
     )
     batch_token = current_batch.set(batch)
+    stopped: set[str] = set()
     try:
         for row in rows:
+            if row.ordering_key in stopped:
+                continue  # after one of its key that did not go through: a later batch's
             batch.current = row.seq
             delivery = consumer.delivery(
                 row,
@@ -147,6 +151,11 @@ def _batch(
             handed.add(row.seq)
             check_alive(connection)
             done.append(row.seq)
+            if row.ordering_key is not None and (
+                row.seq in batch.forwarded
+                or (consumer.name, row.ordering_key) in transaction.held_keys
+            ):
+                stopped.add(row.ordering_key)
         unsent = batch.run_before_ack()
     finally:
         current_batch.reset(batch_token)
@@ -201,12 +210,27 @@ def _aclaim(
     if consumer.database.backend == "mysql" and consumer.windowed():
         bound = (connection.execute(*consumer.sql.window_bound(consumer.clock()))).first()
     if consumer.database.backend != "postgresql":
-        return list((connection.execute(*consumer.claim(limit, bound))).all())
+        return _awith_runs(consumer, connection, limit, bound)
     sort, jit, *_ = (connection.execute(PLANNED)).one()
-    rows = list((connection.execute(*consumer.claim(limit))).all())
+    rows = _awith_runs(consumer, connection, limit)
     if restore:
         connection.execute(UNPLANNED, {"sort": sort, "jit": jit})
     return rows
+
+
+def _awith_runs(
+    consumer: SqlConsumer, connection: Connection, limit: int, bound: Any = None
+) -> list[Row[Any]]:
+    """The rows of a claim of up to ``limit`` messages, with runs of their keys when the
+    consumer takes runs (``busway.sql.runs``)."""
+    if not consumer.takes_runs():
+        return list((connection.execute(*consumer.claim(limit, bound))).all())
+    heads = list((connection.execute(*consumer.claim(consumer.heads_limit(limit), bound))).all())
+    keys = sorted({row.ordering_key for row in heads if row.ordering_key is not None})
+    if not keys:
+        return heads
+    followers = (connection.execute(*consumer.followers.query(keys))).all()
+    return with_runs(heads, followers, limit, int(consumer.clock() * 1000))
 
 
 def _claim_first(consumer: SqlConsumer, connection: Connection, limit: int) -> list[int]:
