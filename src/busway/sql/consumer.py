@@ -31,6 +31,11 @@ WINDOWED_SPELL = 5.0
 """Seconds the consumers of a channel in a process claim among the messages due first only,
 after a claim found messages due and none it could take."""
 
+SLOW_CLAIM = 0.005
+"""Seconds a PostgreSQL claim may take before the next ones are planned by the dequeue index
+(``busway.sql.statements.PLANNED``), for ``PLANNED_SPELL`` seconds."""
+PLANNED_SPELL = 60.0
+
 RELAY_BATCH_FACTOR = 5
 """After a full batch of messages that were all only sent on (a relay's), the next claim takes
 up to this many times ``batch_size``: such a batch has no handler to run again, and fewer,
@@ -60,6 +65,9 @@ class SqlConsumer:
     windowed_until: float = 0.0
     """Until when (``time.monotonic()``) claims look at the messages due first only; shared,
     like all of this, by the channel's consumers in this process."""
+    planned_until: float = 0.0
+    """Until when (``time.monotonic()``) claims are planned by the dequeue index: a claim
+    took longer than ``SLOW_CLAIM``."""
     poll_interval: float = 0.5
     followers: Followers = field(init=False)
     """The query of the followers of a claim's first messages of keys (``takes_runs``)."""
@@ -90,6 +98,20 @@ class SqlConsumer:
         if self.in_hand is not None:
             columns.append(self.in_hand.crashes)
         self.followers = Followers(self.sql.table, self.name, columns)
+
+    def plans_claims(self) -> bool:
+        """Whether the next claim on PostgreSQL is planned by the dequeue index first, at two
+        statements' cost (``busway.sql.statements.PLANNED``): for ``PLANNED_SPELL`` seconds
+        after a claim took longer than ``SLOW_CLAIM``, and while claims are windowed. A claim
+        of a short queue is quick whatever its plan; one of a deep queue whose statistics
+        say it is nearly empty (never analyzed) reads and sorts every due message, once."""
+        now = time.monotonic()
+        return now < self.planned_until or now < self.windowed_until
+
+    def claim_took(self, seconds: float) -> None:
+        """A claim not planned first took ``seconds``."""
+        if seconds > SLOW_CLAIM:
+            self.planned_until = time.monotonic() + PLANNED_SPELL
 
     def takes_runs(self) -> bool:
         """Whether a claim takes runs of each key (``busway.sql.runs``): while this process's

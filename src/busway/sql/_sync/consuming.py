@@ -204,13 +204,18 @@ def _aclaim(
     consumer: SqlConsumer, connection: Connection, limit: int, restore: bool = True
 ) -> list[Row[Any]]:
     """The rows of a claim of up to ``limit`` messages; on PostgreSQL planned by the dequeue
-    index (``busway.sql.statements.PLANNED``), then, if ``restore``, the planner set back as
-    it was for the rest of the transaction."""
+    index (``busway.sql.statements.PLANNED``) when the consumer says so, then, if
+    ``restore``, the planner set back as it was for the rest of the transaction."""
     bound = None
     if consumer.database.backend == "mysql" and consumer.windowed():
         bound = (connection.execute(*consumer.sql.window_bound(consumer.clock()))).first()
     if consumer.database.backend != "postgresql":
         return _awith_runs(consumer, connection, limit, bound)
+    if not consumer.plans_claims():
+        started = time.perf_counter()
+        rows = _awith_runs(consumer, connection, limit)
+        consumer.claim_took(time.perf_counter() - started)
+        return rows
     sort, jit, *_ = (connection.execute(PLANNED)).one()
     rows = _awith_runs(consumer, connection, limit)
     if restore:
