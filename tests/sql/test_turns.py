@@ -63,3 +63,11 @@ async def test_an_asyncio_turn_waits_off_the_loop_and_a_cancelled_wait_lets_the_
     assert ticks == 20
     # The cancelled wait got the lock once the sync turn ended, and let it go at once.
     await asyncio.wait_for(wait_for_turn(second), 10)
+
+
+def test_a_lock_file_that_cannot_be_made_leaves_the_turns_of_the_process(tmp_path, caplog):
+    turns = Turns(str(tmp_path / "missing-folder" / "app.db") + LOCK_SUFFIX)
+    with turns.turn():
+        pass
+    assert turns.path is None
+    assert "cannot lock" in caplog.text

@@ -17,6 +17,7 @@ memory (one process), the locks of the process are all there is.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import weakref
@@ -29,6 +30,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("busway.sql")
 
 LOCK_SUFFIX = ".busway-lock"
 
@@ -61,7 +64,7 @@ class Turns:
     def turn(self) -> Iterator[None]:
         """This thread's turn."""
         with self._lock:
-            descriptor = _locked(self.path, wait=True) if self.path else None
+            descriptor = self._opened() if self.path else None
             try:
                 yield
             finally:
@@ -72,12 +75,37 @@ class Turns:
     async def aturn(self) -> AsyncIterator[None]:
         """This task's turn: the file lock is waited for in a thread, not on the loop."""
         async with self._loop_lock():
-            descriptor = await _alocked(self.path) if self.path else None
+            descriptor = None
+            if self.path:
+                try:
+                    descriptor = await _alocked(self.path)
+                except OSError as error:
+                    self._cannot_open(error)
             try:
                 yield
             finally:
                 if descriptor is not None:
                     os.close(descriptor)
+
+    def _opened(self) -> int | None:
+        assert self.path is not None
+        try:
+            return _locked(self.path, wait=True)
+        except OSError as error:
+            self._cannot_open(error)
+            return None
+
+    def _cannot_open(self, error: OSError) -> None:
+        """The lock file cannot be made (a folder the worker may not write in): the
+        consumers of this process take turns, those of other processes may not."""
+        log.warning(
+            "cannot lock %s (%s): SQLite consumers of other processes may count this "
+            "process's batches in hand as deaths of workers; let the worker write beside "
+            "the database file",
+            self.path,
+            error,
+        )
+        self.path = None
 
     def _loop_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
