@@ -74,9 +74,14 @@ class InHand:
         more = {"taken": table.c.taken + literal_column("1")}  # no parameter: PyMySQL
         # writes the rows of an INSERT run with many into one statement only without one
         if backend == "postgresql":
+            # Committed without waiting for the write-ahead log to reach the disk: a note
+            # must outlive its worker, which the commit gives (it is seen at once); only a
+            # crash of the server in the next fraction of a second could lose it, and one
+            # death would go uncounted.
             self._take: Any = text(
                 f"INSERT INTO {table.name} (seq, channel, taken) "
-                "SELECT seq, :channel, 1 FROM unnest(CAST(:seqs AS BIGINT[])) AS seq "
+                "SELECT seq, :channel, 1 FROM unnest(CAST(:seqs AS BIGINT[])) AS seq, "
+                "(SELECT set_config('synchronous_commit', 'off', true)) AS unflushed "
                 f"ON CONFLICT (seq) DO UPDATE SET taken = {table.name}.taken + 1"
             )
         elif backend == "mysql":
