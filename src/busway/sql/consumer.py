@@ -117,10 +117,12 @@ class SqlConsumer:
         """Whether a claim takes runs of each key (``busway.sql.runs``): while this process's
         consumers are held back by the others' keys (its claims windowed), on PostgreSQL, in
         ``transaction`` mode, unless the batches are only forwarded (a relay: each key's next
-        message waits for its send to be confirmed)."""
+        message waits for its send to be confirmed), or the channel takes higher priorities
+        first (a follower would go before another key's first message of a higher one)."""
         return (
             self.mode == "transaction"
             and self.database.backend == "postgresql"
+            and not self.sql.priorities
             and not self.relaying
             and self.windowed()
         )

@@ -82,6 +82,7 @@ class Statements:
         self.table = table
         self.name = name
         self.backend = backend
+        self.priorities = priorities
         self.order: tuple[Any, ...] = (table.c.available_at, table.c.seq)
         if priorities:
             self.order = (table.c.priority.desc(), *self.order)
