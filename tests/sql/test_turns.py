@@ -4,6 +4,7 @@ whichever ``Turns`` (so process) holds it, and a waiter cancelled does not keep 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 
 import pytest
@@ -71,3 +72,24 @@ def test_a_lock_file_that_cannot_be_made_leaves_the_turns_of_the_process(tmp_pat
         pass
     assert turns.path is None
     assert "cannot lock" in caplog.text
+
+
+async def test_asyncio_turns_waiting_for_the_lock_leave_the_executor_to_the_holder(tmp_path):
+    """No thread waits for the lock: with every executor thread free, the holder's own
+    ``asyncio.to_thread`` runs while the other turns wait."""
+    loop = asyncio.get_running_loop()
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(executor)
+    path = str(tmp_path / "app.db") + LOCK_SUFFIX
+    holder, *others = [Turns(path) for _ in range(3)]
+
+    async def wait_for_turn(turns: Turns) -> None:
+        async with turns.aturn():
+            pass
+
+    async with holder.aturn():
+        waiting = [asyncio.create_task(wait_for_turn(turns)) for turns in others]
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "ran"), 5) == "ran"
+        assert not any(task.done() for task in waiting)
+    await asyncio.wait_for(asyncio.gather(*waiting), 10)

@@ -23,9 +23,22 @@ from busway.sql.waiting import BUSY_PAUSE
 
 Mode = Literal["transaction", "lease"]
 
-held_back: ContextVar[int] = ContextVar("busway_sql_held_back", default=0)
-"""How many claims in a row of this consumer (thread or task) found messages due and none it
-could take: others have them, or the messages before them of their keys."""
+held_back: ContextVar[dict[str, int] | None] = ContextVar("busway_sql_held_back", default=None)
+"""For each channel this thread or task consumes, how many of its claims in a row found
+messages due and none they could take: others have them, or the messages before them of
+their keys. (Replaced, never changed in place: a context copied shares the dict.)"""
+
+
+def _held(channel: str) -> int:
+    counts = held_back.get()
+    return 0 if counts is None else counts.get(channel, 0)
+
+
+def _hold(channel: str, times: int) -> None:
+    counts = held_back.get()
+    if (0 if counts is None else counts.get(channel, 0)) != times:
+        held_back.set({**(counts or {}), channel: times})
+
 
 WINDOWED_SPELL = 5.0
 """Seconds the consumers of a channel in a process claim among the messages due first only,
@@ -168,16 +181,16 @@ class SqlConsumer:
         finds the first messages of keys past them, if any. (SQLite, one writer at a time,
         never meets another worker's messages.)"""
         if next_due is None or next_due > self.clock() * 1000:
-            held_back.set(0)
+            _hold(self.name, 0)
             return
-        held_back.set(held_back.get() + 1)
+        _hold(self.name, _held(self.name) + 1)
         now = time.monotonic()
         if not self.database.is_sqlite and now >= self.windowed_until:
             self.windowed_until = now + WINDOWED_SPELL
 
     def claimed(self) -> None:
         """A claim took messages: this consumer is held back no longer."""
-        held_back.set(0)
+        _hold(self.name, 0)
 
     def busy_pause(self) -> float:
         """How long this consumer waits, held back, before it claims again: ``BUSY_PAUSE``
@@ -185,12 +198,11 @@ class SqlConsumer:
         consumer (thread or task) backs off by itself: the keys free for the taking are
         taken by the consumers whose batches just freed them, and one that found none
         would otherwise look again at every batch of the others, for nothing."""
-        return min(BUSY_PAUSE * 2.0 ** max(0, held_back.get() - 1), self.poll_interval)
+        return min(BUSY_PAUSE * 2.0 ** max(0, _held(self.name) - 1), self.poll_interval)
 
-    @staticmethod
-    def held_back() -> bool:
+    def held_back(self) -> bool:
         """Whether this consumer's last claim found messages due and none it could take."""
-        return held_back.get() > 0
+        return _held(self.name) > 0
 
     def claim_size(self) -> int:
         return self.batch_size * RELAY_BATCH_FACTOR if self.relaying else self.batch_size

@@ -10,8 +10,9 @@ batch's transaction holds SQLite's one write lock anyway, so taking turns costs 
 In a process, sync consumers take turns on a thread lock, asyncio ones on a lock of their
 event loop; across processes, and between the two, each turn is an exclusive ``flock`` of a
 file beside the database (``<database>.busway-lock``), which the system lets go of when its
-process dies, however it dies. Where ``fcntl`` is missing (Windows) or the database is in
-memory (one process), the locks of the process are all there is.
+process dies, however it dies: a sync consumer waits for it in its thread, an asyncio one
+tries for it without waiting, again and again. Where ``fcntl`` is missing (Windows) or the
+database is in memory (one process), the locks of the process are all there is.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger("busway.sql")
 
 LOCK_SUFFIX = ".busway-lock"
+
+_FIRST_POLL = 0.0005
+_LONGEST_POLL = 0.01
+"""Seconds between an asyncio consumer's tries for the lock another holds (the first, the
+longest): as SQLite's own write lock is tried (``busway.sql.database``)."""
 
 
 def lock_file(url: URL) -> str | None:
@@ -73,7 +79,7 @@ class Turns:
 
     @asynccontextmanager
     async def aturn(self) -> AsyncIterator[None]:
-        """This task's turn: the file lock is waited for in a thread, not on the loop."""
+        """This task's turn: the file lock is tried for, never waited for on the loop."""
         async with self._loop_lock():
             descriptor = None
             if self.path:
@@ -133,22 +139,15 @@ def _locked(path: str, wait: bool) -> int | None:
 
 
 async def _alocked(path: str) -> int:
-    descriptor = _locked(path, wait=False)
-    if descriptor is not None:
-        return descriptor
-    waited = asyncio.get_running_loop().run_in_executor(None, _locked, path, True)
-    try:
-        locked = await asyncio.shield(waited)
-    except asyncio.CancelledError:
-        # The thread goes on waiting: whenever it gets the lock, let it go at once.
-        waited.add_done_callback(_close_when_locked)
-        raise
-    assert locked is not None
-    return locked
-
-
-def _close_when_locked(waited: asyncio.Future[int | None]) -> None:
-    if not waited.cancelled() and waited.exception() is None:
-        descriptor = waited.result()
+    """``_locked`` on an event loop: tried again and again, each time without waiting, the
+    pauses between growing to ``_LONGEST_POLL``. No thread waits for the lock: a task
+    cancelled meanwhile holds nothing, and the loop's executor stays free for the handlers
+    (a thread blocked in ``flock`` for each waiting channel could fill it, and the holder's
+    own ``asyncio.to_thread`` would wait behind them for ever)."""
+    pause = _FIRST_POLL
+    while True:
+        descriptor = _locked(path, wait=False)
         if descriptor is not None:
-            os.close(descriptor)
+            return descriptor
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, _LONGEST_POLL)
