@@ -250,20 +250,27 @@ def assert_drained(url: str, outcomes: list[dict[str, int]]) -> None:
     assert all(outcome["failed"] == 0 for outcome in outcomes), outcomes
 
 
-@pytest.mark.timeout(PATIENCE + 300)
-def test_each_key_in_order_across_three_worker_processes(database_url, tmp_path):
-    send_backlog(database_url)
-    names = [f"w{index}" for index in range(WORKERS)]
-    workers = [start(database_url, name, tmp_path) for name in names]
+def drain_in_order(url: str, folder: Path, names: list[str]) -> list[tuple[int, int, str]]:
+    """Send the backlog, drain it with a worker process for each of ``names``, and check that
+    every key went in order, once each step, every worker's run clean; the rows handled."""
+    send_backlog(url)
+    workers = [start(url, name, folder) for name in names]
     try:
-        release(tmp_path, names, workers)
-        outcomes = results(database_url, workers)
+        release(folder, names, workers)
+        outcomes = results(url, workers)
     finally:
         stop(workers)
 
-    rows = assert_in_order(database_url)
-    assert_drained(database_url, outcomes)
+    rows = assert_in_order(url)
+    assert_drained(url, outcomes)
     assert sum(outcome["handled"] for outcome in outcomes) == TOTAL
+    return rows
+
+
+@pytest.mark.timeout(PATIENCE + 300)
+def test_each_key_in_order_across_three_worker_processes(database_url, tmp_path):
+    names = [f"w{index}" for index in range(WORKERS)]
+    rows = drain_in_order(database_url, tmp_path, names)
     assert {worker for _, _, worker in rows} == set(names)  # the work was shared
 
 
@@ -305,15 +312,4 @@ def test_six_processes_on_one_sqlite_file_count_no_worker_deaths(
     guard dead-lettered steps no worker died with. Consumers of one file take turns."""
     monkeypatch.setitem(globals(), "PER_KEY", 30)
     monkeypatch.setitem(globals(), "TOTAL", KEYS * 30)
-    send_backlog(database_url)
-    names = [f"w{index}" for index in range(6)]
-    workers = [start(database_url, name, tmp_path) for name in names]
-    try:
-        release(tmp_path, names, workers)
-        outcomes = results(database_url, workers)
-    finally:
-        stop(workers)
-
-    assert_in_order(database_url)
-    assert_drained(database_url, outcomes)
-    assert sum(outcome["handled"] for outcome in outcomes) == TOTAL
+    drain_in_order(database_url, tmp_path, [f"w{index}" for index in range(6)])

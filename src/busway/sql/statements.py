@@ -257,9 +257,10 @@ def claimable(table: Table, letters: Table | None, backend: str = "") -> ColumnE
     a position is never above its row's ``seq``, so a row with an earlier place has either
     a lower ``seq`` or a lower ``position``: two probes, each on an index of keyed rows. On
     PostgreSQL each probe looks for a row before the place (``NOT EXISTS``); MariaDB would
-    read every row of the key after it to find none, so there each reads the key's first
-    ``seq`` and first ``position`` instead, the first entry of each index for the key (by
-    ``ORDER BY ... LIMIT 1``: it reads the whole key for a ``MIN`` in a subquery)."""
+    read every row of the key after it to find none, so there it reads one index entry: the
+    key's first ``seq`` (``ORDER BY ... LIMIT 1``; a ``MIN`` in a subquery reads the whole
+    key), and its last ``position``, to look for an earlier one only when the key has any
+    (NULLs come first in that index)."""
     place = func.coalesce(table.c.position, table.c.seq)
     by_seq, by_position = table.alias("earlier"), table.alias("placed_earlier")
 
