@@ -92,6 +92,14 @@ class Broker:
 
         return self._run(consumers)  # type: ignore[no-any-return]
 
+    def members(self, queue: str) -> int:
+        """How many links consume the partitioned channel of ``queue`` (its members queue's
+        consumers), 0 before the first one joins."""
+        try:
+            return self.consumers(f"busway.{queue}.members")
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0
+
     def get(self, queue: str) -> aio_pika.abc.AbstractIncomingMessage | None:
         async def get(channel: aio_pika.abc.AbstractChannel) -> Any:
             declared = await channel.declare_queue(queue, passive=True)
@@ -114,6 +122,8 @@ class Broker:
     def delete(self, queue: str, partitions: int = 0) -> None:
         """Delete ``queue``, its ``partitions`` and every wait queue they may have."""
         names = [queue, *(f"{queue}.{index}" for index in range(partitions))]
+        if partitions:
+            names.append(f"busway.{queue}.members")
 
         async def delete(channel: aio_pika.abc.AbstractChannel) -> None:
             for name in names:

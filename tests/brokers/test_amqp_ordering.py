@@ -291,7 +291,7 @@ def test_a_consumer_that_stops_hands_its_partition_on_in_order(
     )
     waiting.start()
     try:
-        wait_until(lambda: broker.consumers(f"{first.queue}.0") == 2, "a second consumer")
+        wait_until(lambda: broker.members(first.queue) == 2, "a second consumer")
         first.close()
         waiting.join()
     finally:
@@ -440,3 +440,122 @@ def test_changing_the_partitions_of_a_queue_is_a_configuration_error(
         raised.value
     )
     again.close()
+
+
+# -- several processes share the partitions ------------------------------------------------
+
+
+class Round:
+    """Consumers in threads of their own, each consuming its channel until stopped; a round
+    publishes one message to every partition and tells which consumer handled each."""
+
+    def __init__(self, channels: dict[str, AmqpChannel]) -> None:
+        self.channels = channels
+        self.stopped: dict[str, threading.Event] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self.handled: dict[str, str] = {}  # key -> consumer
+        self.seen: dict[str, list[int]] = {}
+        self.lock = threading.Lock()
+        self.rounds = 0
+        any_channel = next(iter(channels.values()))
+        partitions = any_channel.topology.queues
+        # One key hashed to each partition.
+        self.keys: dict[str, str] = {}
+        number = 0
+        while len(self.keys) < len(partitions):
+            key = f"key-{number}"
+            number += 1
+            queue = any_channel.topology.queue_for({ORDERING_KEY: key, "busway.id": key})
+            if queue not in self.keys.values():
+                self.keys[key] = queue
+
+    def start(self, name: str) -> None:
+        stopped = self.stopped[name] = threading.Event()
+        channel = self.channels[name]
+
+        def handle(delivery: Delivery) -> None:
+            key, seq = read(delivery)
+            with self.lock:
+                self.handled[key] = name
+                self.seen.setdefault(key, []).append(seq)
+
+        def consume() -> None:
+            while not stopped.is_set():
+                channel.consume(handle, 10, 0.1)
+
+        thread = self.threads[name] = threading.Thread(target=consume, daemon=True)
+        thread.start()
+
+    def stop(self, name: str, close: bool = True) -> None:
+        self.stopped[name].set()
+        self.threads[name].join(30)
+        if close:
+            self.channels[name].close()
+
+    def stop_all(self) -> None:
+        for stopped in self.stopped.values():
+            stopped.set()
+        for thread in self.threads.values():
+            thread.join(30)
+
+    def partitions_per_consumer(self) -> dict[str, int]:
+        """Publish one message to every partition, wait until all are handled, and count the
+        partitions each consumer handled."""
+        publisher = next(iter(self.channels.values()))
+        with self.lock:
+            self.handled.clear()
+        for key in self.keys:
+            publisher.send(keyed(key, self.rounds))
+        self.rounds += 1
+        wait_until(lambda: len(self.handled) == len(self.keys), "a round to be handled")
+        with self.lock:
+            counts: dict[str, int] = {}
+            for name in self.handled.values():
+                counts[name] = counts.get(name, 0) + 1
+            return counts
+
+
+def _balanced(round_: Round, expected: dict[str, int], timeout: float = 30) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    counts = round_.partitions_per_consumer()
+    while counts != expected and time.monotonic() < deadline:
+        counts = round_.partitions_per_consumer()
+    return counts
+
+
+def test_consumers_of_several_links_share_the_partitions(
+    partitioned: Callable[..., AmqpChannel], amqp_url: str, broker: Broker
+) -> None:
+    first = partitioned(partitions=6)
+    channels = {"first": first}
+    for name in ("second", "third"):
+        channels[name] = AmqpChannel("steps", amqp_url, queue=first.queue, partitions=6)
+    round_ = Round(channels)
+    try:
+        round_.start("first")
+        assert round_.partitions_per_consumer() == {"first": 6}
+
+        round_.start("second")
+        round_.start("third")
+        wait_until(lambda: broker.members(first.queue) == 3, "three members")
+        assert _balanced(round_, {"first": 2, "second": 2, "third": 2}) == {
+            "first": 2,
+            "second": 2,
+            "third": 2,
+        }
+
+        # One that stops consuming, still open, gives its partitions up once idle.
+        round_.stop("third", close=False)
+        wait_until(lambda: broker.members(first.queue) == 2, "the third to leave")
+        assert _balanced(round_, {"first": 3, "second": 3}) == {"first": 3, "second": 3}
+
+        round_.stop("second")  # one closed gives them up at once
+        wait_until(lambda: broker.members(first.queue) == 1, "the second to leave")
+        assert _balanced(round_, {"first": 6}) == {"first": 6}
+    finally:
+        round_.stop_all()
+        for name in ("second", "third"):
+            channels[name].close()
+
+    # Every key's messages were handled once each, in order, through every hand-over.
+    assert round_.seen == {key: list(range(round_.rounds)) for key in round_.keys}

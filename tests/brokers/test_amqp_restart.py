@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +24,7 @@ from amqp_support import rabbitmq_in_use as rabbitmq_in_use
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from busway import Messaging, RetryPolicy, event_handler
+from busway import EventBus, Messaging, RetryPolicy, asynchronous, event_handler, ordered_by
 from busway.amqp import AmqpChannel
 
 
@@ -185,3 +186,87 @@ def test_publishers_and_workers_carry_on_when_rabbitmq_restarts(
     assert effects(relay_database) == dict.fromkeys(range(total), "relay")
     assert relay.channel("outbox").depth() == 0
     assert relay.dead_letters.list() == []
+
+
+@ordered_by("key")
+@dataclass
+class Keyed:
+    key: str
+    seq: int
+
+
+@asynchronous("steps")
+class KeyedSteps(EventBus):
+    pass
+
+
+def test_partitioned_consumers_keep_each_keys_order_when_rabbitmq_restarts(
+    rabbit_server: RabbitServer,
+    amqp_url: str,
+    queues: Callable[..., str],
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    """Two links share the partitions; the restart takes their connections, owner queues
+    and members queue's consumers away; they join again, share again, and every key's
+    messages take effect once each, in order (the inbox absorbs what comes again)."""
+    keys, per_key = 8, 40
+    queue = queues(4)
+    seen: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    @event_handler
+    def step(event: Keyed) -> None:
+        with lock:
+            seen.setdefault(event.key, []).append(event.seq)
+
+    def channel() -> AmqpChannel:
+        return AmqpChannel("steps", amqp_url, queue=queue, partitions=4, reconnect_interval=0.2)
+
+    workers_side = [
+        Messaging(
+            handlers=[step],
+            channels=[channel()],
+            database=f"sqlite:///{tmp_path / 'inbox.db'}",
+        )
+        for _ in range(2)
+    ]
+    workers_side[0].setup()
+    publisher = Messaging(channels=[channel()])
+    workers = [
+        messaging.worker("steps", until_empty=False, poll_interval=0.2)
+        for messaging in workers_side
+    ]
+    threads = [threading.Thread(target=worker.run) for worker in workers]
+
+    def handled() -> int:
+        with lock:
+            return len({(key, seq) for key, seqs in seen.items() for seq in seqs})
+
+    def publish(seqs: range) -> None:
+        for seq in seqs:
+            for number in range(keys):
+                publisher.gateway(KeyedSteps).publish(Keyed(f"key-{number}", seq))
+
+    for thread in threads:
+        thread.start()
+    try:
+        publish(range(per_key // 2))
+        wait_until(lambda: broker.members(queue) == 2, "both links to join")
+        wait_until(lambda: handled() >= keys * 5, "the first messages")
+        rabbit_server.stop()
+        time.sleep(0.5)
+        rabbit_server.start()
+        publish(range(per_key // 2, per_key))
+        wait_until(lambda: handled() == keys * per_key, "every message", timeout=90)
+        wait_until(lambda: broker.members(queue) == 2, "both links to join again")
+    finally:
+        for worker in workers:
+            worker.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+        for messaging in (*workers_side, publisher):
+            messaging.close()
+
+    assert all(not thread.is_alive() for thread in threads)
+    assert seen == {f"key-{number}": list(range(per_key)) for number in range(keys)}

@@ -42,8 +42,9 @@ class AmqpChannel(Channel):
 
     ``partitions=N`` keeps ordering keys: the channel has N queues ``QUEUE.0`` to
     ``QUEUE.N-1``, each with a single active consumer across all processes, a key's messages
-    all go to one of them, and a process hands each one's messages out one at a time, in
-    order (``prefetch`` then counts per partition). ``priorities=True`` declares the queue
+    all go to one of them, the processes consuming the channel share them out, and a process
+    hands each one's messages out one at a time, in order (``prefetch`` then counts per
+    partition). ``priorities=True`` declares the queue
     with ``x-max-priority`` and publishes each message with its priority.
     """
 

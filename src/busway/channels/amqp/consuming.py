@@ -1,8 +1,9 @@
 """Consuming from the queue over a link: fetched messages handed out, acknowledged or given
 back, and early ones sent on to a wait queue.
 
-With partitions, the link consumes every partition queue on an AMQP channel of its own, and
-hands a partition's next message out only once the one before is acknowledged or given back.
+With partitions, the link consumes its share of the partition queues (``shares``) on an AMQP
+channel of its own, and hands a partition's next message out only once the one before is
+acknowledged or given back.
 It gives messages back to RabbitMQ only by closing that channel, once no message of it is in
 hand: closing puts every message fetched on it back at its place in one step, before
 RabbitMQ makes another consumer active, deliveries still on their way included. A
@@ -16,10 +17,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
 import aiormq
@@ -27,6 +29,7 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from busway.channels.amqp.link import _RETRY_PAUSE, _Link, _transient
+from busway.channels.amqp.shares import BALANCE_INTERVAL, _Shares
 from busway.channels.amqp.wire import _outgoing, _read
 from busway.channels.base import Envelope, Unreadable
 from busway.errors import BuswayError
@@ -58,9 +61,12 @@ class _Received:
 
 @dataclass(frozen=True, slots=True)
 class _Consumer:
-    """The link's subscription: one consumer tag per queue, on one AMQP channel."""
+    """The link's subscription: one consumer tag per queue it consumes (``lanes``, indexes
+    of the channel's queues), on one AMQP channel."""
 
     channel: aiormq.Channel
+    prefix: str
+    lanes: tuple[int, ...]
     tags: tuple[str, ...]
 
     def active(self) -> bool:
@@ -79,6 +85,8 @@ class _ConsumingLink(_Link):
     def __init__(self, owner: AmqpChannel) -> None:
         super().__init__(owner)
         self._ordered = owner.topology.ordered
+        self._shares = _Shares(owner.url, owner.name, owner.topology) if self._ordered else None
+        self._balancing: asyncio.Task[None] | None = None
         self._in_hand: dict[int, aiormq.Channel] = {}
         self._retired: set[aiormq.Channel] = set()
         self._closing: set[aiormq.Channel] = set()
@@ -103,6 +111,7 @@ class _ConsumingLink(_Link):
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self.pause()
+        await self._leave()
         await super().close()
 
     def begin(self) -> None:
@@ -113,10 +122,15 @@ class _ConsumingLink(_Link):
         with self._lock:
             self._calls -= 1
             self._last_call = time.monotonic()
-            if self._calls or self._idle_armed or self._consumer is None:
+            if self._calls or self._idle_armed or not self._consuming():
                 return
             self._idle_armed = True
         self.call_soon(self._arm_idle)
+
+    def _consuming(self) -> bool:
+        """Whether the link is subscribed, or holds partitions, which an idle link gives up.
+        Called holding ``_lock``."""
+        return self._consumer is not None or (self._shares is not None and self._shares.joined)
 
     def _arm_idle(self, delay: float = _IDLE) -> None:
         assert self.loop is not None
@@ -133,7 +147,15 @@ class _ConsumingLink(_Link):
         if left > 0:
             self._arm_idle(left)
         else:
-            self.spawn(self.pause())
+            self.spawn(self._idle())
+
+    async def _idle(self) -> None:
+        """Nobody consumes: give the fetched messages back, and the partitions taken."""
+        await self.pause()
+        with self._lock:
+            busy = bool(self._calls or self._in_hand)
+        if not busy:
+            await self._leave()
 
     def take_now(self) -> _Received | None:
         """The next fetched message if it is due, without I/O: from any thread."""
@@ -230,24 +252,23 @@ class _ConsumingLink(_Link):
             consumer = self._consumer
             if consumer is not None and consumer.active():
                 return consumer.channel
-            channel = await self.channel(patience)
-            if self._ordered:
-                channel = await self._own_channel(channel)
-            queues = self.owner.topology.queues
             prefix = f"busway-{self.owner.name}-{uuid.uuid4().hex[:12]}"
-            tags = (
-                (prefix,)
-                if len(queues) == 1
-                else tuple(f"{prefix}-{i}" for i in range(len(queues)))
-            )
-            consumer = _Consumer(channel, tags)
+            if self._ordered:
+                channel, lanes = await self._partitions_channel(patience)
+                consumer = _Consumer(channel, prefix, (), ())
+            else:
+                channel, lanes = await self.channel(patience), [0]
+                consumer = _Consumer(channel, prefix, (0,), (prefix,))
             with self._lock:
                 self._consumer = consumer
-            queue = queues[0]
+            queue = self.owner.topology.queues[0]
             try:
-                for lane, (queue, tag) in enumerate(zip(queues, tags, strict=True)):
-                    callback = functools.partial(self._on_message, lane)
-                    await channel.basic_consume(queue, callback, consumer_tag=tag)
+                if self._ordered:
+                    await self._consume_lanes(consumer, lanes)
+                else:
+                    await channel.basic_consume(
+                        queue, functools.partial(self._on_message, 0), consumer_tag=prefix
+                    )
             except BaseException as error:
                 with self._lock:
                     self._consumer = None
@@ -261,12 +282,93 @@ class _ConsumingLink(_Link):
                 raise
             return channel
 
-    async def _own_channel(self, underlay: aiormq.Channel) -> aiormq.Channel:
+    async def _partitions_channel(self, patience: float) -> tuple[aiormq.Channel, list[int]]:
         """An AMQP channel to consume the partitions on, which the link may close without
-        disturbing its sends; ``prefetch`` counts per partition."""
-        channel = cast(aiormq.Channel, await underlay.connection.channel(publisher_confirms=False))
+        disturbing its sends (``prefetch`` counts per partition), and the partitions to
+        consume: this link's share, taken as it joins the channel's members."""
+        shares = self._shares
+        assert shares is not None
+        if not shares.joined:
+            await shares.join(patience)
+            await shares.rebalance()
+            if self._balancing is None or self._balancing.done():
+                self._balancing = self.spawn(self._balance())
+        assert shares.connection is not None
+        channel = cast(aiormq.Channel, await shares.connection.channel(publisher_confirms=False))
         await channel.basic_qos(prefetch_count=self.owner.prefetch)
-        return channel
+        return channel, sorted(shares.held)
+
+    async def _consume_lanes(self, consumer: _Consumer, lanes: list[int]) -> None:
+        """Subscribe ``consumer``'s AMQP channel to the partitions ``lanes`` as well."""
+        queues = self.owner.topology.queues
+        for lane in lanes:
+            tag = f"{consumer.prefix}-{lane}"
+            callback = functools.partial(self._on_message, lane)
+            await consumer.channel.basic_consume(queues[lane], callback, consumer_tag=tag)
+            with self._lock:
+                current = self._consumer
+                consumer = replace(
+                    consumer, lanes=(*consumer.lanes, lane), tags=(*consumer.tags, tag)
+                )
+                if current is not None and current.channel is consumer.channel:
+                    self._consumer = consumer
+
+    async def _balance(self) -> None:
+        """Count the members about every second, and take or give up partitions to match."""
+        shares = self._shares
+        assert shares is not None
+        while shares.joined:
+            await asyncio.sleep(BALANCE_INTERVAL * random.uniform(0.75, 1.25))
+            if not shares.joined:
+                return
+            try:
+                taken, given_up = await shares.rebalance()
+                if taken:
+                    async with self._subscription():
+                        with self._lock:
+                            consumer = self._consumer
+                        if consumer is not None and consumer.active():
+                            missing = sorted(shares.held - set(consumer.lanes))
+                            await self._consume_lanes(consumer, missing)
+                if given_up:
+                    await self._retire(given_up)
+            except Exception as error:
+                log.log(
+                    logging.DEBUG if _transient(error) else logging.WARNING,
+                    "channel %r: sharing the partitions: %s",
+                    self.owner.name,
+                    error,
+                )
+
+    def _subscription(self) -> asyncio.Lock:
+        assert self._subscribing is not None
+        return self._subscribing
+
+    async def _retire(self, lanes: list[int]) -> None:
+        """Stop consuming on the AMQP channel that consumes ``lanes``, given up: it closes
+        once none of its messages is in hand, which puts the fetched ones back in place,
+        and the next subscription takes the partitions still held."""
+        with self._lock:
+            consumer = self._consumer
+            if consumer is None or not set(lanes) & set(consumer.lanes):
+                return
+            self._consumer = None
+            channel = consumer.channel
+            idle = channel not in self._in_hand.values()
+            if not idle:
+                self._retired.add(channel)
+        if idle:
+            await self._close_channel(channel)
+        self._wake()
+
+    async def _leave(self) -> None:
+        """Stop counting among the channel's members, giving up every partition."""
+        if self._shares is None:
+            return
+        balancing, self._balancing = self._balancing, None
+        if balancing is not None:
+            balancing.cancel()
+        await self._shares.leave()
 
     async def _on_message(self, lane: int, message: DeliveredMessage) -> None:
         channel = cast(aiormq.Channel, message.channel)
@@ -322,7 +424,11 @@ class _ConsumingLink(_Link):
             with self._lock:
                 if any(received.channel is channel for received in self._buffer):
                     return True
-            for queue in self.owner.topology.queues:
+            with self._lock:
+                consumer = self._consumer
+            lanes = consumer.lanes if consumer is not None and consumer.channel is channel else ()
+            for lane in lanes:
+                queue = self.owner.topology.queues[lane]
                 if not self._writable(channel):
                     return True  # closed meanwhile: the next try consumes anew
                 declared = await channel.queue_declare(queue, passive=True)
