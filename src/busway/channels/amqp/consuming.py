@@ -290,9 +290,9 @@ class _ConsumingLink(_Link):
         assert shares is not None
         if not shares.joined:
             await shares.join(patience)
-            await shares.rebalance()
             if self._balancing is None or self._balancing.done():
                 self._balancing = self.spawn(self._balance())
+            await shares.rebalance()  # the first share now, not in a second
         assert shares.connection is not None
         channel = cast(aiormq.Channel, await shares.connection.channel(publisher_confirms=False))
         await channel.basic_qos(prefetch_count=self.owner.prefetch)
@@ -322,16 +322,8 @@ class _ConsumingLink(_Link):
             if not shares.joined:
                 return
             try:
-                taken, given_up = await shares.rebalance()
-                if taken:
-                    async with self._subscription():
-                        with self._lock:
-                            consumer = self._consumer
-                        if consumer is not None and consumer.active():
-                            missing = sorted(shares.held - set(consumer.lanes))
-                            await self._consume_lanes(consumer, missing)
-                if given_up:
-                    await self._retire(given_up)
+                await shares.rebalance()
+                await self._follow(shares.held)
             except Exception as error:
                 log.log(
                     logging.DEBUG if _transient(error) else logging.WARNING,
@@ -344,22 +336,33 @@ class _ConsumingLink(_Link):
         assert self._subscribing is not None
         return self._subscribing
 
-    async def _retire(self, lanes: list[int]) -> None:
-        """Stop consuming on the AMQP channel that consumes ``lanes``, given up: it closes
-        once none of its messages is in hand, which puts the fetched ones back in place,
-        and the next subscription takes the partitions still held."""
-        with self._lock:
-            consumer = self._consumer
-            if consumer is None or not set(lanes) & set(consumer.lanes):
+    async def _follow(self, held: set[int]) -> None:
+        """Make the subscription consume the partitions ``held``, no more and no fewer.
+
+        One consuming a partition given up stops: its AMQP channel closes once none of its
+        messages is in hand, which puts the fetched ones back in place, and the next
+        subscription takes the partitions still held. Without a subscription, the next one
+        follows ``held`` by itself."""
+        async with self._subscription():
+            with self._lock:
+                consumer = self._consumer
+            if consumer is None or not consumer.active():
                 return
-            self._consumer = None
-            channel = consumer.channel
-            idle = channel not in self._in_hand.values()
-            if not idle:
-                self._retired.add(channel)
-        if idle:
-            await self._close_channel(channel)
-        self._wake()
+            if set(consumer.lanes) - held:
+                with self._lock:
+                    if self._consumer is consumer:
+                        self._consumer = None
+                    channel = consumer.channel
+                    idle = channel not in self._in_hand.values()
+                    if not idle:
+                        self._retired.add(channel)
+                if idle:
+                    await self._close_channel(channel)
+                self._wake()
+                return
+            missing = sorted(held - set(consumer.lanes))
+            if missing:
+                await self._consume_lanes(consumer, missing)
 
     async def _leave(self) -> None:
         """Stop counting among the channel's members, giving up every partition."""

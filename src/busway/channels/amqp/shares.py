@@ -101,18 +101,15 @@ class _Shares:
         members = max(1, declared.consumer_count or 0)
         return -(-len(self._topology.queues) // members)
 
-    async def rebalance(self) -> tuple[list[int], list[int]]:
-        """Take free partitions up to the share, or give up those above it: what was taken,
-        and what was given up."""
+    async def rebalance(self) -> None:
+        """Take free partitions up to the share, or give up those above it."""
         assert self.connection is not None
         share = await self.share()
         held = self.held
         if len(held) > share:
             extra = [lane for lane in reversed(self._preference) if lane in held]
-            given_up = extra[: len(held) - share]
-            await self.give_up(given_up)
-            return [], given_up
-        taken: list[int] = []
+            await self.give_up(extra[: len(held) - share])
+            return
         trying: aiormq.Channel | None = None
         try:
             for lane in self._preference:
@@ -130,12 +127,10 @@ class _Shares:
                 except ChannelLockedResource:
                     continue  # another link holds it
                 held.add(lane)
-                taken.append(lane)
         finally:
             if trying is not None and not trying.is_closed:
                 with contextlib.suppress(Exception):
                     await trying.close()
-        return taken, []
 
     async def give_up(self, lanes: list[int]) -> None:
         """Free ``lanes`` for other links to take."""
