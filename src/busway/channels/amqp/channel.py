@@ -14,6 +14,7 @@ from yarl import URL
 
 from busway._internal.bridge import run_coroutine
 from busway.channels.amqp.consuming import _ConsumingLink, _Received
+from busway.channels.amqp.partitioned import _PartitionedLink
 from busway.channels.amqp.topology import _Topology
 from busway.channels.amqp.wire import _outgoing
 from busway.channels.base import (
@@ -111,13 +112,16 @@ class AmqpChannel(Channel):
 
     # -- the links: one on busway's helper loop for sync code, one per asyncio loop --------
 
+    def _new_link(self) -> _ConsumingLink:
+        return _PartitionedLink(self) if self.topology.ordered else _ConsumingLink(self)
+
     def _sync_link(self) -> _ConsumingLink:
         link = self._sync
         if link is None:
             with self._lock:
                 link = self._sync
                 if link is None:
-                    link = _ConsumingLink(self)
+                    link = self._new_link()
                     run_coroutine(link.open())
                     self._sync = link
         return link
@@ -129,7 +133,7 @@ class AmqpChannel(Channel):
             with self._lock:
                 link = self._links.get(loop)
                 if link is None:
-                    link = self._links[loop] = _ConsumingLink(self)
+                    link = self._links[loop] = self._new_link()
         if link.loop is None:
             await link.open()
         return link

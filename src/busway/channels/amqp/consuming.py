@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 import uuid
 from collections import deque
@@ -29,7 +28,6 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from busway.channels.amqp.link import _RETRY_PAUSE, _Link, _transient
-from busway.channels.amqp.shares import BALANCE_INTERVAL, _Shares
 from busway.channels.amqp.wire import _outgoing, _read
 from busway.channels.base import Envelope, Unreadable
 from busway.errors import BuswayError
@@ -85,8 +83,6 @@ class _ConsumingLink(_Link):
     def __init__(self, owner: AmqpChannel) -> None:
         super().__init__(owner)
         self._ordered = owner.topology.ordered
-        self._shares = _Shares(owner.url, owner.name, owner.topology) if self._ordered else None
-        self._balancing: asyncio.Task[None] | None = None
         self._in_hand: dict[int, aiormq.Channel] = {}
         self._retired: set[aiormq.Channel] = set()
         self._closing: set[aiormq.Channel] = set()
@@ -111,7 +107,6 @@ class _ConsumingLink(_Link):
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self.pause()
-        await self._leave()
         await super().close()
 
     def begin(self) -> None:
@@ -128,9 +123,8 @@ class _ConsumingLink(_Link):
         self.call_soon(self._arm_idle)
 
     def _consuming(self) -> bool:
-        """Whether the link is subscribed, or holds partitions, which an idle link gives up.
-        Called holding ``_lock``."""
-        return self._consumer is not None or (self._shares is not None and self._shares.joined)
+        """Whether the link has something an idle link gives up. Called holding ``_lock``."""
+        return self._consumer is not None
 
     def _arm_idle(self, delay: float = _IDLE) -> None:
         assert self.loop is not None
@@ -150,12 +144,8 @@ class _ConsumingLink(_Link):
             self.spawn(self._idle())
 
     async def _idle(self) -> None:
-        """Nobody consumes: give the fetched messages back, and the partitions taken."""
+        """Nobody consumes: give the fetched messages back."""
         await self.pause()
-        with self._lock:
-            busy = bool(self._calls or self._in_hand)
-        if not busy:
-            await self._leave()
 
     def take_now(self) -> _Received | None:
         """The next fetched message if it is due, without I/O: from any thread."""
@@ -283,20 +273,8 @@ class _ConsumingLink(_Link):
             return channel
 
     async def _partitions_channel(self, patience: float) -> tuple[aiormq.Channel, list[int]]:
-        """An AMQP channel to consume the partitions on, which the link may close without
-        disturbing its sends (``prefetch`` counts per partition), and the partitions to
-        consume: this link's share, taken as it joins the channel's members."""
-        shares = self._shares
-        assert shares is not None
-        if not shares.joined:
-            await shares.join(patience)
-            if self._balancing is None or self._balancing.done():
-                self._balancing = self.spawn(self._balance())
-            await shares.rebalance()  # the first share now, not in a second
-        assert shares.connection is not None
-        channel = cast(aiormq.Channel, await shares.connection.channel(publisher_confirms=False))
-        await channel.basic_qos(prefetch_count=self.owner.prefetch)
-        return channel, sorted(shares.held)
+        """An AMQP channel to consume partitions on, and which: ``_PartitionedLink``'s."""
+        raise NotImplementedError("only a partitioned channel's link consumes partitions")
 
     async def _consume_lanes(self, consumer: _Consumer, lanes: list[int]) -> None:
         """Subscribe ``consumer``'s AMQP channel to the partitions ``lanes`` as well."""
@@ -312,66 +290,6 @@ class _ConsumingLink(_Link):
                 )
                 if current is not None and current.channel is consumer.channel:
                     self._consumer = consumer
-
-    async def _balance(self) -> None:
-        """Count the members about every second, and take or give up partitions to match."""
-        shares = self._shares
-        assert shares is not None
-        while shares.joined:
-            await asyncio.sleep(BALANCE_INTERVAL * random.uniform(0.75, 1.25))
-            if not shares.joined:
-                return
-            try:
-                await shares.rebalance()
-                await self._follow(shares.held)
-            except Exception as error:
-                log.log(
-                    logging.DEBUG if _transient(error) else logging.WARNING,
-                    "channel %r: sharing the partitions: %s",
-                    self.owner.name,
-                    error,
-                )
-
-    def _subscription(self) -> asyncio.Lock:
-        assert self._subscribing is not None
-        return self._subscribing
-
-    async def _follow(self, held: set[int]) -> None:
-        """Make the subscription consume the partitions ``held``, no more and no fewer.
-
-        One consuming a partition given up stops: its AMQP channel closes once none of its
-        messages is in hand, which puts the fetched ones back in place, and the next
-        subscription takes the partitions still held. Without a subscription, the next one
-        follows ``held`` by itself."""
-        async with self._subscription():
-            with self._lock:
-                consumer = self._consumer
-            if consumer is None or not consumer.active():
-                return
-            if set(consumer.lanes) - held:
-                with self._lock:
-                    if self._consumer is consumer:
-                        self._consumer = None
-                    channel = consumer.channel
-                    idle = channel not in self._in_hand.values()
-                    if not idle:
-                        self._retired.add(channel)
-                if idle:
-                    await self._close_channel(channel)
-                self._wake()
-                return
-            missing = sorted(held - set(consumer.lanes))
-            if missing:
-                await self._consume_lanes(consumer, missing)
-
-    async def _leave(self) -> None:
-        """Stop counting among the channel's members, giving up every partition."""
-        if self._shares is None:
-            return
-        balancing, self._balancing = self._balancing, None
-        if balancing is not None:
-            balancing.cancel()
-        await self._shares.leave()
 
     async def _on_message(self, lane: int, message: DeliveredMessage) -> None:
         channel = cast(aiormq.Channel, message.channel)
