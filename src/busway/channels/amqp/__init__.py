@@ -5,8 +5,8 @@ consumer acknowledges a message once its handling returned, and gives it back (`
 with requeue) when that raised. Headers travel as AMQP headers, typed; the body as the body.
 
 With ``partitions=N`` the channel keeps ordering keys: N queues, each with a single active
-consumer, a key's messages all in one of them, handed out one at a time; ``priorities=True``
-makes the queue a priority queue.
+consumer, a key's messages all in one of them, handed out one at a time, the queues shared
+out among the workers consuming them; ``priorities=True`` makes the queue a priority queue.
 
 Delays need no plugin: a delayed message waits in a queue ``<queue>.wait.<ms>`` whose every
 message lives ``ms`` milliseconds (a power of two) and then dead-letters back into the queue.
@@ -33,6 +33,10 @@ The modules, under the same names for the same concepts in every broker package:
   handed out one at a time, acknowledged or given back.
 - ``topology``: the queues ``setup`` declares, one or a partition per ordering key's hash,
   and the queue and priority of each message.
+- ``shares``: which partitions a link takes, by an exclusive owner queue each, and how many
+  it should, by the consumers of the channel's members queue.
+- ``partitioned``: the link of a partitioned channel, consuming its share and following it
+  as workers come and go.
 
 ``busway.channels.amqp`` is internal: the one public import path is ``busway.amqp.AmqpChannel``.
 """
