@@ -393,6 +393,63 @@ def test_a_keyed_messages_delayed_retry_waits_in_the_worker_and_keeps_its_place(
     assert depth == 0  # nothing was sent back to a queue or a wait queue
 
 
+@pytest.mark.parametrize("side", ["sync", "asyncio"])
+def test_a_worker_told_to_stop_during_a_held_retry_gives_the_message_back_in_its_place(
+    amqp_url: str, queues: Callable[..., str], side: str
+) -> None:
+    """A retry held for a minute does not hold the stop up: the worker gives the message
+    back to its place, and the next worker tries it again, before the later ones of its key."""
+    handled: list[tuple[str, int]] = []
+    failed = threading.Event()
+    failing = [True]
+
+    @event_handler
+    def step(event: Step) -> None:
+        if event.seq == 0 and failing[0]:
+            failed.set()
+            raise RuntimeError("not yet")
+        handled.append((event.key, event.seq))
+
+    queue = queues(2)
+    retry = RetryPolicy(retries=3, initial_delay=60, jitter=0)
+
+    def messaging() -> Messaging:
+        channel = AmqpChannel("steps", amqp_url, queue=queue, partitions=2)
+        return Messaging(handlers=[step], channels=[channel], retry=retry)
+
+    first = messaging()
+    first.setup()
+    steps = first.gateway(Steps)
+    for seq in range(3):
+        steps.publish(Step("k", seq))
+    worker = first.worker("steps", until_empty=False, poll_interval=0.1)
+    if side == "sync":
+        running = threading.Thread(target=worker.run)
+    else:
+        running = threading.Thread(target=asyncio.run, args=(worker.arun(),))
+    running.start()
+    try:
+        assert failed.wait(20), "the first try to fail"
+        stopped_at = time.monotonic()
+        worker.stop()
+        running.join(30)
+        took = time.monotonic() - stopped_at
+    finally:
+        first.close()
+    assert not running.is_alive()
+    assert took < 30, f"the stop waited {took:.1f}s for the held retry"
+    assert handled == []
+
+    failing[0] = False  # fixed: the next worker handles the three, in order
+    second = messaging()
+    try:
+        result = second.run("steps")
+    finally:
+        second.close()
+    assert handled == [("k", 0), ("k", 1), ("k", 2)]
+    assert result.dead_lettered == 0
+
+
 # -- configuration -------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ written down once, there, in ``LINKS``.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,6 +19,19 @@ from busway.message import Headers, Message
 if TYPE_CHECKING:
     from busway._internal.consuming import Outcome
     from busway._internal.registry import HandlerDefinition
+
+
+class Stopping(Protocol):
+    """The worker running the chain, as a link that waits sees it."""
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or until the worker is told to stop; whether it was."""
+
+    async def apause(self, seconds: float) -> bool: ...
+
+
+worker_stopping: ContextVar[Stopping | None] = ContextVar("busway_worker_stopping", default=None)
+"""The worker whose loop runs in this thread or task, if any."""
 
 
 @dataclass(slots=True, eq=False)

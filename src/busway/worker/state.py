@@ -130,7 +130,7 @@ class WorkerState:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stopped.set()
-        for loop, event in self._wake_on_stop:
+        for loop, event in list(self._wake_on_stop):
             loop.call_soon_threadsafe(event.set)
         for channel in self.channels:
             channel.interrupt()
@@ -245,15 +245,23 @@ class WorkerState:
         )
         return pause
 
-    def _pause(self, seconds: float) -> None:
-        """Wait ``seconds``, or until the worker is told to stop."""
-        self._stopped.wait(seconds)
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or until the worker is told to stop; whether it was."""
+        return self._stopped.wait(seconds)
 
-    async def _apause(self, seconds: float) -> None:
+    async def apause(self, seconds: float) -> bool:
+        if self.stopping:
+            return True
         stopped = asyncio.Event()
-        self._wake_on_stop.append((asyncio.get_running_loop(), stopped))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopped.wait(), seconds)
+        waiting = (asyncio.get_running_loop(), stopped)
+        self._wake_on_stop.append(waiting)
+        try:
+            if not self.stopping:  # told meanwhile, before ``stop`` could see the event
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), seconds)
+        finally:
+            self._wake_on_stop.remove(waiting)
+        return self.stopping
 
 
 def _peak_memory() -> int:

@@ -28,10 +28,10 @@ from busway._internal.consuming import (
     note_forwarded,
     rehop,
 )
-from busway._internal.links import Handling, Link, Receive
+from busway._internal.links import Handling, Link, Receive, worker_stopping
 from busway._internal.registry import HandlerDefinition
 from busway._internal.runtime import Call, Enqueue, Runtime
-from busway.channels.base import BatchRollback, Delivery
+from busway.channels.base import BatchRollback, Delivery, MessageReturned
 from busway.errors import ConversionError, SetupRequired
 from busway.handlers import Kind
 from busway.message import ID
@@ -42,7 +42,7 @@ log = logging.getLogger("busway")
 CONSUME, SEND = "consume", "send"
 """The two paths: a worker consuming a message from a channel, a gateway sending it."""
 
-PASSING = (BatchRollback, SetupRequired)
+PASSING = (BatchRollback, SetupRequired, MessageReturned)
 """Not a handler's failure: the channel redoes its batch, or a missing table fails every
 message alike. No link deals with them."""
 
@@ -149,7 +149,8 @@ class DelayedRetries(Chained):
     handler and due after the policy's delay (Dramatiq's ``Retries`` middleware). On a
     channel whose order that would break (``Channel.holds_keyed_retries``), a keyed message
     waits the delay in the worker instead, and is tried again there: the later messages of
-    its key do not overtake it."""
+    its key do not overtake it. A worker told to stop meanwhile gives the message back, to
+    its place, for the next worker to try again."""
 
     def invoke(self, handling: Handling) -> Any:
         while True:
@@ -174,8 +175,19 @@ class DelayedRetries(Chained):
                 if not held:
                     return None
                 envelope = retry[1]
-                time.sleep(max(0.0, (envelope.deliver_at or 0.0) - runtime.clock()))
+                if _await_retry(max(0.0, (envelope.deliver_at or 0.0) - runtime.clock())):
+                    raise MessageReturned from error
                 handling.delivery = isolated(dataclasses.replace(delivery, envelope=envelope))
+
+
+def _await_retry(seconds: float) -> bool:
+    """Wait ``seconds`` for a retry held in the worker; whether the worker was told to stop
+    meanwhile."""
+    stopping = worker_stopping.get()
+    if stopping is None:
+        time.sleep(seconds)
+        return False
+    return stopping.pause(seconds)
 
 
 class FailedCommands(Chained):

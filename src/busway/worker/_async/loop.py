@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from busway._internal._async.receiving import areceive
+from busway._internal.links import worker_stopping
 from busway.channels.base import Channel, Delivery
 from busway.worker import each_message
 from busway.worker.state import StopConsuming, WorkerState
@@ -17,31 +18,35 @@ class AsyncLoop(WorkerState):
         changed = self._achanged
         assert changed is not None
         self._check_limits()
-        while not self.stopping:
-            async with changed:
-                self._passes += 1
-                seen = self.result.handled
-                begun = self._begin_pass()
-            handled = 0
-            try:
-                for channel in self.channels:
-                    if self.stopping or not self._budget():
-                        break
-                    handled += await self._aconsume(channel)
-            finally:
+        stopping = worker_stopping.set(self)  # for links that wait: a held retry
+        try:
+            while not self.stopping:
                 async with changed:
-                    self._end_pass(handled)
-                    changed.notify_all()
-            if handled == 0:
-                async with changed:
-                    # Found nothing: start no new pass until another consumer handles
-                    # something, or until every pass is over and the run can end.
-                    self._idle += 1
-                    try:
-                        while self._after_idle_pass(seen, begun):
-                            await changed.wait()
-                    finally:
-                        self._idle -= 1
+                    self._passes += 1
+                    seen = self.result.handled
+                    begun = self._begin_pass()
+                handled = 0
+                try:
+                    for channel in self.channels:
+                        if self.stopping or not self._budget():
+                            break
+                        handled += await self._aconsume(channel)
+                finally:
+                    async with changed:
+                        self._end_pass(handled)
+                        changed.notify_all()
+                if handled == 0:
+                    async with changed:
+                        # Found nothing: start no new pass until another consumer handles
+                        # something, or until every pass is over and the run can end.
+                        self._idle += 1
+                        try:
+                            while self._after_idle_pass(seen, begun):
+                                await changed.wait()
+                        finally:
+                            self._idle -= 1
+        finally:
+            worker_stopping.reset(stopping)
 
     async def _aconsume(self, channel: Channel) -> int:
         try:
@@ -50,7 +55,7 @@ class AsyncLoop(WorkerState):
         except StopConsuming:
             return 0
         except Exception as error:
-            await self._apause(self._outage(channel, error))
+            await self.apause(self._outage(channel, error))
             return 0
         self._outages = 0
         return handled

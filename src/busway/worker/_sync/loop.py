@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from busway._internal._sync.receiving import receive
+from busway._internal.links import worker_stopping
 from busway.channels.base import Channel, Delivery
 from busway.worker import each_message
 from busway.worker.state import StopConsuming, WorkerState
@@ -19,31 +20,35 @@ class Loop(WorkerState):
         changed = self._changed
         assert changed is not None
         self._check_limits()
-        while not self.stopping:
-            with changed:
-                self._passes += 1
-                seen = self.result.handled
-                begun = self._begin_pass()
-            handled = 0
-            try:
-                for channel in self.channels:
-                    if self.stopping or not self._budget():
-                        break
-                    handled += self._consume(channel)
-            finally:
+        stopping = worker_stopping.set(self)  # for links that wait: a held retry
+        try:
+            while not self.stopping:
                 with changed:
-                    self._end_pass(handled)
-                    changed.notify_all()
-            if handled == 0:
-                with changed:
-                    # Found nothing: start no new pass until another consumer handles
-                    # something, or until every pass is over and the run can end.
-                    self._idle += 1
-                    try:
-                        while self._after_idle_pass(seen, begun):
-                            changed.wait()
-                    finally:
-                        self._idle -= 1
+                    self._passes += 1
+                    seen = self.result.handled
+                    begun = self._begin_pass()
+                handled = 0
+                try:
+                    for channel in self.channels:
+                        if self.stopping or not self._budget():
+                            break
+                        handled += self._consume(channel)
+                finally:
+                    with changed:
+                        self._end_pass(handled)
+                        changed.notify_all()
+                if handled == 0:
+                    with changed:
+                        # Found nothing: start no new pass until another consumer handles
+                        # something, or until every pass is over and the run can end.
+                        self._idle += 1
+                        try:
+                            while self._after_idle_pass(seen, begun):
+                                changed.wait()
+                        finally:
+                            self._idle -= 1
+        finally:
+            worker_stopping.reset(stopping)
 
     def _consume(self, channel: Channel) -> int:
         try:
@@ -52,7 +57,7 @@ class Loop(WorkerState):
         except StopConsuming:
             return 0
         except Exception as error:
-            self._pause(self._outage(channel, error))
+            self.pause(self._outage(channel, error))
             return 0
         self._outages = 0
         return handled
