@@ -153,11 +153,12 @@ class Messaging:
         self._gateways: dict[type[Gateway], Gateway] = {}
         self._gateway_problems: list[str] = []
 
-        registry = HandlerRegistry(Services(services), providers, self._bind_or_note, conversion)
+        registry = HandlerRegistry(
+            Services(services), providers, self._bind_or_note, conversion, all_interceptors
+        )
         registry.add_all(handlers)
         router = Router(registry.definitions)
         self._runtime.router = router
-        registry.apply_interceptors(all_interceptors)
         # Each handler's chains, composed once its interceptors are known.
         self._consumer = Consumer(self._runtime, channel_retries or {}, max_crashes)
         problems += registry.problems + router.problems
