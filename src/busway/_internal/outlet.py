@@ -1,4 +1,5 @@
-"""Binding gateway classes to the runtime: one ``Outlet`` per gateway class."""
+"""Binding gateway classes to the runtime: one ``Outlet`` per gateway class, one instance of
+each class per application (``Gateways``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 
 from busway._internal._async.dispatching import AsyncDispatch
 from busway._internal._sync.dispatching import Dispatch
+from busway._internal.late import Late
 from busway._internal.runtime import Runtime
+from busway.errors import ConfigurationError
 from busway.gateways import BUILT_IN_BUSES, ROUTE_MARK, Gateway, QueryBus, bus_kind
 from busway.handlers import Kind, async_channels
 from busway.message import HeaderValue
@@ -20,9 +23,55 @@ class Outlet(Dispatch, AsyncDispatch):
     __slots__ = ()
 
 
+class Gateways:
+    """The gateways of one application, each class bound at its first request.
+
+    Handler classes ask for theirs while the handlers are defined, before the router and
+    the runtime exist: each gateway reaches the runtime through ``runtime``, given once the
+    runtime is built.
+    """
+
+    def __init__(
+        self,
+        runtime: Late[Runtime],
+        known_channels: set[str],
+        kind_of_key: Callable[[str], Kind | None],
+    ) -> None:
+        self._runtime = runtime
+        self._known_channels = known_channels
+        self._kind_of_key = kind_of_key
+        self._bound: dict[type[Gateway], Gateway] = {}
+
+    def bind(self, cls: type[Gateway]) -> tuple[Gateway | None, list[str]]:
+        """The instance of ``cls``, or the problems that prevent it."""
+        gateway = self._bound.get(cls)
+        if gateway is not None:
+            return gateway, []
+        gateway, problems = bind_gateway(
+            cls, self._runtime, self._known_channels, self._kind_of_key
+        )
+        if gateway is not None:
+            self._bound[cls] = gateway
+        return gateway, problems
+
+    def get(self, cls: type[Gateway]) -> Gateway:
+        """The instance of ``cls``; a ``ConfigurationError`` if it cannot be bound."""
+        gateway = self._bound.get(cls)
+        if gateway is None:
+            if not (isinstance(cls, type) and issubclass(cls, Gateway)):
+                raise TypeError(
+                    f"{cls!r} is not a Gateway subclass; pass CommandBus, EventBus, QueryBus, "
+                    "or a class that subclasses one of them or Gateway"
+                )
+            gateway, problems = self.bind(cls)
+            if gateway is None:
+                raise ConfigurationError(problems)
+        return gateway
+
+
 def bind_gateway(
     cls: type[Gateway],
-    runtime: Runtime,
+    runtime: Late[Runtime],
     known_channels: set[str],
     kind_of_key: Callable[[str], Kind | None],
 ) -> tuple[Gateway | None, list[str]]:

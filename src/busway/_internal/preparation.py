@@ -24,12 +24,15 @@ class Once:
     __slots__ = ("_asetup", "_lock", "_setup", "done")
 
     def __init__(
-        self, setup: Callable[[], None], asetup: Callable[[], Awaitable[None]] | None = None
+        self,
+        setup: Callable[[], None],
+        asetup: Callable[[], Awaitable[None]] | None = None,
+        done: bool = False,
     ) -> None:
         self._setup = setup
         self._asetup = asetup
         self._lock = threading.Lock()
-        self.done = False
+        self.done = done
 
     def __call__(self) -> None:
         if self.done:
@@ -91,14 +94,15 @@ class Preparation:
         channels: Mapping[str, Channel] | None = None,
     ) -> None:
         self.enabled = enabled
-        self.sql = Once(sql if enabled and sql is not None else _nothing)
+        self.sql = Once(
+            sql if enabled and sql is not None else _nothing, done=not enabled or sql is None
+        )
         self._channels: dict[str, Once] = {}
         for name, channel in (channels or {}).items():
             if name in sql_channels:
                 self._channels[name] = self.sql
             elif enabled:
                 self._channels[name] = Once(channel.setup, channel.asetup)
-        self.sql.done = not enabled or sql is None
         self._steps = [*([] if self.sql.done else [self.sql]), *self._channels.values()]
 
     def again(self) -> bool:

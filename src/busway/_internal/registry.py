@@ -35,7 +35,7 @@ class HandlerDefinition:
     keyword_resolvers: tuple[tuple[str, Resolver], ...] = ()
     """Resolvers of keyword-only parameters, by parameter name."""
     chain: Chain = field(default_factory=lambda: Chain([]))
-    """Its interceptors."""
+    """Its interceptors, those of ``Messaging(interceptors=...)`` that apply to it."""
     chains: Chains = field(init=False)
     """Its chains on each path, interceptors innermost, composed once the runtime is built
     (``busway._internal.consuming.Consumer``)."""
@@ -75,7 +75,8 @@ class Services:
 
 
 class HandlerRegistry:
-    """Collects handler definitions and the problems found while building them."""
+    """Collects handler definitions, each complete with its unique name and its chain of
+    interceptors, and the problems found while building them."""
 
     def __init__(
         self,
@@ -83,17 +84,24 @@ class HandlerRegistry:
         providers: list[ParameterProvider],
         gateway_for: Callable[[type[Gateway]], Gateway | None],
         conversion: Conversion,
+        interceptors: Iterable[Interceptor] = (),
     ) -> None:
         self.services = services
         self.providers = providers
         self.gateway_for = gateway_for
         self.conversion = conversion
+        self.interceptors = list(interceptors)
         self.definitions: list[HandlerDefinition] = []
         self.problems: list[str] = []
+        self._names: set[str] = set()
+        self._chains: list[tuple[HandlerInfo, list[Interceptor]]] = []
 
     def add_all(self, entries: Iterable[Any]) -> None:
+        """Define every handler of ``entries``; then note the interceptors that cannot run
+        soundly around the handlers they apply to."""
         for entry in entries:
             self.add(entry)
+        self.problems += refusals(self._chains)
 
     def add(self, entry: Any) -> None:
         if isinstance(entry, type):
@@ -110,16 +118,6 @@ class HandlerRegistry:
             )
         else:
             self._add_instance(entry)
-
-    def apply_interceptors(self, interceptors: list[Interceptor]) -> None:
-        """Compose each handler's chain, once; note the interceptors that cannot run soundly."""
-        chains = [
-            (definition, [i for i in interceptors if i.applies_to(definition.info)])
-            for definition in self.definitions
-        ]
-        self.problems += refusals((definition.info, applying) for definition, applying in chains)
-        for definition, applying in chains:
-            definition.chain = Chain(applying, definition.info.is_coroutine)
 
     def _add_instance(self, instance: Any) -> None:
         found = False
@@ -198,7 +196,7 @@ class HandlerRegistry:
                 "for its answer; remove the marker, or make it a command handler"
             )
         info = HandlerInfo(
-            name=name,
+            name=self._unique_name(name),
             kind=mark.kind,
             key=mark.key,
             payload_type=payload_type if isinstance(payload_type, type) else None,
@@ -220,9 +218,20 @@ class HandlerRegistry:
                 keyword.append((parameter.name, resolver))
             else:
                 positional.append(resolver)
+        applying = [i for i in self.interceptors if i.applies_to(info)]
+        self._chains.append((info, applying))
+        chain = Chain(applying, info.is_coroutine)
         self.definitions.append(
-            HandlerDefinition(info, function, tuple(positional), tuple(keyword))
+            HandlerDefinition(info, function, tuple(positional), tuple(keyword), chain)
         )
+
+    def _unique_name(self, name: str) -> str:
+        """``name``, or, when another handler has it already, ``name#2``, ``name#3``..."""
+        unique, suffix = name, 2
+        while unique in self._names:
+            unique, suffix = f"{name}#{suffix}", suffix + 1
+        self._names.add(unique)
+        return unique
 
     def _resolver(
         self, info: HandlerInfo, parameter: inspect.Parameter, annotation: Any

@@ -24,14 +24,7 @@ class Router:
 
     def _add(self, definition: HandlerDefinition) -> None:
         info = definition.info
-        name = info.name
-        suffix = 2
-        while name in self.by_name:
-            name, suffix = f"{info.name}#{suffix}", suffix + 1
-        if name != info.name:
-            from dataclasses import replace
-
-            definition.info = replace(info, name=name)
+        name = info.name  # unique: the registry numbers a second handler of one name
         self.by_name[name] = definition
         if info.key is not None:
             known = self._kind_of_key.setdefault(info.key, info.kind)

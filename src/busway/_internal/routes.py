@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from busway._internal.late import Late
 from busway._internal.runtime import Route, Runtime
 from busway.gateways import Gateway
 from busway.handlers import Kind
@@ -17,18 +18,23 @@ RouteKey = tuple[Kind, type[Any], str | None, tuple[str, ...] | None]
 
 class Routes:
     """A gateway's routes: for each kind, payload type, routing key and channels of the
-    messages it sends, the ``Route`` the runtime gave at the first of them."""
+    messages it sends, the ``Route`` the runtime gave at the first of them. The runtime is
+    late: handler classes are built with their gateways before the runtime exists."""
 
-    __slots__ = ("_routes", "channels", "gateway", "priority", "retry", "runtime", "timeout")
+    __slots__ = ("_late", "_routes", "channels", "gateway", "priority", "retry", "timeout")
 
-    def __init__(self, runtime: Runtime, gateway: type[Gateway], channels: tuple[str, ...]):
-        self.runtime = runtime
+    def __init__(self, runtime: Late[Runtime], gateway: type[Gateway], channels: tuple[str, ...]):
+        self._late = runtime
         self.gateway = gateway
         self.channels = channels
         self.retry = marked_policy(gateway)
         self.timeout = marked_timeout(gateway)
         self.priority = marked_priority(gateway)
         self._routes: dict[RouteKey, Route] = {}
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._late.get()
 
     def _route(self, route_key: RouteKey) -> Route:
         kind, payload_type, key, channels = route_key

@@ -45,6 +45,12 @@ def schedules_table(metadata: MetaData, name: str = "busway_schedules") -> Table
     )
 
 
+def setup_schedules(database: Database, table: Table | None = None) -> None:
+    """Create the schedules' table, unless it is there."""
+    table = schedules_table(MetaData()) if table is None else table
+    set_up(database, has_table(table), create_table(table))
+
+
 @dataclass(frozen=True, slots=True)
 class Firing:
     """What one look at a schedule decided."""
@@ -86,7 +92,7 @@ class Schedules:
         self._clock = clock
 
     def setup(self) -> None:
-        set_up(self.database, has_table(self.table), create_table(self.table))
+        setup_schedules(self.database, self.table)
 
     def start(self, now: float) -> None:
         """Give each schedule without a row one, its last tick the latest due by ``now``: a
