@@ -11,7 +11,7 @@ With no instrument, the runtime skips them all: tracing and metrics cost nothing
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any
@@ -68,11 +68,13 @@ class Instruments:
 
     def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
         self.all = tuple(instruments)
-        self._senders = _overriding(self.all, "sending")
-        self._receivers = _overriding(self.all, "receiving")
-        self._handlers = _overriding(self.all, "handling")
-        self._retriers = _overriding(self.all, "retried")
-        self._dead_letterers = _overriding(self.all, "dead_lettered")
+        self._senders = tuple(i.sending for i in _overriding(self.all, "sending"))
+        self._receivers = tuple(i.receiving for i in _overriding(self.all, "receiving"))
+        self._handlers = tuple(i.handling for i in _overriding(self.all, "handling"))
+        self._retriers = tuple(i.retried for i in _overriding(self.all, "retried"))
+        self._dead_letterers = tuple(
+            i.dead_lettered for i in _overriding(self.all, "dead_lettered")
+        )
 
     def __bool__(self) -> bool:
         return bool(self.all)
@@ -84,7 +86,7 @@ class Instruments:
     def sending(self, channel: str, envelope: Envelope) -> AbstractContextManager[Envelope]:
         senders = self._senders
         if len(senders) == 1:
-            return senders[0].sending(channel, envelope)
+            return senders[0](channel, envelope)
         if not senders:
             return nullcontext(envelope)
         return _Sending(senders, channel, envelope)
@@ -92,26 +94,26 @@ class Instruments:
     def receiving(self, delivery: Delivery) -> AbstractContextManager[Any]:
         receivers = self._receivers
         if len(receivers) == 1:
-            return receivers[0].receiving(delivery)
+            return receivers[0](delivery)
         if not receivers:
             return _NOTHING
-        return _Receiving(receivers, delivery)
+        return _Nested(receivers, delivery)
 
     def handling(self, invocation: Invocation) -> AbstractContextManager[Any]:
         handlers = self._handlers
         if len(handlers) == 1:
-            return handlers[0].handling(invocation)
+            return handlers[0](invocation)
         if not handlers:
             return _NOTHING
-        return _Handling(handlers, invocation)
+        return _Nested(handlers, invocation)
 
     def retried(self, delivery: Delivery, handler: str, error: BaseException) -> None:
-        for instrument in self._retriers:
-            instrument.retried(delivery, handler, error)
+        for retried in self._retriers:
+            retried(delivery, handler, error)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
-        for instrument in self._dead_letterers:
-            instrument.dead_lettered(letter)
+        for dead_lettered in self._dead_letterers:
+            dead_lettered(letter)
 
 
 _NOTHING: AbstractContextManager[None] = nullcontext()
@@ -127,27 +129,30 @@ def _overriding(instruments: tuple[Instrument, ...], hook: str) -> tuple[Instrum
     )
 
 
-class _Nested:
+class _Nesting:
     """The hooks of several instruments around one moment: entered in order, exited in
     reverse, each exit seeing what the one inside it raised or suppressed, as in nested
     ``with`` statements (or an ``ExitStack``, at a fraction of its cost)."""
 
-    __slots__ = ("_entered", "_instruments")
+    __slots__ = ("_entered",)
 
-    def __init__(self, instruments: tuple[Instrument, ...]) -> None:
-        self._instruments = instruments
-        self._entered: list[AbstractContextManager[Any]] = []
+    _entered: list[AbstractContextManager[Any]]
 
     def _enter(self, manager: AbstractContextManager[Any]) -> Any:
         try:
             value = manager.__enter__()
         except BaseException as error:
-            self._unwind(error)
+            self.__exit__(type(error), error, error.__traceback__)
             raise
         self._entered.append(manager)
         return value
 
-    def _unwind(self, error: BaseException | None) -> bool:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
         """Exit what was entered, innermost first; whether ``error`` was suppressed."""
         pending = error
         entered = self._entered
@@ -166,51 +171,43 @@ class _Nested:
             return True
         raise pending
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool:
-        return self._unwind(error)
 
+class _Nested(_Nesting):
+    """Several instruments' ``receiving`` or ``handling``, called with one argument."""
 
-class _Sending(_Nested):
-    __slots__ = ("_channel", "_envelope")
+    __slots__ = ("_argument", "_hooks")
 
     def __init__(
-        self, instruments: tuple[Instrument, ...], channel: str, envelope: Envelope
+        self, hooks: tuple[Callable[[Any], AbstractContextManager[Any]], ...], argument: Any
     ) -> None:
-        super().__init__(instruments)
+        self._entered = []
+        self._hooks = hooks
+        self._argument = argument
+
+    def __enter__(self) -> None:
+        argument = self._argument
+        for hook in self._hooks:
+            self._enter(hook(argument))
+
+
+class _Sending(_Nesting):
+    """Several instruments' ``sending``: each sends the envelope the one before it made."""
+
+    __slots__ = ("_channel", "_envelope", "_hooks")
+
+    def __init__(
+        self,
+        hooks: tuple[Callable[[str, Envelope], AbstractContextManager[Envelope]], ...],
+        channel: str,
+        envelope: Envelope,
+    ) -> None:
+        self._entered = []
+        self._hooks = hooks
         self._channel = channel
         self._envelope = envelope
 
     def __enter__(self) -> Envelope:
         envelope = self._envelope
-        for instrument in self._instruments:  # each sends what the one before it made
-            envelope = self._enter(instrument.sending(self._channel, envelope))
+        for hook in self._hooks:
+            envelope = self._enter(hook(self._channel, envelope))
         return envelope
-
-
-class _Receiving(_Nested):
-    __slots__ = ("_delivery",)
-
-    def __init__(self, instruments: tuple[Instrument, ...], delivery: Delivery) -> None:
-        super().__init__(instruments)
-        self._delivery = delivery
-
-    def __enter__(self) -> None:
-        for instrument in self._instruments:
-            self._enter(instrument.receiving(self._delivery))
-
-
-class _Handling(_Nested):
-    __slots__ = ("_invocation",)
-
-    def __init__(self, instruments: tuple[Instrument, ...], invocation: Invocation) -> None:
-        super().__init__(instruments)
-        self._invocation = invocation
-
-    def __enter__(self) -> None:
-        for instrument in self._instruments:
-            self._enter(instrument.handling(self._invocation))
