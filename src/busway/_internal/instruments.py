@@ -11,8 +11,9 @@ With no instrument, the runtime skips them all: tracing and metrics cost nothing
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
 from typing import Any
 
 from busway.channels.base import BatchRollback, Channel, Delivery, Envelope
@@ -58,12 +59,22 @@ def failure_of(error: BaseException) -> BaseException | None:
 
 
 class Instruments:
-    """The instruments of one ``Messaging``, called in the order they were given."""
+    """The instruments of one ``Messaging``, called in the order they were given.
 
-    __slots__ = ("all",)
+    Each hook calls only the instruments that override it (the defaults do nothing); those
+    of several are entered in order and exited in reverse, as nested ``with`` statements."""
+
+    __slots__ = ("_dead_letterers", "_handlers", "_receivers", "_retriers", "_senders", "all")
 
     def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
         self.all = tuple(instruments)
+        self._senders = tuple(i.sending for i in _overriding(self.all, "sending"))
+        self._receivers = tuple(i.receiving for i in _overriding(self.all, "receiving"))
+        self._handlers = tuple(i.handling for i in _overriding(self.all, "handling"))
+        self._retriers = tuple(i.retried for i in _overriding(self.all, "retried"))
+        self._dead_letterers = tuple(
+            i.dead_lettered for i in _overriding(self.all, "dead_lettered")
+        )
 
     def __bool__(self) -> bool:
         return bool(self.all)
@@ -73,45 +84,130 @@ class Instruments:
             instrument.attach(channels)
 
     def sending(self, channel: str, envelope: Envelope) -> AbstractContextManager[Envelope]:
-        if len(self.all) == 1:
-            return self.all[0].sending(channel, envelope)
-        return self._sending(channel, envelope)
+        senders = self._senders
+        if len(senders) == 1:
+            return senders[0](channel, envelope)
+        if not senders:
+            return nullcontext(envelope)
+        return _Sending(senders, channel, envelope)
 
     def receiving(self, delivery: Delivery) -> AbstractContextManager[Any]:
-        if len(self.all) == 1:
-            return self.all[0].receiving(delivery)
-        return self._receiving(delivery)
+        receivers = self._receivers
+        if len(receivers) == 1:
+            return receivers[0](delivery)
+        if not receivers:
+            return _NOTHING
+        return _Nested(receivers, delivery)
 
     def handling(self, invocation: Invocation) -> AbstractContextManager[Any]:
-        if len(self.all) == 1:
-            return self.all[0].handling(invocation)
-        return self._handling(invocation)
-
-    @contextmanager
-    def _sending(self, channel: str, envelope: Envelope) -> Iterator[Envelope]:
-        with ExitStack() as stack:
-            for instrument in self.all:
-                envelope = stack.enter_context(instrument.sending(channel, envelope))
-            yield envelope
-
-    @contextmanager
-    def _receiving(self, delivery: Delivery) -> Iterator[None]:
-        with ExitStack() as stack:
-            for instrument in self.all:
-                stack.enter_context(instrument.receiving(delivery))
-            yield
-
-    @contextmanager
-    def _handling(self, invocation: Invocation) -> Iterator[None]:
-        with ExitStack() as stack:
-            for instrument in self.all:
-                stack.enter_context(instrument.handling(invocation))
-            yield
+        handlers = self._handlers
+        if len(handlers) == 1:
+            return handlers[0](invocation)
+        if not handlers:
+            return _NOTHING
+        return _Nested(handlers, invocation)
 
     def retried(self, delivery: Delivery, handler: str, error: BaseException) -> None:
-        for instrument in self.all:
-            instrument.retried(delivery, handler, error)
+        for retried in self._retriers:
+            retried(delivery, handler, error)
 
     def dead_lettered(self, letter: DeadLetter) -> None:
-        for instrument in self.all:
-            instrument.dead_lettered(letter)
+        for dead_lettered in self._dead_letterers:
+            dead_lettered(letter)
+
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
+def _overriding(instruments: tuple[Instrument, ...], hook: str) -> tuple[Instrument, ...]:
+    """Those of ``instruments`` whose ``hook`` is not the default, which does nothing."""
+    default = getattr(Instrument, hook)
+    return tuple(
+        instrument
+        for instrument in instruments
+        if getattr(getattr(instrument, hook), "__func__", None) is not default
+    )
+
+
+class _Nesting:
+    """The hooks of several instruments around one moment: entered in order, exited in
+    reverse, each exit seeing what the one inside it raised or suppressed, as in nested
+    ``with`` statements (or an ``ExitStack``, at a fraction of its cost)."""
+
+    __slots__ = ("_entered",)
+
+    _entered: list[AbstractContextManager[Any]]
+
+    def _enter(self, manager: AbstractContextManager[Any]) -> Any:
+        try:
+            value = manager.__enter__()
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._entered.append(manager)
+        return value
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Exit what was entered, innermost first; whether ``error`` was suppressed."""
+        pending = error
+        entered = self._entered
+        while entered:
+            manager = entered.pop()
+            try:
+                if pending is None:
+                    manager.__exit__(None, None, None)
+                elif manager.__exit__(type(pending), pending, pending.__traceback__):
+                    pending = None
+            except BaseException as raised:
+                pending = raised
+        if pending is error:
+            return False
+        if pending is None:
+            return True
+        raise pending
+
+
+class _Nested(_Nesting):
+    """Several instruments' ``receiving`` or ``handling``, called with one argument."""
+
+    __slots__ = ("_argument", "_hooks")
+
+    def __init__(
+        self, hooks: tuple[Callable[[Any], AbstractContextManager[Any]], ...], argument: Any
+    ) -> None:
+        self._entered = []
+        self._hooks = hooks
+        self._argument = argument
+
+    def __enter__(self) -> None:
+        argument = self._argument
+        for hook in self._hooks:
+            self._enter(hook(argument))
+
+
+class _Sending(_Nesting):
+    """Several instruments' ``sending``: each sends the envelope the one before it made."""
+
+    __slots__ = ("_channel", "_envelope", "_hooks")
+
+    def __init__(
+        self,
+        hooks: tuple[Callable[[str, Envelope], AbstractContextManager[Envelope]], ...],
+        channel: str,
+        envelope: Envelope,
+    ) -> None:
+        self._entered = []
+        self._hooks = hooks
+        self._channel = channel
+        self._envelope = envelope
+
+    def __enter__(self) -> Envelope:
+        envelope = self._envelope
+        for hook in self._hooks:
+            envelope = self._enter(hook(self._channel, envelope))
+        return envelope
