@@ -78,6 +78,9 @@ class SqlConsumer:
     windowed_until: float = 0.0
     """Until when (``time.monotonic()``) claims look at the messages due first only; shared,
     like all of this, by the channel's consumers in this process."""
+    narrowed_until: float = 0.0
+    """Until when (``time.monotonic()``) claims take a quarter of a batch (``heads_limit``):
+    a claim found messages due and none it could take less than ``WINDOWED_SPELL`` ago."""
     planned_until: float = 0.0
     """Until when (``time.monotonic()``) claims are planned by the dequeue index: a claim
     took longer than ``SLOW_CLAIM``."""
@@ -141,8 +144,24 @@ class SqlConsumer:
         )
 
     def heads_limit(self, limit: int) -> int:
-        """How many first messages of keys a claim of ``limit`` messages takes."""
-        return max(1, limit // RUN) if self.takes_runs() else limit
+        """How many messages a claim of ``limit`` takes before any runs.
+
+        While this process's consumers are held back, the keys are in fewer hands than there
+        are consumers. On PostgreSQL a claim then takes a quarter of its batch in first
+        messages of keys, and runs of their followers fill it again (``takes_runs``). On
+        MariaDB, where runs would deadlock (``busway.sql.runs``), a claim takes a quarter of
+        its batch alone while held back less than ``WINDOWED_SPELL`` ago
+        (``narrowed_until``), unless it only forwards (a relay's batches grow instead):
+        smaller batches spread the keys over more consumers."""
+        if self.takes_runs():
+            return max(1, limit // RUN)
+        if (
+            self.database.backend == "mysql"
+            and not self.relaying
+            and time.monotonic() < self.narrowed_until
+        ):
+            return max(1, limit // RUN)
+        return limit
 
     @property
     def claims_first(self) -> bool:
@@ -185,8 +204,10 @@ class SqlConsumer:
             return
         _hold(self.name, _held(self.name) + 1)
         now = time.monotonic()
-        if not self.database.is_sqlite and now >= self.windowed_until:
-            self.windowed_until = now + WINDOWED_SPELL
+        if not self.database.is_sqlite:
+            self.narrowed_until = now + WINDOWED_SPELL  # while held back, and a spell after
+            if now >= self.windowed_until:
+                self.windowed_until = now + WINDOWED_SPELL
 
     def claimed(self) -> None:
         """A claim took messages: this consumer is held back no longer."""

@@ -45,6 +45,11 @@ _MYSQL_CODES = {1205, 1213, 1927, 2006, 2013, 4031}
 lost, disconnected for inactivity."""
 _SQLITE_CODES = {5, 6, 9}
 """SQLite: busy, locked, interrupted."""
+_CONFLICT_SQLSTATES = {"40001", "40P01", "55P03"}
+_CONFLICT_MYSQL_CODES = {1205, 1213}
+_CONFLICT_SQLITE_CODES = {5, 6}
+"""The same errors, but for those of a lost connection: a conflict with another
+transaction's locks, which the next try of the same statement may get past."""
 
 
 class TransactionEnded(Exception):
@@ -72,6 +77,22 @@ def ended_by_database(error: BaseException) -> bool:
     return bool(arguments) and arguments[0] in _MYSQL_CODES
 
 
+def conflicted(error: BaseException) -> bool:
+    """Whether ``error`` is a conflict with another transaction (a deadlock, a lock not
+    granted in time, a serialization failure), not a lost connection."""
+    if not isinstance(error, DBAPIError) or error.connection_invalidated:
+        return False
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _CONFLICT_SQLSTATES
+    code = getattr(original, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _CONFLICT_SQLITE_CODES
+    arguments: tuple[object, ...] = getattr(original, "args", ())
+    return bool(arguments) and arguments[0] in _CONFLICT_MYSQL_CODES
+
+
 @dataclass(eq=False)
 class Redo:
     """What the tries of one batch share."""
@@ -86,6 +107,8 @@ class Redo:
     claimed: bool = False
     """Whether the current try claimed messages: before, there is nothing to redo."""
     lost: int = 0
+    conflicts: int = 0
+    """Claims in a row that met another transaction's locks before they claimed anything."""
 
     def after(self, error: Exception) -> float:
         """Make ready to redo the batch that ``error`` ended; the pause before. Raises
@@ -99,10 +122,30 @@ class Redo:
         if isinstance(error, BatchRollback):
             self.isolated = True
             return 0.0
-        if not (claimed and ended_by_database(error)):
+        if not claimed:
+            return self._claim_again(error)
+        if not ended_by_database(error):
             raise error
         self._lose(error)
         pause: float = FIRST_PAUSE * 2 ** (self.lost - 1) * random.uniform(0.5, 1.5)
+        return pause
+
+    def _claim_again(self, error: Exception) -> float:
+        """A try ended before it claimed anything: nothing to redo. A claim that met another
+        transaction's locks (under load, MariaDB's REPEATABLE READ deadlocks claims on each
+        other's gap locks) is tried again after a pause, ``MAX_LOST`` times in a row at most;
+        anything else, a lost connection included, is the worker's to wait out."""
+        if not conflicted(error):
+            raise error
+        self.conflicts += 1
+        if self.conflicts > MAX_LOST:
+            raise error
+        log.debug(
+            "channel %r: the claim met another transaction's locks (%s); claiming again",
+            self.channel,
+            error.orig if isinstance(error, DBAPIError) else error,
+        )
+        pause: float = FIRST_PAUSE * 2 ** (self.conflicts - 1) * random.uniform(0.5, 1.5)
         return pause
 
     def _lose(self, error: BaseException) -> None:

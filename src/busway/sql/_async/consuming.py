@@ -235,7 +235,8 @@ async def _awith_runs(
     """The rows of a claim of up to ``limit`` messages, with runs of their keys when the
     consumer takes runs (``busway.sql.runs``)."""
     if not consumer.takes_runs():
-        return list((await connection.execute(*consumer.claim(limit, bound))).all())
+        claim = consumer.claim(consumer.heads_limit(limit), bound)
+        return list((await connection.execute(*claim)).all())
     heads = list(
         (await connection.execute(*consumer.claim(consumer.heads_limit(limit), bound))).all()
     )

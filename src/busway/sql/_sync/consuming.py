@@ -229,7 +229,8 @@ def _awith_runs(
     """The rows of a claim of up to ``limit`` messages, with runs of their keys when the
     consumer takes runs (``busway.sql.runs``)."""
     if not consumer.takes_runs():
-        return list((connection.execute(*consumer.claim(limit, bound))).all())
+        claim = consumer.claim(consumer.heads_limit(limit), bound)
+        return list((connection.execute(*claim)).all())
     heads = list((connection.execute(*consumer.claim(consumer.heads_limit(limit), bound))).all())
     keys = sorted({row.ordering_key for row in heads if row.ordering_key is not None})
     if not keys:
