@@ -66,15 +66,7 @@ def ended_by_database(error: BaseException) -> bool:
         return False
     if error.connection_invalidated:
         return True
-    original = error.orig
-    sqlstate = getattr(original, "sqlstate", None)
-    if isinstance(sqlstate, str):
-        return sqlstate in _SQLSTATES
-    code = getattr(original, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in _SQLITE_CODES
-    arguments: tuple[object, ...] = getattr(original, "args", ())
-    return bool(arguments) and arguments[0] in _MYSQL_CODES
+    return _coded(error, _SQLSTATES, _SQLITE_CODES, _MYSQL_CODES)
 
 
 def conflicted(error: BaseException) -> bool:
@@ -82,15 +74,23 @@ def conflicted(error: BaseException) -> bool:
     granted in time, a serialization failure), not a lost connection."""
     if not isinstance(error, DBAPIError) or error.connection_invalidated:
         return False
+    return _coded(error, _CONFLICT_SQLSTATES, _CONFLICT_SQLITE_CODES, _CONFLICT_MYSQL_CODES)
+
+
+def _coded(
+    error: DBAPIError, sqlstates: set[str], sqlite_codes: set[int], mysql_codes: set[int]
+) -> bool:
+    """Whether the driver's error under ``error`` has one of these codes: a SQLSTATE
+    (PostgreSQL), a primary result code (SQLite), or an error number (MariaDB/MySQL)."""
     original = error.orig
     sqlstate = getattr(original, "sqlstate", None)
     if isinstance(sqlstate, str):
-        return sqlstate in _CONFLICT_SQLSTATES
+        return sqlstate in sqlstates
     code = getattr(original, "sqlite_errorcode", None)
     if isinstance(code, int):
-        return code & 0xFF in _CONFLICT_SQLITE_CODES
+        return code & 0xFF in sqlite_codes
     arguments: tuple[object, ...] = getattr(original, "args", ())
-    return bool(arguments) and arguments[0] in _CONFLICT_MYSQL_CODES
+    return bool(arguments) and arguments[0] in mysql_codes
 
 
 @dataclass(eq=False)
